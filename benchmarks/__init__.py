@@ -1,0 +1,1 @@
+"""Benchmarks: detection quality on real data and latency reports (benchmarks issue)."""

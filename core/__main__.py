@@ -1,0 +1,3 @@
+from sclvi.cli import main
+
+main()

@@ -1,0 +1,212 @@
+"""The model bundle: one directory that carries everything a line needs to inspect a part.
+
+    bundle.json          manifest: format version, full config, training metadata, file hashes, banks
+    encoder.safetensors  weights of the main and secondary encoders (float32)
+    mean.npy             the training set's per-pixel mean image (normalisation)
+    bank_small.npy       memory bank of 32-px codes (memory-mapped on load)
+    bank_large.npy       memory bank of 64-px codes
+
+Loading validates every piece and fails with a message that says what to do, never later with a
+shape error deep inside inference. No torch is needed to load a bundle.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from safetensors import SafetensorError
+from safetensors.numpy import load_file, save_file
+
+from sclvi import __version__
+from sclvi.config import Config, config_from_dict, config_to_dict
+from sclvi.errors import BundleError, SclviError
+
+FORMAT = "sclvi-bundle"
+FORMAT_VERSION = 1
+MANIFEST = "bundle.json"
+WEIGHTS = "encoder.safetensors"
+MEAN = "mean.npy"
+SCALES = ("small", "large")
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".json")
+    with os.fdopen(fd, "w") as f:
+        json.dump(data, f, indent=2, sort_keys=False)
+    os.chmod(tmp, 0o644)  # mkstemp makes it private; a bundle is meant to be copied to the line PC
+    os.replace(tmp, path)
+
+
+@dataclass
+class ModelBundle:
+    """A validated bundle. Weights and banks are read on first use; banks are memory-mapped."""
+
+    path: Path
+    config: Config
+    manifest: dict[str, Any]
+    _weights: dict[str, np.ndarray] | None = field(default=None, repr=False)
+    _mean: np.ndarray | None = field(default=None, repr=False)
+    _banks: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
+
+    @property
+    def weights(self) -> dict[str, np.ndarray]:
+        if self._weights is None:
+            try:
+                self._weights = load_file(str(self.path / WEIGHTS))
+            except (SafetensorError, OSError, ValueError) as exc:
+                raise BundleError(f"{self.path / WEIGHTS} is corrupt ({exc}): retrain or restore the bundle") from None
+        return self._weights
+
+    @property
+    def mean(self) -> np.ndarray:
+        if self._mean is None:
+            mean = _load_npy(self.path / MEAN, mmap=False)
+            s = self.config.geometry.image_size
+            if mean.shape != (s, s, 3):
+                raise BundleError(f"{self.path / MEAN} has shape {mean.shape}, expected ({s}, {s}, 3)")
+            self._mean = mean.astype(np.float32)
+        return self._mean
+
+    def has_bank(self) -> bool:
+        return all(scale in self.manifest.get("banks", {}) for scale in SCALES)
+
+    def bank(self, scale: str) -> np.ndarray:
+        """The (count, dim) memory bank of one scale, memory-mapped read-only."""
+        if scale not in self._banks:
+            info = self.manifest.get("banks", {}).get(scale)
+            if info is None:
+                raise BundleError(f"bundle {self.path} has no {scale} memory bank: build it with `sclvi train`")
+            arr = _load_npy(self.path / info["file"], mmap=True)
+            expected = (info["count"], info["dim"])
+            if arr.shape != expected or str(arr.dtype) != info["dtype"]:
+                raise BundleError(
+                    f"{self.path / info['file']} holds {arr.shape} {arr.dtype}, the manifest says "
+                    f"{expected} {info['dtype']}: the bank is stale or corrupt, rebuild it"
+                )
+            self._banks[scale] = arr
+        return self._banks[scale]
+
+
+def _load_npy(path: Path, mmap: bool) -> np.ndarray:
+    if not path.is_file():
+        raise BundleError(f"bundle file {path} is missing: restore the bundle or rebuild it")
+    try:
+        return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise BundleError(f"{path} is truncated or corrupt ({exc}): rebuild the bundle") from None
+
+
+def save_bundle(
+    path: str | Path,
+    config: Config,
+    weights: dict[str, np.ndarray],
+    mean: np.ndarray,
+    training: dict[str, Any],
+) -> Path:
+    """Write weights, mean image and manifest. Banks are added afterwards with `add_bank`."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    save_file({k: np.ascontiguousarray(v, dtype=np.float32) for k, v in weights.items()}, str(path / WEIGHTS))
+    np.save(path / MEAN, mean.astype(np.float32))
+    manifest = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "sclvi_version": __version__,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "config": config_to_dict(config),
+        "training": training,
+        "files": {name: {"sha256": _sha256(path / name)} for name in (WEIGHTS, MEAN)},
+        "banks": {},
+    }
+    _write_json_atomic(path / MANIFEST, manifest)
+    return path
+
+
+def add_bank(bundle: ModelBundle, scale: str, codes: np.ndarray, patch: int, stride: int) -> None:
+    """Store one scale's memory bank and record its header (scale, patch, stride, count, dim, dtype)."""
+    if scale not in SCALES:
+        raise ValueError(f"scale must be one of {SCALES}")
+    path = bundle.path
+    manifest = _read_manifest(path)
+    name = f"bank_{scale}.npy"
+    codes = np.ascontiguousarray(codes, dtype=np.float32)
+    np.save(path / name, codes)
+    manifest.setdefault("banks", {})[scale] = {
+        "file": name, "patch": patch, "stride": stride,
+        "count": int(codes.shape[0]), "dim": int(codes.shape[1]), "dtype": str(codes.dtype),
+    }
+    _write_json_atomic(path / MANIFEST, manifest)
+    bundle.manifest = manifest
+    bundle._banks.pop(scale, None)
+
+
+def _read_manifest(path: Path) -> dict[str, Any]:
+    if not path.is_dir():
+        raise BundleError(f"model bundle {path} does not exist (train one with `sclvi train`)")
+    mf = path / MANIFEST
+    if not mf.is_file():
+        raise BundleError(f"{path} is not a model bundle: {MANIFEST} is missing")
+    try:
+        manifest = json.loads(mf.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BundleError(f"{mf} is corrupt ({exc}): restore the bundle or retrain") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise BundleError(f"{mf} is not an sclvi bundle manifest")
+    version = manifest.get("format_version")
+    if version != FORMAT_VERSION:
+        raise BundleError(
+            f"bundle {path} has format version {version}; this sclvi ({__version__}) reads version "
+            f"{FORMAT_VERSION}: retrain the bundle or install the matching sclvi"
+        )
+    return manifest
+
+
+def load_bundle(path: str | Path, verify: bool = True) -> ModelBundle:
+    """Open and validate a bundle (manifest, config, file hashes, weight names and shapes)."""
+    path = Path(path)
+    manifest = _read_manifest(path)
+    try:
+        config = config_from_dict(manifest.get("config", {}))
+    except SclviError as exc:
+        raise BundleError(f"bundle {path} has an incompatible config: {exc}") from None
+    for name, info in manifest.get("files", {}).items():
+        f = path / name
+        if not f.is_file():
+            raise BundleError(f"bundle file {f} is missing: restore the bundle or retrain")
+        if verify and _sha256(f) != info.get("sha256"):
+            raise BundleError(f"{f} does not match its recorded checksum (corrupt or replaced): restore or retrain")
+    bundle = ModelBundle(path, config, manifest)
+    _check_weights(bundle)
+    return bundle
+
+
+def _check_weights(bundle: ModelBundle) -> None:
+    """The weight file must hold exactly the tensors the config's architecture needs."""
+    from sclvi.architecture import expected_shapes  # torch-free
+
+    expected = expected_shapes(bundle.config.encoder)
+    got = {k: tuple(v.shape) for k, v in bundle.weights.items()}
+    if got != expected:
+        missing = sorted(set(expected) - set(got))
+        extra = sorted(set(got) - set(expected))
+        wrong = sorted(k for k in set(got) & set(expected) if got[k] != expected[k])
+        raise BundleError(
+            f"{bundle.path / WEIGHTS} does not fit the bundle's config (missing {missing[:3]}, "
+            f"unexpected {extra[:3]}, wrong shape {wrong[:3]}): the weights and config were mixed up"
+        )

@@ -1,0 +1,174 @@
+"""Typed configuration for every stage: model widths, patch geometry, training, scoring.
+
+Everything that a user may want to change lives here rather than in code, and unknown keys are
+rejected (a typo in a YAML file must not be silently ignored on a production line).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from sclvi.errors import ConfigError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class EncoderConfig(_Strict):
+    """Channel widths of the main encoder (Table 5) and secondary encoder (Table 6)."""
+
+    conv_widths: tuple[int, int, int, int, int, int] = Field(
+        (96, 256, 384, 384, 256, 128),
+        description="conv1..conv6 output channels of the main encoder; conv7 is embed_dim",
+    )
+    secondary_width: int = Field(128, description="conv1 of the secondary encoder")
+    embed_dim: int = Field(64, ge=2)
+    groups: int = Field(8, ge=1, description="GroupNorm groups (clipped to divide each width)")
+
+
+class GeometryConfig(_Strict):
+    """Input size and the two patch scales; the large scale is a 2x2 grid of small patches."""
+
+    image_size: int = Field(256, ge=64)
+    small_patch: int = Field(32, description="main-encoder patch size (fixed by Table 5)")
+    small_stride: int = Field(4, ge=1)
+    large_stride: int = Field(16, ge=1)
+
+    @property
+    def large_patch(self) -> int:
+        return 2 * self.small_patch
+
+    @model_validator(mode="after")
+    def _check(self) -> "GeometryConfig":
+        if self.small_patch != 32:
+            raise ValueError("small_patch must be 32: the main encoder (Table 5) maps 32x32 -> 1x1")
+        # The 64-px codes reuse 32-px codes: quarter offsets (32 px) and the large stride must fall on
+        # the small-stride grid, and both scales must tile the image exactly (no silent border loss).
+        if self.small_patch % self.small_stride or self.large_stride % self.small_stride:
+            raise ValueError("small_stride must divide 32 and large_stride")
+        for patch, stride in ((self.small_patch, self.small_stride), (self.large_patch, self.large_stride)):
+            if (self.image_size - patch) % stride:
+                raise ValueError(
+                    f"image_size {self.image_size} is not covered by {patch}-px patches at stride {stride}: "
+                    f"(image_size - {patch}) must be a multiple of {stride}"
+                )
+        return self
+
+
+class TrainConfig(_Strict):
+    """Self-supervised training (section 3.1) with the patch-SVDD term (section 3.2)."""
+
+    task: Literal["scl12", "jigsaw8", "none"] = Field(
+        "scl12", description="scl12: the paper's 12-class task; jigsaw8: Patch SVDD 8-neighbour; none: no SSL"
+    )
+    steps: int = Field(2000, ge=1)
+    batch_size: int = Field(64, ge=2)
+    lr: float = Field(1e-4, gt=0)
+    alpha: float = Field(1e-4, ge=0, description="weight of the patch-SVDD loss")
+    jitter_frac: float = Field(0.25, ge=0, le=0.5, description="max jitter of each grid cell, fraction of patch")
+    gray_shift: float = Field(0.05, ge=0, description="max |gray shift| per patch, in normalised units")
+    svdd_shift_frac: float = Field(1 / 32, ge=0, le=0.25, description="max shift of the SVDD twin, fraction of patch")
+    seed: int = 0
+    checkpoint_every: int = Field(500, ge=1)
+    threads: int = Field(0, ge=0, description="torch CPU threads, 0 = leave torch's default")
+
+
+class ScoringConfig(_Strict):
+    """Affinity-augmented fusion (section 3.3) and map fusion."""
+
+    eta: int = Field(10, ge=1, description="nearest memory items fused per test patch")
+    lam: float = Field(20.0, gt=0, description="clip of gamma_i = sum(d)/d_i")
+    formula: Literal["paper", "authors"] = Field(
+        "paper",
+        description="paper: ||E(p) - sum beta_i p_i||; authors: sum w_i d_i (their released code)",
+    )
+    scale_fusion: Literal["product", "sum"] = "product"
+    query_block: int = Field(1024, ge=1, description="queries per k-NN block (memory bound)")
+
+
+class Config(_Strict):
+    preset: str = "paper"
+    encoder: EncoderConfig = EncoderConfig()
+    geometry: GeometryConfig = GeometryConfig()
+    train: TrainConfig = TrainConfig()
+    scoring: ScoringConfig = ScoringConfig()
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "paper": {},
+    # Narrow widths for CPU boxes: ~13x fewer MACs per patch than the paper's widths.
+    "lite": {
+        "encoder": {"conv_widths": (24, 48, 64, 64, 64, 64), "secondary_width": 64, "groups": 8},
+    },
+}
+
+
+def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def build_config(preset: str = "paper", overrides: dict[str, Any] | None = None) -> Config:
+    """A preset's config with user overrides applied on top; errors name the bad key."""
+    if preset not in PRESETS:
+        raise ConfigError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
+    data = _deep_merge({"preset": preset, **PRESETS[preset]}, overrides or {})
+    data["preset"] = preset
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc)) from None
+
+
+def load_config(
+    path: str | Path | None = None, preset: str | None = None, overrides: dict[str, Any] | None = None
+) -> Config:
+    """A preset, then a YAML config file (its optional `preset:` key picks the base), then overrides."""
+    extra = overrides or {}
+    overrides = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        try:
+            loaded = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file {path} must hold a mapping at the top level")
+        overrides = loaded
+    chosen = preset or overrides.pop("preset", None) or "paper"
+    overrides.pop("preset", None)
+    return build_config(chosen, _deep_merge(overrides, extra))
+
+
+def config_to_dict(config: Config) -> dict[str, Any]:
+    return config.model_dump(mode="json")
+
+
+def config_from_dict(data: dict[str, Any]) -> Config:
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc)) from None
+
+
+def _describe(exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        if err["type"] == "extra_forbidden":
+            lines.append(f"unknown config key '{where}' (check the spelling; see `sclvi train --help`)")
+        else:
+            lines.append(f"config key '{where}': {err['msg']}")
+    return "invalid config: " + "; ".join(lines)

@@ -1,0 +1,72 @@
+"""Reader for the MVTec AD folder layout: train/good, test/<defect>, ground_truth/<defect>/NNN_mask.png."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from sclvi.errors import DataError
+from sclvi.images import IMAGE_SUFFIXES
+
+
+@dataclass(frozen=True)
+class TestItem:
+    path: Path
+    defect: str  # "good" or the defect type
+    mask: Path | None  # None for good images, or where the data set ships no masks
+
+    @property
+    def is_anomalous(self) -> bool:
+        return self.defect != "good"
+
+
+@dataclass(frozen=True)
+class MVTecDataset:
+    root: Path
+    train: list[Path]
+    test: list[TestItem]
+
+    @property
+    def has_masks(self) -> bool:
+        """Pixel metrics need a mask for every defective test image."""
+        bad = [t for t in self.test if t.is_anomalous]
+        return bool(bad) and all(t.mask is not None for t in bad)
+
+    @property
+    def defect_types(self) -> list[str]:
+        return sorted({t.defect for t in self.test if t.is_anomalous})
+
+
+def _images(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def read_dataset(root: str | Path, need_test: bool = True) -> MVTecDataset:
+    """Index a data set folder, failing with a message that says what is missing."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"data set folder {root} does not exist")
+    good = root / "train" / "good"
+    if not good.is_dir():
+        raise DataError(f"{root} has no train/good folder: expected the MVTec AD layout (train/good, test/<defect>)")
+    train = _images(good)
+    if not train:
+        raise DataError(f"{good} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+    test: list[TestItem] = []
+    test_root = root / "test"
+    if test_root.is_dir():
+        for defect_dir in sorted(p for p in test_root.iterdir() if p.is_dir()):
+            defect = defect_dir.name
+            for img in _images(defect_dir):
+                mask = None
+                if defect != "good":
+                    candidate = root / "ground_truth" / defect / f"{img.stem}_mask.png"
+                    mask = candidate if candidate.is_file() else None
+                test.append(TestItem(img, defect, mask))
+    if need_test:
+        if not test:
+            raise DataError(f"{root} has no test images under test/<defect>/")
+        kinds = {t.is_anomalous for t in test}
+        if kinds != {True, False}:
+            raise DataError(f"{root}/test needs both good and defective images for AUROC")
+    return MVTecDataset(root, train, test)

@@ -1,0 +1,57 @@
+"""Embed every strided patch of a frame at both scales: one main-encoder call for all 32-px patches,
+one secondary-encoder call over the gathered 2x2 grids of those same codes (no second pixel pass)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from sclvi.geometry import TwoScaleGeometry
+
+
+class EncoderBackend(Protocol):
+    """What an inference engine offers: the two encoders on batches of float32 arrays."""
+
+    name: str
+
+    def encode_small(self, patches: np.ndarray) -> np.ndarray:
+        """(N, 3, 32, 32) -> (N, D)."""
+        ...
+
+    def encode_grid(self, grids: np.ndarray) -> np.ndarray:
+        """(N, D, 2, 2) -> (N, D)."""
+        ...
+
+
+@dataclass(frozen=True)
+class FrameCodes:
+    small: np.ndarray  # (B, n_small, n_small, D)
+    large: np.ndarray  # (B, n_large, n_large, D)
+
+
+class FrameEmbedder:
+    def __init__(self, backend: EncoderBackend, geometry: TwoScaleGeometry) -> None:
+        self.backend = backend
+        self.geometry = geometry
+        self._quarters = geometry.quarter_index()
+
+    def embed(self, frames: np.ndarray) -> FrameCodes:
+        """(B, 3, S, S) normalised frames -> codes of all patches of both scales."""
+        if frames.ndim == 3:
+            frames = frames[None]
+        g = self.geometry
+        b = len(frames)
+        views = [g.small.patches(f) for f in frames]  # zero-copy strided views
+        patches = np.stack(views).reshape(b * g.small.count, frames.shape[1], g.small.patch, g.small.patch)
+        small = self.backend.encode_small(np.ascontiguousarray(patches, dtype=np.float32))
+        dim = small.shape[1]
+        small = small.reshape(b, g.small.count, dim)
+        grids = small[:, self._quarters]  # (B, n_large^2, 2, 2, D)
+        grids = grids.reshape(b * g.large.count, 2, 2, dim).transpose(0, 3, 1, 2)
+        large = self.backend.encode_grid(np.ascontiguousarray(grids, dtype=np.float32))
+        return FrameCodes(
+            small=small.reshape(b, g.small.n, g.small.n, dim),
+            large=large.reshape(b, g.large.n, g.large.n, dim),
+        )

@@ -1,0 +1,1 @@
+"""Deployment helpers for Jetson and industrial PCs (built with the engines and edge issues)."""

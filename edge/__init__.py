@@ -1,0 +1,1 @@
+"""Edge runtime: acquisition -> inference -> decide -> publish (built in the edge-runtime issue)."""

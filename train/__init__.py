@@ -1,0 +1,1 @@
+"""Self-supervised training (needs the `train` extra: torch). Writes a model bundle."""
