@@ -1,0 +1,64 @@
+"""Shared fixtures: small configs, synthetic data sets and untrained bundles, all generated here."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from sclvi.config import Config, build_config
+
+# Tiny widths keep unit tests fast; the architecture (layer kinds and spatial sizes) is unchanged.
+TINY_ENCODER = {"conv_widths": (8, 16, 16, 16, 16, 16), "secondary_width": 16, "embed_dim": 16, "groups": 4}
+
+
+def tiny_config(image_size: int = 96, **sections: dict) -> Config:
+    overrides = {"encoder": TINY_ENCODER, "geometry": {"image_size": image_size}}
+    for key, value in sections.items():
+        overrides[key] = {**overrides.get(key, {}), **value}
+    return build_config("lite", overrides)
+
+
+@pytest.fixture(scope="session")
+def synthetic_object(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from sclvi.synthetic import write_synthetic
+
+    root = tmp_path_factory.mktemp("synthetic")
+    return write_synthetic(root, "object", size=96, n_train=6, n_test_good=3, n_test_defect=2, seed=1)
+
+
+def make_bundle(path: Path, cfg: Config, train_images: list[Path] | None = None, seed: int = 0):
+    """An untrained (random-weight) bundle, with a memory bank when images are given."""
+    import torch
+
+    from sclvi.bundle import load_bundle, save_bundle
+    from sclvi.engines.torch_backend import TorchBackend
+    from sclvi.images import mean_image, read_rgb
+    from sclvi.memory_bank import build_memory_bank
+    from sclvi.model import build_model, state_to_numpy
+
+    torch.manual_seed(seed)
+    model = build_model(cfg.encoder)
+    size = cfg.geometry.image_size
+    if train_images:
+        mean = mean_image(np.stack([read_rgb(p, size) for p in train_images]))
+    else:
+        mean = np.full((size, size, 3), 128, np.float32)
+    save_bundle(path, cfg, state_to_numpy(model), mean, {"note": "untrained test bundle"})
+    bundle = load_bundle(path)
+    if train_images:
+        build_memory_bank(bundle, TorchBackend(bundle), train_images)
+    return bundle
+
+
+@pytest.fixture()
+def random_bundle(tmp_path: Path, synthetic_object: Path):
+    from sclvi.dataset import read_dataset
+
+    return make_bundle(tmp_path / "bundle", tiny_config(), read_dataset(synthetic_object).train)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    os.environ.setdefault("MPLBACKEND", "Agg")

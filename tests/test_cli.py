@@ -1,0 +1,48 @@
+"""The `sclvi` command line: help on every subcommand, one-line errors for bad input."""
+
+import subprocess
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+from sclvi.cli import app
+
+runner = CliRunner()
+
+
+@pytest.mark.parametrize("cmd, option", [("train", "--preset"), ("eval", "--eta"), ("demo", "--steps"), ("synth", "--n-train")])
+def test_every_subcommand_has_help(cmd, option):
+    result = runner.invoke(app, [cmd, "--help"])
+    assert result.exit_code == 0 and option in result.output
+
+
+def test_console_script_is_installed():
+    out = subprocess.run([sys.executable, "-m", "sclvi", "--version"], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.startswith("sclvi ")
+
+
+def test_train_on_missing_data_is_a_one_line_error(tmp_path):
+    result = runner.invoke(app, ["train", str(tmp_path / "nope"), "--out", str(tmp_path / "b"), "--preset", "lite"])
+    assert result.exit_code == 2
+    assert "does not exist" in result.output and "Traceback" not in result.output
+
+
+def test_train_with_unknown_config_key(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("scoring:\n  etaa: 3\n")
+    result = runner.invoke(app, ["train", str(tmp_path), "--out", str(tmp_path / "b"), "--config", str(cfg)])
+    assert result.exit_code == 2 and "unknown config key 'scoring.etaa'" in result.output
+
+
+def test_eval_on_a_non_bundle(tmp_path, synthetic_object):
+    result = runner.invoke(app, ["eval", str(tmp_path), str(synthetic_object)])
+    assert result.exit_code == 2 and "not a model bundle" in result.output
+
+
+def test_synth_writes_the_layout(tmp_path):
+    result = runner.invoke(app, ["synth", str(tmp_path), "--class", "texture", "--size", "64", "--n-train", "2",
+                                 "--n-test-good", "1", "--n-test-defect", "1"])
+    assert result.exit_code == 0
+    assert len(list((tmp_path / "texture" / "train" / "good").glob("*.png"))) == 2
+    assert len(list((tmp_path / "texture" / "ground_truth").glob("*/*_mask.png"))) == 4

@@ -1,0 +1,53 @@
+"""Configs: presets, YAML files, and clear errors for bad keys and inconsistent geometry."""
+
+import pytest
+
+from sclvi.config import build_config, load_config
+from sclvi.errors import ConfigError
+
+
+def test_presets_differ_only_where_intended():
+    paper, lite = build_config("paper"), build_config("lite")
+    assert paper.encoder.conv_widths == (96, 256, 384, 384, 256, 128)
+    assert lite.encoder.conv_widths != paper.encoder.conv_widths
+    assert lite.geometry == paper.geometry and lite.scoring == paper.scoring
+    assert (paper.scoring.eta, paper.scoring.lam, paper.train.alpha) == (10, 20.0, 1e-4)
+
+
+def test_yaml_file_overrides_preset(tmp_path):
+    f = tmp_path / "line3.yaml"
+    f.write_text("preset: lite\ntrain:\n  steps: 7\nscoring:\n  eta: 3\n")
+    cfg = load_config(f)
+    assert cfg.preset == "lite" and cfg.train.steps == 7 and cfg.scoring.eta == 3
+    assert load_config(f, overrides={"train": {"steps": 9}}).train.steps == 9
+
+
+def test_unknown_key_is_named(tmp_path):
+    f = tmp_path / "typo.yaml"
+    f.write_text("train:\n  stpes: 10\n")
+    with pytest.raises(ConfigError, match="unknown config key 'train.stpes'"):
+        load_config(f)
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("geometry:\n  image_size: 250\n", "multiple of"),
+        ("geometry:\n  small_stride: 3\n", "must divide"),
+        ("scoring:\n  eta: 0\n", "scoring.eta"),
+        ("- a list\n", "mapping"),
+        ("train: [unclosed\n", "not valid YAML"),
+    ],
+)
+def test_bad_values_are_refused(tmp_path, text, message):
+    f = tmp_path / "bad.yaml"
+    f.write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        load_config(f)
+
+
+def test_missing_file_and_unknown_preset(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "nope.yaml")
+    with pytest.raises(ConfigError, match="unknown preset"):
+        build_config("huge")

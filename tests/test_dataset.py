@@ -1,0 +1,71 @@
+"""The MVTec-layout reader and image loading: clear errors, any size, grayscale accepted."""
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from sclvi.dataset import read_dataset
+from sclvi.errors import DataError
+from sclvi.images import check_frame, read_mask, read_rgb
+
+
+def test_reads_the_layout(synthetic_object):
+    ds = read_dataset(synthetic_object)
+    assert len(ds.train) == 6
+    assert ds.defect_types == ["hole", "missing", "scratch", "spot"]
+    assert ds.has_masks
+    bad = [t for t in ds.test if t.is_anomalous]
+    assert len(bad) == 8 and all(t.mask.name == f"{t.path.stem}_mask.png" for t in bad)
+
+
+def test_missing_folder_and_empty_train(tmp_path):
+    with pytest.raises(DataError, match="does not exist"):
+        read_dataset(tmp_path / "nope")
+    (tmp_path / "x").mkdir()
+    with pytest.raises(DataError, match="train/good"):
+        read_dataset(tmp_path / "x")
+    (tmp_path / "x" / "train" / "good").mkdir(parents=True)
+    with pytest.raises(DataError, match="holds no images"):
+        read_dataset(tmp_path / "x")
+
+
+def test_test_set_needs_both_classes(tmp_path):
+    good = tmp_path / "d" / "train" / "good"
+    good.mkdir(parents=True)
+    Image.new("L", (40, 40)).save(good / "a.png")
+    (tmp_path / "d" / "test" / "good").mkdir(parents=True)
+    Image.new("L", (40, 40)).save(tmp_path / "d" / "test" / "good" / "a.png")
+    assert len(read_dataset(tmp_path / "d", need_test=False).train) == 1
+    with pytest.raises(DataError, match="both good and defective"):
+        read_dataset(tmp_path / "d")
+
+
+def test_unreadable_image(tmp_path):
+    f = tmp_path / "broken.png"
+    f.write_bytes(b"\x89PNG not really")
+    with pytest.raises(DataError, match="cannot read image"):
+        read_rgb(f, 64)
+    with pytest.raises(DataError, match="does not exist"):
+        read_rgb(tmp_path / "gone.png", 64)
+
+
+def test_grayscale_and_any_size_are_accepted(tmp_path):
+    f = tmp_path / "gray.jpg"
+    Image.fromarray(np.tile(np.arange(150, dtype=np.uint8), (90, 1))).save(f)
+    img = read_rgb(f, 64)
+    assert img.shape == (64, 64, 3) and img.dtype == np.uint8
+    assert (img[..., 0] == img[..., 1]).all() and (img[..., 1] == img[..., 2]).all()
+    m = tmp_path / "m.png"
+    mask = np.zeros((90, 150), np.uint8)
+    mask[30:60, 50:100] = 255
+    Image.fromarray(mask).save(m)
+    r = read_mask(m, 64)
+    assert r.dtype == bool and 0 < r.mean() < 0.5
+
+
+def test_in_memory_frames_are_checked():
+    assert check_frame(np.zeros((64, 64), np.uint8), 64).shape == (64, 64, 3)
+    with pytest.raises(DataError, match="model expects 64x64"):
+        check_frame(np.zeros((60, 64, 3), np.uint8), 64)
+    with pytest.raises(DataError, match="expected an"):
+        check_frame(np.zeros((64, 64, 5), np.uint8), 64)

@@ -1,0 +1,68 @@
+"""The 12-class relative-position task, its baselines, and the patch-SVDD twins."""
+
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from sclvi.train.pretext import JIGSAW8_CLASSES, SCL12_CLASSES, PretextSampler, scl12_pair_table
+
+
+def test_36_pairs_collapse_to_12_classes_in_the_authors_order():
+    table = scl12_pair_table()
+    assert len(table) == 36
+    assert sorted(set(table[:, 2])) == list(range(12))
+    order = [(0, 1), (1, 0), (0, 2), (2, 0), (1, 1), (1, -1), (1, 2), (1, -2), (2, 1), (2, -1), (2, 2), (2, -2)]
+    assert [SCL12_CLASSES[d] for d in order] == list(range(12))
+    # how many unordered pairs fall into each displacement class
+    counts = Counter(table[:, 2].tolist())
+    assert [counts[c] for c in range(12)] == [6, 6, 3, 3, 4, 4, 2, 2, 2, 2, 1, 1]
+
+
+def test_the_papers_example_pairs_share_one_class():
+    cls = {(i, j): c for i, j, c in scl12_pair_table()}
+    same = {cls[(1, 3)], cls[(2, 4)], cls[(4, 6)], cls[(5, 7)]}
+    assert same == {5}
+    assert [p for p, c in cls.items() if c == 5] == [(1, 3), (2, 4), (4, 6), (5, 7)]
+
+
+@pytest.mark.parametrize("patch", [32, 64])
+def test_grid_pairs_are_inside_the_image_and_match_their_label(patch):
+    s = PretextSampler(n_images=5, image_size=256, jitter_frac=0.25, svdd_shift_frac=1 / 32, seed=3)
+    pairs = s.grid_pairs("scl12", patch, 2000)
+    for corners in (pairs.first, pairs.second):
+        assert corners.min() >= 0 and corners.max() <= 256 - patch
+    spacing = patch - s.jitter(patch)
+    d = np.rint((pairs.second - pairs.first) / spacing).astype(int)
+    decoded = [SCL12_CLASSES[(int(a), int(b))] for a, b in d]
+    assert decoded == pairs.label.tolist()
+    assert set(pairs.label.tolist()) == set(range(12))
+    # jitter really varies the cells (0..J px), so boundaries cannot be a shortcut
+    offsets = (pairs.second - pairs.first) - d * spacing
+    assert offsets.min() == -s.jitter(patch) and offsets.max() == s.jitter(patch)
+
+
+def test_jigsaw8_pairs_the_centre_with_a_neighbour():
+    s = PretextSampler(5, 256, 0.25, 1 / 32, seed=0)
+    pairs = s.grid_pairs("jigsaw8", 32, 500)
+    d = np.rint((pairs.second - pairs.first) / (32 - s.jitter(32))).astype(int)
+    assert [JIGSAW8_CLASSES[(int(a), int(b))] for a, b in d] == pairs.label.tolist()
+    assert set(pairs.label.tolist()) == set(range(8))
+
+
+def test_svdd_twins_are_shifted_by_a_few_pixels_never_zero():
+    s = PretextSampler(5, 96, 0.25, 1 / 32, seed=0)
+    for patch, most in ((32, 1), (64, 2)):
+        t = s.svdd_twins(patch, 3000)
+        shift = np.abs(t.second - t.first)
+        assert (shift.max(axis=1) > 0).all()
+        assert shift.max() <= most  # at a border the twin flips to the other side, same size
+        assert t.second.min() >= 0 and t.second.max() <= 96 - patch
+
+
+def test_same_seed_same_samples_and_too_small_images_are_refused():
+    a = PretextSampler(4, 256, 0.25, 1 / 32, seed=7).grid_pairs("scl12", 64, 50)
+    b = PretextSampler(4, 256, 0.25, 1 / 32, seed=7).grid_pairs("scl12", 64, 50)
+    assert (a.first == b.first).all() and (a.label == b.label).all()
+    with pytest.raises(ValueError, match="raise geometry.image_size"):
+        PretextSampler(4, 128, 0.25, 1 / 32, seed=0).grid_pairs("scl12", 64, 4)
