@@ -3,8 +3,8 @@
     bundle.json          manifest: format version, full config, training metadata, file hashes, banks
     encoder.safetensors  weights of the main and secondary encoders (float32)
     mean.npy             the training set's per-pixel mean image (normalisation)
-    bank_small.npy       memory bank of 32-px codes (memory-mapped on load)
-    bank_large.npy       memory bank of 64-px codes
+    bank_small.sclvibank memory bank of 32-px codes and their grid positions (memory-mapped on load)
+    bank_large.sclvibank memory bank of 64-px codes
 
 Loading validates every piece and fails with a message that says what to do, never later with a
 shape error deep inside inference. No torch is needed to load a bundle.
@@ -16,7 +16,7 @@ import hashlib
 import json
 import os
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -26,6 +26,7 @@ from safetensors import SafetensorError
 from safetensors.numpy import load_file, save_file
 
 from sclvi import __version__
+from sclvi.bank_file import BankHeader, read_bank, write_bank
 from sclvi.config import Config, config_from_dict, config_to_dict
 from sclvi.errors import BundleError, SclviError
 
@@ -62,7 +63,7 @@ class ModelBundle:
     manifest: dict[str, Any]
     _weights: dict[str, np.ndarray] | None = field(default=None, repr=False)
     _mean: np.ndarray | None = field(default=None, repr=False)
-    _banks: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
+    _banks: dict[str, tuple[np.ndarray, np.ndarray, BankHeader]] = field(default_factory=dict, repr=False)
 
     @property
     def weights(self) -> dict[str, np.ndarray]:
@@ -88,18 +89,23 @@ class ModelBundle:
 
     def bank(self, scale: str) -> np.ndarray:
         """The (count, dim) memory bank of one scale, memory-mapped read-only."""
+        return self.bank_data(scale)[0]
+
+    def bank_data(self, scale: str) -> tuple[np.ndarray, np.ndarray, BankHeader]:
+        """(codes, grid positions, header) of one scale's bank, checked against the manifest."""
         if scale not in self._banks:
             info = self.manifest.get("banks", {}).get(scale)
             if info is None:
                 raise BundleError(f"bundle {self.path} has no {scale} memory bank: build it with `sclvi train`")
-            arr = _load_npy(self.path / info["file"], mmap=True)
-            expected = (info["count"], info["dim"])
-            if arr.shape != expected or str(arr.dtype) != info["dtype"]:
+            codes, positions, header = read_bank(self.path / info["file"])
+            recorded = {k: info.get(k) for k in ("scale", "patch", "stride", "grid", "dim", "count", "dtype")}
+            actual = {k: getattr(header, k) for k in recorded}
+            if recorded != actual:
                 raise BundleError(
-                    f"{self.path / info['file']} holds {arr.shape} {arr.dtype}, the manifest says "
-                    f"{expected} {info['dtype']}: the bank is stale or corrupt, rebuild it"
+                    f"{self.path / info['file']} holds {actual}, the manifest says {recorded}: "
+                    "the bank is stale or was swapped, rebuild it"
                 )
-            self._banks[scale] = arr
+            self._banks[scale] = (codes, positions, header)
         return self._banks[scale]
 
 
@@ -138,22 +144,15 @@ def save_bundle(
     return path
 
 
-def add_bank(bundle: ModelBundle, scale: str, codes: np.ndarray, patch: int, stride: int) -> None:
-    """Store one scale's memory bank and record its header (scale, patch, stride, count, dim, dtype)."""
-    if scale not in SCALES:
-        raise ValueError(f"scale must be one of {SCALES}")
-    path = bundle.path
-    manifest = _read_manifest(path)
-    name = f"bank_{scale}.npy"
-    codes = np.ascontiguousarray(codes, dtype=np.float32)
-    np.save(path / name, codes)
-    manifest.setdefault("banks", {})[scale] = {
-        "file": name, "patch": patch, "stride": stride,
-        "count": int(codes.shape[0]), "dim": int(codes.shape[1]), "dtype": str(codes.dtype),
-    }
-    _write_json_atomic(path / MANIFEST, manifest)
+def add_bank(bundle: ModelBundle, codes: np.ndarray, positions: np.ndarray, header: BankHeader) -> None:
+    """Store one scale's memory bank and record its header in the manifest."""
+    name = f"bank_{header.scale}.sclvibank"
+    write_bank(bundle.path / name, codes, positions, header)
+    manifest = _read_manifest(bundle.path)
+    manifest.setdefault("banks", {})[header.scale] = {"file": name, **asdict(header)}
+    _write_json_atomic(bundle.path / MANIFEST, manifest)
     bundle.manifest = manifest
-    bundle._banks.pop(scale, None)
+    bundle._banks.pop(header.scale, None)
 
 
 def _read_manifest(path: Path) -> dict[str, Any]:

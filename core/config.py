@@ -88,7 +88,24 @@ class ScoringConfig(_Strict):
         description="paper: ||E(p) - sum beta_i p_i||; authors: sum w_i d_i (their released code)",
     )
     scale_fusion: Literal["product", "sum"] = "product"
+    knn: Literal["auto", "numpy", "numba", "cuda"] = Field(
+        "auto", description="k-NN + affinity kernel: numpy (exact reference), numba (CPU), cuda (GPU-resident bank)"
+    )
+    position_window: int | None = Field(
+        None, ge=0, description="aligned parts: search only bank codes within this many grid cells of the query"
+    )
+    gpu_bank_dtype: Literal["float32", "float16"] = Field("float32", description="bank storage on the GPU")
     query_block: int = Field(1024, ge=1, description="queries per k-NN block (memory bound)")
+
+
+class BankConfig(_Strict):
+    """How the memory bank is built from the training images' codes (section 3.3's memory items)."""
+
+    coreset_ratio: float = Field(
+        1.0, gt=0, le=1, description="keep this fraction of codes by greedy k-center selection (1 = all)"
+    )
+    projection_dim: int = Field(32, ge=0, description="random projection for the coreset selection (0 = none)")
+    seed: int = 0
 
 
 class Config(_Strict):
@@ -97,6 +114,7 @@ class Config(_Strict):
     geometry: GeometryConfig = GeometryConfig()
     train: TrainConfig = TrainConfig()
     scoring: ScoringConfig = ScoringConfig()
+    bank: BankConfig = BankConfig()
 
 
 PRESETS: dict[str, dict[str, Any]] = {

@@ -9,10 +9,13 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from sclvi.bank_file import BankHeader
 from sclvi.bundle import ModelBundle, add_bank
 from sclvi.embedding import EncoderBackend, FrameEmbedder
 from sclvi.geometry import TwoScaleGeometry
 from sclvi.images import normalise, read_rgb
+from sclvi.knn.buckets import grid_positions
+from sclvi.knn.coreset import greedy_coreset
 
 log = logging.getLogger(__name__)
 
@@ -37,8 +40,14 @@ def build_memory_bank(
             small[start * geometry.small.count : (start + n) * geometry.small.count] = codes.small.reshape(-1, dim)
             large[start * geometry.large.count : (start + n) * geometry.large.count] = codes.large.reshape(-1, dim)
             bar.update(n)
-    add_bank(bundle, "small", small, geometry.small.patch, geometry.small.stride)
-    add_bank(bundle, "large", large, geometry.large.patch, geometry.large.stride)
-    log.info("memory bank: %d small and %d large codes of dim %d", len(small), len(large), dim)
-    return small, large
+    bc = cfg.bank
+    for scale, grid, codes in (("small", geometry.small, small), ("large", geometry.large, large)):
+        positions = np.tile(grid_positions(grid.n), (len(images), 1))
+        if bc.coreset_ratio < 1:
+            keep = greedy_coreset(codes, bc.coreset_ratio, bc.projection_dim, bc.seed)
+            codes, positions = codes[keep], positions[keep]
+        header = BankHeader(scale, grid.patch, grid.stride, grid.n, dim, len(codes), "float32", bc.coreset_ratio)
+        add_bank(bundle, codes, positions, header)
+        log.info("memory bank %s: %d codes of dim %d (coreset ratio %g)", scale, len(codes), dim, bc.coreset_ratio)
+    return bundle.bank("small"), bundle.bank("large")
 

@@ -6,12 +6,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from sclvi.affinity import patch_scores
 from sclvi.bundle import ModelBundle
 from sclvi.config import ScoringConfig
 from sclvi.embedding import EncoderBackend, FrameEmbedder
 from sclvi.geometry import TwoScaleGeometry
 from sclvi.images import check_frame, normalise
+from sclvi.knn import PatchScorer, make_patch_scorer
+from sclvi.knn.buckets import grid_positions
 from sclvi.maps import fuse_maps, image_score, pixel_map
 
 
@@ -31,21 +32,25 @@ class AnomalyScorer:
         self.scoring = scoring or bundle.config.scoring
         self.geometry = TwoScaleGeometry.from_config(bundle.config.geometry)
         self.embedder = FrameEmbedder(backend, self.geometry)
-        self.banks = {scale: bundle.bank(scale) for scale in ("small", "large")}
         self.size = bundle.config.geometry.image_size
+        self.grids = {"small": self.geometry.small, "large": self.geometry.large}
+        self.knn: dict[str, PatchScorer] = {}
+        for scale, grid in self.grids.items():
+            codes, positions, _ = bundle.bank_data(scale)
+            self.knn[scale] = make_patch_scorer(codes, positions, grid.n, self.scoring)
+        self.positions = {scale: grid_positions(grid.n) for scale, grid in self.grids.items()}
 
     def score(self, frames: list[np.ndarray] | np.ndarray) -> list[FrameScore]:
         """Score (S, S, 3) uint8 frames (already at the model's size)."""
         batch = np.stack([normalise(check_frame(f, self.size), self.bundle.mean) for f in frames])
         codes = self.embedder.embed(batch)
-        s = self.scoring
         results = []
         for i in range(len(batch)):
             maps = {}
-            for scale, grid, c in (("small", self.geometry.small, codes.small[i]), ("large", self.geometry.large, codes.large[i])):
-                q = c.reshape(-1, c.shape[-1])
-                scores = patch_scores(q, self.banks[scale], s.eta, s.lam, s.formula, s.query_block)
+            for scale, c in (("small", codes.small[i]), ("large", codes.large[i])):
+                grid = self.grids[scale]
+                scores = self.knn[scale].score(c.reshape(-1, c.shape[-1]), self.positions[scale])
                 maps[scale] = pixel_map(grid, scores.reshape(grid.n, grid.n))
-            fused = fuse_maps(maps["small"], maps["large"], s.scale_fusion)
+            fused = fuse_maps(maps["small"], maps["large"], self.scoring.scale_fusion)
             results.append(FrameScore(image_score(fused), fused, maps["small"], maps["large"]))
         return results

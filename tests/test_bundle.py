@@ -73,12 +73,27 @@ def test_unknown_config_key_in_bundle(tmp_path):
         load_bundle(b.path)
 
 
-def test_truncated_and_missing_bank(random_bundle):
-    f = random_bundle.path / "bank_small.npy"
-    f.write_bytes(f.read_bytes()[: 2000])
+def test_bank_file_header_and_positions(random_bundle):
+    codes, positions, header = random_bundle.bank_data("small")
+    assert (header.scale, header.patch, header.stride, header.grid, header.count) == ("small", 32, 4, 17, 6 * 289)
+    assert positions.dtype == np.int16 and positions.max() == 16
+    assert positions[:289].tolist() == [[r, c] for r in range(17) for c in range(17)]
+
+
+def test_truncated_swapped_and_missing_bank(random_bundle):
+    small = random_bundle.path / "bank_small.sclvibank"
+    large = random_bundle.path / "bank_large.sclvibank"
+    data = small.read_bytes()
+    small.write_bytes(data[:-100])
     with pytest.raises(BundleError, match="truncated or corrupt"):
         load_bundle(random_bundle.path).bank("small")
-    f.unlink()
+    small.write_bytes(b"garbage!" + data[8:])
+    with pytest.raises(BundleError, match="bad magic"):
+        load_bundle(random_bundle.path).bank("small")
+    small.write_bytes(large.read_bytes())  # the other scale's file under this name
+    with pytest.raises(BundleError, match="stale or was swapped"):
+        load_bundle(random_bundle.path).bank("small")
+    small.unlink()
     with pytest.raises(BundleError, match="missing"):
         load_bundle(random_bundle.path).bank("small")
 

@@ -1,0 +1,188 @@
+"""Numba CPU scorer: fused k-NN + affinity without materialising the query x bank distance matrix.
+
+Full bank: the bank is streamed in cache-sized blocks; each block's dot products come from one BLAS
+call (sgemm runs near the CPU's FMA peak) and a Numba pass merges them into a running
+top-(eta + margin) per query. Each worker thread owns a slice of the queries and runs single-threaded
+BLAS and a GIL-free merge: interleaving multi-threaded OpenBLAS with Numba's own thread pool made the
+two spin against each other (measured: 2.3 s instead of 1.4 s for 3249 x 200k on 2 cores). The few survivors are then re-ranked on exact float64 distances (ties to
+the lower bank index, as the reference), weighted (eq. 4-5) and scored (eq. 6) in the same parallel pass.
+Position windows: each query visits only the bank codes of nearby grid cells, with exact distances.
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+from numba import njit, prange
+from threadpoolctl import threadpool_limits
+
+from sclvi.config import ScoringConfig
+from sclvi.knn.buckets import CellBuckets
+
+#: Extra candidates kept by the float32 pre-selection so float32 rounding cannot drop a true neighbour.
+MARGIN = 4
+
+
+@njit(cache=True, inline="always")
+def _insert(bd, bi, d, i):
+    """Insert (d, i) into the ascending (bd, bi) lists if it beats the last entry (lexicographic)."""
+    k = bd.shape[0]
+    if d > bd[k - 1] or (d == bd[k - 1] and i >= bi[k - 1]):
+        return
+    pos = k - 1
+    while pos > 0 and (bd[pos - 1] > d or (bd[pos - 1] == d and bi[pos - 1] > i)):
+        bd[pos] = bd[pos - 1]
+        bi[pos] = bi[pos - 1]
+        pos -= 1
+    bd[pos] = d
+    bi[pos] = i
+
+
+@njit(nogil=True, cache=True)
+def _merge_block(dots, bank_sq, base, best_d, best_i):
+    """best lists <- block entries with d = |b|^2 - 2 q.b (|q|^2 is constant per query)."""
+    qn, bn = dots.shape
+    for r in range(qn):
+        bd = best_d[r]
+        bi = best_i[r]
+        worst = bd[bd.shape[0] - 1]
+        for j in range(bn):
+            d = bank_sq[j] - 2.0 * dots[r, j]
+            if d < worst:
+                _insert(bd, bi, d, base + j)
+                worst = bd[bd.shape[0] - 1]
+
+
+@njit(cache=True)
+def _affinity_score(q, bank, idx, k, lam, authors):
+    """Exact re-rank of candidate indices `idx`, then eq. 4-6 (or the authors' weighted distance)."""
+    m = idx.shape[0]
+    dd = np.full(k, np.inf)
+    di = np.full(k, np.int64(2**62))
+    dim = q.shape[0]
+    for c in range(m):
+        j = idx[c]
+        if j < 0:
+            continue
+        acc = 0.0
+        for t in range(dim):
+            diff = np.float64(q[t]) - np.float64(bank[j, t])
+            acc += diff * diff
+        _insert(dd, di, np.sqrt(acc), j)
+    total = 0.0
+    for c in range(k):
+        total += dd[c]
+    gamma = np.empty(k)
+    for c in range(k):
+        g = lam if dd[c] <= 0.0 else total / dd[c]
+        gamma[c] = min(g, lam)
+    gmax = gamma.max()
+    wsum = 0.0
+    for c in range(k):
+        gamma[c] = np.exp(gamma[c] - gmax)
+        wsum += gamma[c]
+    if authors:
+        s = 0.0
+        for c in range(k):
+            s += gamma[c] / wsum * dd[c]
+        return s
+    acc = 0.0
+    for t in range(dim):
+        fused = 0.0
+        for c in range(k):
+            fused += gamma[c] / wsum * np.float64(bank[di[c], t])
+        diff = np.float64(q[t]) - fused
+        acc += diff * diff
+    return np.sqrt(acc)
+
+
+@njit(parallel=True, cache=True)
+def _finish(queries, bank, cand, k, lam, authors, out):
+    for r in prange(queries.shape[0]):
+        out[r] = _affinity_score(queries[r], bank, cand[r], k, lam, authors)
+
+
+@njit(parallel=True, cache=True)
+def _windowed(queries, qpos, bank, order, offsets, grid, window, k, lam, authors, out, short):
+    """Position-aware scoring: candidates are the codes of cells within `window` of the query's cell."""
+    for r in prange(queries.shape[0]):
+        row, col = qpos[r, 0], qpos[r, 1]
+        n = 0
+        for rr in range(max(0, row - window), min(grid, row + window + 1)):
+            for cc in range(max(0, col - window), min(grid, col + window + 1)):
+                n += offsets[rr * grid + cc + 1] - offsets[rr * grid + cc]
+        if n < k:
+            short[r] = 1
+            out[r] = np.nan
+            continue
+        cand = np.empty(n, dtype=np.int64)
+        n = 0
+        for rr in range(max(0, row - window), min(grid, row + window + 1)):
+            for cc in range(max(0, col - window), min(grid, col + window + 1)):
+                for t in range(offsets[rr * grid + cc], offsets[rr * grid + cc + 1]):
+                    cand[n] = order[t]
+                    n += 1
+        out[r] = _affinity_score(queries[r], bank, cand, k, lam, authors)
+
+
+class NumbaPatchScorer:
+    name = "numba"
+
+    def __init__(
+        self,
+        codes: np.ndarray,
+        positions: np.ndarray,
+        grid: int,
+        scoring: ScoringConfig,
+        bank_block: int = 4096,
+        threads: int = 0,
+    ) -> None:
+        self.codes = np.ascontiguousarray(codes, dtype=np.float32)
+        self.bank_sq = np.einsum("nd,nd->n", self.codes, self.codes)
+        self.scoring = scoring
+        self.grid = grid
+        self.bank_block = bank_block
+        self.threads = threads or os.cpu_count() or 1
+        self.buckets = CellBuckets.build(np.asarray(positions), grid) if scoring.position_window is not None else None
+
+    def candidates(self, queries: np.ndarray) -> np.ndarray:
+        """(Q, eta + margin) bank indices of the float32 pre-selection (-1 where the bank is smaller)."""
+        q = np.ascontiguousarray(queries, dtype=np.float32)
+        keep = self.scoring.eta + MARGIN
+        best_d = np.full((len(q), keep), np.inf, dtype=np.float32)
+        best_i = np.full((len(q), keep), -1, dtype=np.int64)
+        chunk = max(1, min(self.scoring.query_block, -(-len(q) // self.threads)))
+
+        def work(qs: int) -> None:
+            qblk = q[qs : qs + chunk]
+            buf = np.empty((len(qblk), self.bank_block), dtype=np.float32)
+            for bs in range(0, len(self.codes), self.bank_block):
+                block = self.codes[bs : bs + self.bank_block]
+                dots = buf[:, : len(block)]
+                np.matmul(qblk, block.T, out=dots)
+                _merge_block(dots, self.bank_sq[bs : bs + len(block)], bs, best_d[qs : qs + chunk], best_i[qs : qs + chunk])
+
+        with threadpool_limits(1, user_api="blas"), ThreadPoolExecutor(self.threads) as pool:
+            list(pool.map(work, range(0, len(q), chunk)))
+        return best_i
+
+    def score(self, queries: np.ndarray, positions: np.ndarray | None = None) -> np.ndarray:
+        s = self.scoring
+        q = np.ascontiguousarray(queries, dtype=np.float32)
+        out = np.empty(len(q), dtype=np.float64)
+        authors = s.formula == "authors"
+        if self.buckets is None:
+            k = min(s.eta, len(self.codes))
+            _finish(q, self.codes, self.candidates(q), k, s.lam, authors, out)
+            return out
+        if positions is None:
+            raise ValueError("position-aware search needs the queries' grid positions")
+        short = np.zeros(len(q), dtype=np.uint8)
+        b = self.buckets
+        _windowed(q, np.asarray(positions, dtype=np.int64), self.codes, b.order, b.offsets, self.grid,
+                  s.position_window, s.eta, s.lam, authors, out, short)
+        if short.any():
+            raise ValueError(f"fewer than eta={s.eta} bank codes in some position windows: widen the window or lower eta")
+        return out

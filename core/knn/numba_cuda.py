@@ -1,0 +1,188 @@
+"""Numba CUDA scorer against a GPU-resident memory bank.
+
+The bank (float32, or float16 to halve memory traffic) and its squared norms are uploaded once, when
+the scorer is built, and stay on the device. Queries may be host arrays or device arrays (anything with
+`__cuda_array_interface__`, e.g. an engine's output buffer), so the encoder output never has to come
+back to the host before the k-NN.
+
+Kernel 1 (grid: query tiles x bank splits): each thread owns one query, the block streams its bank
+split through shared memory in tiles and keeps a running top-(eta + margin) per thread.
+Kernel 2 (one thread per query): merges the splits' candidates, re-ranks them on exact distances
+(ties to the lower index, as the reference), and computes the affinity-fused score.
+Position windows are not implemented on the GPU (use the numba or numpy kernel for them).
+"""
+
+from __future__ import annotations
+
+import math
+from functools import lru_cache
+
+import numpy as np
+from numba import float32, float64, int64
+
+try:  # kernels must see `cuda` as a module global: the CUDA simulator swaps it there
+    from numba import cuda
+except ImportError:  # a numba without any CUDA target
+    cuda = None
+
+from sclvi.config import ScoringConfig
+from sclvi.errors import BackendError
+from sclvi.knn.numba_cpu import MARGIN
+
+TILE = 32  # bank codes per shared-memory tile
+THREADS = 64  # queries per block
+
+
+def cuda_available() -> bool:
+    """A real or simulated CUDA device that Numba can use."""
+    if cuda is None:
+        return False
+    try:
+        return bool(cuda.is_available())
+    except Exception:  # a broken driver install must not crash auto-selection
+        return False
+
+
+@lru_cache(maxsize=None)
+def _kernels(dim: int, keep: int, k: int, candidates: int):
+    @cuda.jit(device=True)
+    def insert(bd, bi, d, i, n):
+        if d > bd[n - 1] or (d == bd[n - 1] and i >= bi[n - 1]):
+            return
+        pos = n - 1
+        while pos > 0 and (bd[pos - 1] > d or (bd[pos - 1] == d and bi[pos - 1] > i)):
+            bd[pos] = bd[pos - 1]
+            bi[pos] = bi[pos - 1]
+            pos -= 1
+        bd[pos] = d
+        bi[pos] = i
+
+    @cuda.jit
+    def partial_topk(queries, bank, bank_sq, split_len, out_i):
+        tid = cuda.threadIdx.x
+        qi = cuda.blockIdx.x * THREADS + tid
+        split = cuda.blockIdx.y
+        n_bank = bank.shape[0]
+        start = split * split_len
+        stop = min(start + split_len, n_bank)
+        tile = cuda.shared.array((TILE, dim), float32)
+        tile_sq = cuda.shared.array(TILE, float32)
+        qv = cuda.local.array(dim, float32)
+        bd = cuda.local.array(keep, float32)
+        bi = cuda.local.array(keep, int64)
+        active = qi < queries.shape[0]
+        for t in range(keep):
+            bd[t] = math.inf
+            bi[t] = -1
+        if active:
+            for c in range(dim):
+                qv[c] = queries[qi, c]
+        for t0 in range(start, stop, TILE):
+            for e in range(tid, TILE * dim, THREADS):
+                r = e // dim
+                j = t0 + r
+                tile[r, e % dim] = float32(bank[j, e % dim]) if j < stop else float32(0.0)
+            for e in range(tid, TILE, THREADS):
+                tile_sq[e] = bank_sq[t0 + e] if t0 + e < stop else float32(math.inf)
+            cuda.syncthreads()
+            if active:
+                for r in range(min(TILE, stop - t0)):
+                    dot = float32(0.0)
+                    for c in range(dim):
+                        dot += qv[c] * tile[r, c]
+                    d = tile_sq[r] - float32(2.0) * dot
+                    insert(bd, bi, d, t0 + r, keep)
+            cuda.syncthreads()
+        if active:
+            for t in range(keep):
+                out_i[qi, split * keep + t] = bi[t]
+
+    @cuda.jit
+    def finish(queries, bank, cand, lam, authors, out):
+        qi = cuda.grid(1)
+        if qi >= queries.shape[0]:
+            return
+        dd = cuda.local.array(k, float64)
+        di = cuda.local.array(k, int64)
+        for t in range(k):
+            dd[t] = math.inf
+            di[t] = 1 << 62
+        for c in range(candidates):
+            j = cand[qi, c]
+            if j < 0:
+                continue
+            acc = float64(0.0)
+            for t in range(dim):
+                diff = float64(queries[qi, t]) - float64(bank[j, t])
+                acc += diff * diff
+            insert(dd, di, math.sqrt(acc), j, k)
+        total = float64(0.0)
+        for t in range(k):
+            total += dd[t]
+        gmax = float64(-math.inf)
+        w = cuda.local.array(k, float64)
+        for t in range(k):
+            g = lam if dd[t] <= 0.0 else total / dd[t]
+            w[t] = min(g, lam)
+            gmax = max(gmax, w[t])
+        wsum = float64(0.0)
+        for t in range(k):
+            w[t] = math.exp(w[t] - gmax)
+            wsum += w[t]
+        if authors:
+            s = float64(0.0)
+            for t in range(k):
+                s += w[t] / wsum * dd[t]
+            out[qi] = s
+            return
+        acc = float64(0.0)
+        for c in range(dim):
+            fused = float64(0.0)
+            for t in range(k):
+                fused += w[t] / wsum * float64(bank[di[t], c])
+            diff = float64(queries[qi, c]) - fused
+            acc += diff * diff
+        out[qi] = math.sqrt(acc)
+
+    return partial_topk, finish
+
+
+class CudaPatchScorer:
+    name = "cuda"
+
+    def __init__(self, codes: np.ndarray, scoring: ScoringConfig, splits: int = 0) -> None:
+        if scoring.position_window is not None:
+            raise BackendError("position windows run on the numba or numpy k-NN kernel, not on cuda")
+        if not cuda_available():
+            raise BackendError("no CUDA device for the cuda k-NN kernel (install sclvi[gpu] on a GPU machine)")
+        self.scoring = scoring
+        dtype = np.float16 if scoring.gpu_bank_dtype == "float16" else np.float32
+        host = np.ascontiguousarray(codes, dtype=dtype)
+        self.n, self.dim = host.shape
+        self.stream = cuda.stream()
+        # Uploaded once: the bank stays on the device for the scorer's lifetime.
+        self.bank = cuda.to_device(host, stream=self.stream)
+        sq = np.einsum("nd,nd->n", host.astype(np.float32), host.astype(np.float32)).astype(np.float32)
+        self.bank_sq = cuda.to_device(sq, stream=self.stream)
+        self.k = min(scoring.eta, self.n)
+        self.keep = min(scoring.eta + MARGIN, self.n)
+        self.splits = splits or max(1, min(64, math.ceil(self.n / 4096)))
+        self.split_len = math.ceil(self.n / self.splits)
+        self.partial, self.finish = _kernels(self.dim, self.keep, self.k, self.splits * self.keep)
+
+    def score(self, queries, positions: np.ndarray | None = None) -> np.ndarray:
+        if hasattr(queries, "__cuda_array_interface__"):
+            d_q = cuda.as_cuda_array(queries)
+        else:
+            d_q = cuda.to_device(np.ascontiguousarray(queries, dtype=np.float32), stream=self.stream)
+        nq = d_q.shape[0]
+        cand = cuda.device_array((nq, self.splits * self.keep), dtype=np.int64, stream=self.stream)
+        out = cuda.device_array(nq, dtype=np.float64, stream=self.stream)
+        grid = (math.ceil(nq / THREADS), self.splits)
+        self.partial[grid, THREADS, self.stream](d_q, self.bank, self.bank_sq, self.split_len, cand)
+        self.finish[math.ceil(nq / 128), 128, self.stream](
+            d_q, self.bank, cand, float(self.scoring.lam), self.scoring.formula == "authors", out
+        )
+        result = out.copy_to_host(stream=self.stream)
+        self.stream.synchronize()
+        return result

@@ -1,0 +1,91 @@
+"""k-NN + affinity kernels: Numba CPU equals the NumPy reference; coreset and position windows."""
+
+import numpy as np
+import pytest
+
+from knn_cases import cases
+from sclvi.config import ScoringConfig
+from sclvi.errors import BackendError
+from sclvi.knn import choose_kernel, make_patch_scorer
+from sclvi.knn.buckets import CellBuckets, grid_positions
+from sclvi.knn.coreset import greedy_coreset
+from sclvi.knn.numba_cpu import NumbaPatchScorer
+from sclvi.knn.reference import NumpyPatchScorer
+
+TOL = 1e-9  # both re-rank on exact float64 distances: only summation order differs
+
+
+@pytest.mark.parametrize("formula", ["paper", "authors"])
+@pytest.mark.parametrize("name, q, bank, pos, grid", cases(), ids=[c[0] for c in cases()])
+def test_numba_equals_reference(name, q, bank, pos, grid, formula):
+    s = ScoringConfig(formula=formula, query_block=37)
+    ref = NumpyPatchScorer(bank, pos, grid, s)
+    fast = NumbaPatchScorer(bank, pos, grid, s, bank_block=64, threads=2)
+    np.testing.assert_allclose(fast.score(q), ref.score(q), atol=TOL, rtol=TOL)
+    # the same neighbours, in the same order (ties to the lower index)
+    _, ref_idx = ref.search(q)
+    cand = fast.candidates(q)
+    assert all(set(ref_idx[r]) <= set(cand[r]) for r in range(len(q)))
+
+
+def test_eta_larger_than_the_bank():
+    rng = np.random.default_rng(0)
+    bank, q = rng.normal(size=(6, 8)).astype(np.float32), rng.normal(size=(20, 8)).astype(np.float32)
+    s = ScoringConfig(eta=10)
+    pos = np.zeros((6, 2), np.int16)
+    np.testing.assert_allclose(NumbaPatchScorer(bank, pos, 1, s).score(q), NumpyPatchScorer(bank, pos, 1, s).score(q), atol=TOL)
+
+
+@pytest.mark.parametrize("window", [0, 1, 2])
+def test_position_windows_equal_reference_and_restrict_the_search(window):
+    name, q, bank, pos, grid = cases(n_queries=25)[0]
+    qpos = grid_positions(grid)
+    s = ScoringConfig(position_window=window, eta=5)
+    ref = NumpyPatchScorer(bank, pos, grid, s)
+    np.testing.assert_allclose(NumbaPatchScorer(bank, pos, grid, s).score(q, qpos), ref.score(q, qpos), atol=TOL)
+    _, idx = ref.search(q, qpos)
+    assert (np.abs(pos[idx].astype(int) - qpos[:, None, :]).max(axis=2) <= window).all()
+    with pytest.raises(ValueError, match="grid positions"):
+        ref.score(q)
+
+
+def test_position_window_too_narrow_for_eta():
+    name, q, bank, pos, grid = cases(n_queries=25)[0]
+    s = ScoringConfig(position_window=0, eta=20)  # 12 codes per cell only
+    for scorer in (NumpyPatchScorer(bank, pos, grid, s), NumbaPatchScorer(bank, pos, grid, s)):
+        with pytest.raises(ValueError, match="widen the window"):
+            scorer.score(q, grid_positions(grid))
+
+
+def test_cell_buckets():
+    pos = np.array([[0, 0], [1, 1], [0, 0], [2, 2], [1, 0]], np.int16)
+    b = CellBuckets.build(pos, 3)
+    assert b.candidates(0, 0, 0).tolist() == [0, 2]
+    assert b.candidates(0, 0, 1).tolist() == [0, 1, 2, 4]
+    assert b.candidates(2, 2, 2).tolist() == [0, 1, 2, 3, 4]
+
+
+def test_coreset_is_deterministic_and_covers_every_cluster():
+    rng = np.random.default_rng(0)
+    centres = rng.normal(scale=10, size=(8, 16))
+    labels = rng.integers(0, 8, 4000)
+    codes = (centres[labels] + rng.normal(scale=0.1, size=(4000, 16))).astype(np.float32)
+    codes[labels == 7] = codes[labels == 7][:1]  # one rare, tight cluster
+    a = greedy_coreset(codes, 0.01, projection_dim=8, seed=1, progress=False)
+    b = greedy_coreset(codes, 0.01, projection_dim=8, seed=1, progress=False)
+    assert a.tolist() == b.tolist() and len(a) == 40 and (np.diff(a) > 0).all()
+    assert set(labels[a]) == set(range(8))  # k-center keeps the rare cluster too
+    assert greedy_coreset(codes, 1.0).tolist() == list(range(4000))
+
+
+def test_kernel_selection():
+    assert choose_kernel(ScoringConfig(knn="numpy")) == "numpy"
+    assert choose_kernel(ScoringConfig(position_window=1)) == "numba"
+    bank = np.zeros((10, 4), np.float32)
+    assert make_patch_scorer(bank, np.zeros((10, 2), np.int16), 1, ScoringConfig(knn="numba")).name == "numba"
+    from sclvi.knn.numba_cuda import cuda_available
+
+    if not cuda_available():
+        assert choose_kernel(ScoringConfig()) == "numba"
+        with pytest.raises(BackendError, match="no CUDA device"):
+            make_patch_scorer(bank, np.zeros((10, 2), np.int16), 1, ScoringConfig(knn="cuda"))

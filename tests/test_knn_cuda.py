@@ -1,0 +1,77 @@
+"""The Numba CUDA kernel: under the CUDA simulator in CI, on the real GPU where there is one."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+HERE = Path(__file__).parent
+
+SIM_SCRIPT = textwrap.dedent(
+    """
+    import json, sys
+    import numpy as np
+    sys.path.insert(0, sys.argv[1])
+    from knn_cases import cases
+    from numba import cuda
+    from sclvi.config import ScoringConfig
+    from sclvi.knn.numba_cuda import CudaPatchScorer
+    from sclvi.knn.reference import NumpyPatchScorer
+    out = {}
+    for name, q, bank, pos, grid in cases(n_queries=40, n_bank=300, dim=8):
+        for formula in ("paper", "authors"):
+            s = ScoringConfig(formula=formula)
+            ref = NumpyPatchScorer(bank, pos, grid, s).score(q)
+            got = CudaPatchScorer(bank, s, splits=3).score(q)
+            out[f"{name}/{formula}"] = float(np.abs(got - ref).max())
+    name, q, bank, pos, grid = cases(n_queries=40, n_bank=300, dim=8)[0]
+    ref = NumpyPatchScorer(bank, pos, grid, ScoringConfig()).score(q)
+    half = CudaPatchScorer(bank, ScoringConfig(gpu_bank_dtype="float16")).score(q)
+    out["fp16_rel"] = float(np.abs(half - ref).max() / ref.mean())
+    device_q = cuda.to_device(q)  # a device array, as an engine's output buffer would be
+    out["device_input"] = float(np.abs(CudaPatchScorer(bank, ScoringConfig()).score(device_q) - ref).max())
+    print(json.dumps(out))
+    """
+)
+
+
+def test_cuda_kernel_under_the_simulator_equals_reference():
+    env = {**os.environ, "NUMBA_ENABLE_CUDASIM": "1"}
+    run = subprocess.run([sys.executable, "-c", SIM_SCRIPT, str(HERE)], capture_output=True, text=True, env=env, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    res = json.loads(run.stdout.strip().splitlines()[-1])
+    for key, err in res.items():
+        if key == "fp16_rel":
+            assert err < 2e-3, res  # FP16 bank storage: scores move by well under 0.2 %
+        else:
+            assert err < 1e-9, (key, err)
+
+
+def _real_gpu() -> bool:
+    if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1":
+        return False
+    from sclvi.knn.numba_cuda import cuda_available
+
+    return cuda_available()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not _real_gpu(), reason="needs a CUDA GPU (numba-cuda)")
+def test_cuda_kernel_on_gpu_equals_reference_at_frame_scale():
+    from sclvi.config import ScoringConfig
+    from sclvi.knn.numba_cpu import NumbaPatchScorer
+    from sclvi.knn.numba_cuda import CudaPatchScorer
+
+    rng = np.random.default_rng(0)
+    bank = rng.normal(size=(50_000, 64)).astype(np.float32)
+    q = rng.normal(size=(3249, 64)).astype(np.float32)
+    s = ScoringConfig()
+    ref = NumbaPatchScorer(bank, np.zeros((len(bank), 2), np.int16), 1, s).score(q)
+    np.testing.assert_allclose(CudaPatchScorer(bank, s).score(q), ref, atol=1e-9)
+    half = CudaPatchScorer(bank, ScoringConfig(gpu_bank_dtype="float16")).score(q)
+    assert np.abs(half - ref).max() / ref.mean() < 2e-3
