@@ -155,6 +155,29 @@ def add_bank(bundle: ModelBundle, codes: np.ndarray, positions: np.ndarray, head
     bundle._banks.pop(header.scale, None)
 
 
+def register_files(bundle: ModelBundle, files: list[str], engines: dict[str, Any]) -> None:
+    """Record new files (checksummed like the weights) and engine metadata in the manifest."""
+    manifest = _read_manifest(bundle.path)
+    for name in files:
+        manifest["files"][name] = {"sha256": _sha256(bundle.path / name)}
+    manifest.setdefault("engines", {}).update(engines)
+    _write_json_atomic(bundle.path / MANIFEST, manifest)
+    bundle.manifest = manifest
+
+
+def engine_record(bundle: ModelBundle, kind: str) -> dict[str, Any] | None:
+    """The manifest's record of an engine kind ("onnx", "tensorrt"), checked to belong to these weights."""
+    record = bundle.manifest.get("engines", {}).get(kind)
+    if record is None:
+        return None
+    if record.get("weights_sha256") != bundle.manifest["files"][WEIGHTS]["sha256"]:
+        raise BundleError(
+            f"the {kind} engines in {bundle.path} were built from other weights: rebuild them with "
+            f"`sclvi build-engines {bundle.path}`"
+        )
+    return record
+
+
 def _read_manifest(path: Path) -> dict[str, Any]:
     if not path.is_dir():
         raise BundleError(f"model bundle {path} does not exist (train one with `sclvi train`)")
@@ -187,9 +210,11 @@ def load_bundle(path: str | Path, verify: bool = True) -> ModelBundle:
     for name, info in manifest.get("files", {}).items():
         f = path / name
         if not f.is_file():
-            raise BundleError(f"bundle file {f} is missing: restore the bundle or retrain")
+            hint = f"`sclvi build-engines {path}`" if name.startswith("engines/") else "restore the bundle or retrain"
+            raise BundleError(f"bundle file {f} is missing: {hint}")
         if verify and _sha256(f) != info.get("sha256"):
-            raise BundleError(f"{f} does not match its recorded checksum (corrupt or replaced): restore or retrain")
+            hint = f"rebuild with `sclvi build-engines {path}`" if name.startswith("engines/") else "restore or retrain"
+            raise BundleError(f"{f} does not match its recorded checksum (corrupt or replaced): {hint}")
     bundle = ModelBundle(path, config, manifest)
     _check_weights(bundle)
     return bundle

@@ -105,6 +105,7 @@ class BankConfig(_Strict):
         1.0, gt=0, le=1, description="keep this fraction of codes by greedy k-center selection (1 = all)"
     )
     projection_dim: int = Field(32, ge=0, description="random projection for the coreset selection (0 = none)")
+    max_images: int | None = Field(None, ge=1, description="build the bank from a seeded subset of this many images")
     seed: int = 0
 
 

@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 from sclvi.bundle import ModelBundle
 from sclvi.config import ScoringConfig
 from sclvi.dataset import MVTecDataset
-from sclvi.embedding import EncoderBackend
+from sclvi.embedding import EncoderBackend, FrameCodes
 from sclvi.errors import BundleError
 from sclvi.images import read_mask, read_rgb
 from sclvi.metrics import auroc, pro_auc, roc
@@ -33,6 +33,68 @@ def _metrics(labels: np.ndarray, scores: np.ndarray, masks: np.ndarray | None, m
     return out
 
 
+def embed_test_set(bundle: ModelBundle, dataset: MVTecDataset, backend: EncoderBackend, batch: int = 4) -> tuple[FrameCodes, float]:
+    """Codes of every test image (both scales) and the embedding time per image."""
+    scorer = AnomalyScorer(bundle, backend, banks=_NO_BANKS(bundle))
+    size = bundle.config.geometry.image_size
+    parts = []
+    t0 = time.perf_counter()
+    for start in tqdm(range(0, len(dataset.test), batch), desc="embed test set", unit="batch"):
+        parts.append(scorer.embed([read_rgb(t.path, size) for t in dataset.test[start : start + batch]]))
+    seconds = (time.perf_counter() - t0) / max(1, len(dataset.test))
+    return FrameCodes(np.concatenate([p.small for p in parts]), np.concatenate([p.large for p in parts])), seconds
+
+
+def _NO_BANKS(bundle: ModelBundle) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Placeholder banks so an embedding-only scorer does not load the real ones."""
+    dim = bundle.config.encoder.embed_dim
+    return {s: (np.zeros((1, dim), np.float32), np.zeros((1, 2), np.int16)) for s in ("small", "large")}
+
+
+def score_test_set(
+    bundle: ModelBundle,
+    codes: FrameCodes,
+    scoring: ScoringConfig,
+    banks: dict[str, tuple[np.ndarray, np.ndarray]] | None = None,
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """(image scores, fused maps, seconds per image) for embedded test images under one scoring config."""
+    scorer = AnomalyScorer(bundle, None, scoring, banks=banks)
+    n = len(codes.small)
+    size = bundle.config.geometry.image_size
+    scores = np.empty(n)
+    maps = np.empty((n, size, size), dtype=np.float32)
+    if n:
+        scorer.score_codes(codes.small[0], codes.large[0])  # warm-up: JIT compilation is not scoring time
+    t0 = time.perf_counter()
+    for i in tqdm(range(n), desc="score", unit="img", mininterval=1.0):
+        r = scorer.score_codes(codes.small[i], codes.large[i])
+        scores[i], maps[i] = r.score, r.anomaly_map
+    return scores, maps, (time.perf_counter() - t0) / max(1, n)
+
+
+def test_masks(dataset: MVTecDataset, size: int) -> np.ndarray | None:
+    """Ground-truth masks of all test images (zeros for good ones), or None without masks."""
+    if not dataset.has_masks:
+        return None
+    return np.stack([read_mask(t.mask, size) if t.mask else np.zeros((size, size), bool) for t in dataset.test])
+
+
+def metrics_report(dataset: MVTecDataset, scores: np.ndarray, maps: np.ndarray, masks: np.ndarray | None) -> dict[str, Any]:
+    """Overall and per-defect-type metrics (each defect type against all good images)."""
+    items = dataset.test
+    labels = np.array([t.is_anomalous for t in items])
+    defects = np.array([t.defect for t in items])
+    with_maps = masks is not None
+    report: dict[str, Any] = {**_metrics(labels, scores, masks, maps if with_maps else None), "per_defect": {}}
+    good = defects == "good"
+    for defect in dataset.defect_types:
+        sel = good | (defects == defect)
+        report["per_defect"][defect] = _metrics(
+            labels[sel], scores[sel], masks[sel] if with_maps else None, maps[sel] if with_maps else None
+        )
+    return report
+
+
 def evaluate(
     bundle: ModelBundle,
     dataset: MVTecDataset,
@@ -40,57 +102,34 @@ def evaluate(
     out_dir: str | Path,
     scoring: ScoringConfig | None = None,
     n_overlays: int = 6,
-    batch: int = 4,
 ) -> dict[str, Any]:
     """Score every test image, compute the metrics, write metrics.json, roc.png and overlays."""
     if not bundle.has_bank():
         raise BundleError(f"bundle {bundle.path} has no memory bank: train it with `sclvi train` first")
+    scoring = scoring or bundle.config.scoring
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    scorer = AnomalyScorer(bundle, backend, scoring)
     size = bundle.config.geometry.image_size
-    items = dataset.test
-    with_masks = dataset.has_masks
-    scores = np.empty(len(items))
-    maps = np.empty((len(items), size, size), dtype=np.float32)
-    t0 = time.perf_counter()
-    with tqdm(total=len(items), desc="evaluate", unit="img") as bar:
-        for start in range(0, len(items), batch):
-            chunk = items[start : start + batch]
-            results = scorer.score([read_rgb(t.path, size) for t in chunk])
-            for j, r in enumerate(results):
-                scores[start + j] = r.score
-                maps[start + j] = r.anomaly_map
-            bar.update(len(chunk))
-    seconds = (time.perf_counter() - t0) / len(items)
-    labels = np.array([t.is_anomalous for t in items])
-    defects = np.array([t.defect for t in items])
-    masks = None
-    if with_masks:
-        masks = np.stack([read_mask(t.mask, size) if t.mask else np.zeros((size, size), bool) for t in items])
+    codes, embed_s = embed_test_set(bundle, dataset, backend)
+    scores, maps, score_s = score_test_set(bundle, codes, scoring)
+    masks = test_masks(dataset, size)
     report: dict[str, Any] = {
         "dataset": str(dataset.root),
         "bundle": str(bundle.path),
         "backend": getattr(backend, "name", type(backend).__name__),
-        "scoring": (scoring or bundle.config.scoring).model_dump(),
+        "scoring": scoring.model_dump(),
         "image_size": size,
-        "seconds_per_image": seconds,
-        **_metrics(labels, scores, masks, maps if with_masks else None),
-        "per_defect": {},
+        "seconds_per_image": embed_s + score_s,
+        **metrics_report(dataset, scores, maps, masks),
     }
-    good = defects == "good"
-    for defect in dataset.defect_types:
-        sel = good | (defects == defect)
-        report["per_defect"][defect] = _metrics(
-            labels[sel], scores[sel], masks[sel] if masks is not None else None, maps[sel] if with_masks else None
-        )
     report["image_scores"] = [
-        {"path": str(t.path), "defect": t.defect, "score": float(s)} for t, s in zip(items, scores)
+        {"path": str(t.path), "defect": t.defect, "score": float(s)} for t, s in zip(dataset.test, scores)
     ]
     (out / "metrics.json").write_text(json.dumps(_nan_to_none(report), indent=2))
+    labels = np.array([t.is_anomalous for t in dataset.test])
     fpr, tpr = roc(labels, scores)
     save_roc(out / "roc.png", {"image": (fpr, tpr, report["image_auroc"])}, f"{dataset.root.name}: image-level ROC")
-    _write_overlays(out / "overlays", items, maps, scores, size, n_overlays, masks)
+    write_overlays(out / "overlays", dataset.test, maps, scores, size, n_overlays, masks)
     return report
 
 
@@ -105,7 +144,7 @@ def _nan_to_none(value: Any) -> Any:
     return value
 
 
-def _write_overlays(folder: Path, items: list, maps: np.ndarray, scores: np.ndarray, size: int, n: int, masks) -> None:
+def write_overlays(folder: Path, items: list, maps: np.ndarray, scores: np.ndarray, size: int, n: int, masks) -> None:
     """A few good and a few defective examples, sharing one colour scale so they compare."""
     if n <= 0:
         return

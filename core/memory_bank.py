@@ -23,8 +23,13 @@ log = logging.getLogger(__name__)
 def build_memory_bank(
     bundle: ModelBundle, backend: EncoderBackend, images: Sequence[Path], batch: int = 4
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Embed all training images and store both banks in the bundle; returns (small, large)."""
+    """Embed the training images and store both banks in the bundle; returns (small, large)."""
     cfg = bundle.config
+    bc = cfg.bank
+    if bc.max_images is not None and len(images) > bc.max_images:
+        pick = np.sort(np.random.default_rng(bc.seed).choice(len(images), bc.max_images, replace=False))
+        images = [images[i] for i in pick]
+        log.info("memory bank from a seeded subset of %d images", len(images))
     geometry = TwoScaleGeometry.from_config(cfg.geometry)
     embedder = FrameEmbedder(backend, geometry)
     dim = cfg.encoder.embed_dim
@@ -40,7 +45,6 @@ def build_memory_bank(
             small[start * geometry.small.count : (start + n) * geometry.small.count] = codes.small.reshape(-1, dim)
             large[start * geometry.large.count : (start + n) * geometry.large.count] = codes.large.reshape(-1, dim)
             bar.update(n)
-    bc = cfg.bank
     for scale, grid, codes in (("small", geometry.small, small), ("large", geometry.large, large)):
         positions = np.tile(grid_positions(grid.n), (len(images), 1))
         if bc.coreset_ratio < 1:

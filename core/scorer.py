@@ -8,7 +8,7 @@ import numpy as np
 
 from sclvi.bundle import ModelBundle
 from sclvi.config import ScoringConfig
-from sclvi.embedding import EncoderBackend, FrameEmbedder
+from sclvi.embedding import EncoderBackend, FrameCodes, FrameEmbedder
 from sclvi.geometry import TwoScaleGeometry
 from sclvi.images import check_frame, normalise
 from sclvi.knn import PatchScorer, make_patch_scorer
@@ -27,30 +27,44 @@ class FrameScore:
 class AnomalyScorer:
     """The exact reference scoring path; faster k-NN kernels plug in behind the same outputs."""
 
-    def __init__(self, bundle: ModelBundle, backend: EncoderBackend, scoring: ScoringConfig | None = None) -> None:
+    def __init__(
+        self,
+        bundle: ModelBundle,
+        backend: EncoderBackend | None,
+        scoring: ScoringConfig | None = None,
+        banks: dict[str, tuple[np.ndarray, np.ndarray]] | None = None,
+    ) -> None:
+        """`banks` overrides the bundle's (codes, positions) per scale, e.g. a coreset under study."""
         self.bundle = bundle
         self.scoring = scoring or bundle.config.scoring
         self.geometry = TwoScaleGeometry.from_config(bundle.config.geometry)
-        self.embedder = FrameEmbedder(backend, self.geometry)
+        self.embedder = FrameEmbedder(backend, self.geometry) if backend is not None else None
         self.size = bundle.config.geometry.image_size
         self.grids = {"small": self.geometry.small, "large": self.geometry.large}
         self.knn: dict[str, PatchScorer] = {}
         for scale, grid in self.grids.items():
-            codes, positions, _ = bundle.bank_data(scale)
+            codes, positions = banks[scale] if banks else bundle.bank_data(scale)[:2]
             self.knn[scale] = make_patch_scorer(codes, positions, grid.n, self.scoring)
         self.positions = {scale: grid_positions(grid.n) for scale, grid in self.grids.items()}
 
+    def embed(self, frames: list[np.ndarray] | np.ndarray) -> FrameCodes:
+        """Codes of all patches of (S, S, 3) uint8 frames (already at the model's size)."""
+        if self.embedder is None:
+            raise ValueError("this scorer was built without an encoder backend: it can only score codes")
+        batch = np.stack([normalise(check_frame(f, self.size), self.bundle.mean) for f in frames])
+        return self.embedder.embed(batch)
+
+    def score_codes(self, small: np.ndarray, large: np.ndarray) -> FrameScore:
+        """k-NN + affinity, pixel maps, fusion and image score for one frame's codes."""
+        maps = {}
+        for scale, c in (("small", small), ("large", large)):
+            grid = self.grids[scale]
+            scores = self.knn[scale].score(c.reshape(-1, c.shape[-1]), self.positions[scale])
+            maps[scale] = pixel_map(grid, scores.reshape(grid.n, grid.n))
+        fused = fuse_maps(maps["small"], maps["large"], self.scoring.scale_fusion)
+        return FrameScore(image_score(fused), fused, maps["small"], maps["large"])
+
     def score(self, frames: list[np.ndarray] | np.ndarray) -> list[FrameScore]:
         """Score (S, S, 3) uint8 frames (already at the model's size)."""
-        batch = np.stack([normalise(check_frame(f, self.size), self.bundle.mean) for f in frames])
-        codes = self.embedder.embed(batch)
-        results = []
-        for i in range(len(batch)):
-            maps = {}
-            for scale, c in (("small", codes.small[i]), ("large", codes.large[i])):
-                grid = self.grids[scale]
-                scores = self.knn[scale].score(c.reshape(-1, c.shape[-1]), self.positions[scale])
-                maps[scale] = pixel_map(grid, scores.reshape(grid.n, grid.n))
-            fused = fuse_maps(maps["small"], maps["large"], self.scoring.scale_fusion)
-            results.append(FrameScore(image_score(fused), fused, maps["small"], maps["large"]))
-        return results
+        codes = self.embed(frames)
+        return [self.score_codes(codes.small[i], codes.large[i]) for i in range(len(codes.small))]

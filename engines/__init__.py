@@ -15,31 +15,52 @@ from sclvi.errors import BackendError
 
 log = logging.getLogger(__name__)
 
-BACKENDS = ("torch",)
+BACKENDS = ("tensorrt", "onnxruntime", "torch")
 
 
-def available_backends() -> list[str]:
+def _installed(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
+
+
+def available_backends(bundle: ModelBundle | None = None) -> list[str]:
+    """Backends that can run here (for this bundle, when given), best first."""
     found = []
-    if importlib.util.find_spec("torch") is not None:
+    engines = bundle.manifest.get("engines", {}) if bundle is not None else {}
+    if _installed("tensorrt") and (bundle is None or "tensorrt" in engines):
+        found.append("tensorrt")
+    if _installed("onnxruntime") and (bundle is None or "onnx" in engines):
+        found.append("onnxruntime")
+    if _installed("torch"):
         found.append("torch")
     return found
 
 
 def load_backend(bundle: ModelBundle, name: str = "auto", threads: int = 0) -> EncoderBackend:
-    """The named backend, or the best one installed for `auto`; the choice is logged."""
-    found = available_backends()
+    """The named backend, or the best one usable for this bundle for `auto`; the choice is logged."""
+    found = available_backends(bundle)
     if name == "auto":
         if not found:
             raise BackendError(
-                "no encoder backend is installed: install the torch extra (pip install 'sclvi[train]')"
+                f"no encoder backend can run {bundle.path}: build its engines with `sclvi build-engines` "
+                "(then only onnxruntime is needed) or install the torch extra (pip install 'sclvi[train]')"
             )
         name = found[0]
     if name not in BACKENDS:
         raise BackendError(f"unknown backend {name!r}; known: {', '.join(BACKENDS)}")
     if name not in found:
-        raise BackendError(f"backend {name!r} is not installed here (installed: {found or 'none'})")
-    from sclvi.engines.torch_backend import TorchBackend
+        raise BackendError(f"backend {name!r} cannot run {bundle.path} here (usable: {found or 'none'})")
+    backend: EncoderBackend
+    if name == "tensorrt":
+        from sclvi.engines.tensorrt_backend import TensorRTBackend
 
-    backend = TorchBackend(bundle, threads=threads)
-    log.info("encoder backend: %s", backend.name)
+        backend = TensorRTBackend(bundle)
+    elif name == "onnxruntime":
+        from sclvi.engines.onnx_backend import OnnxRuntimeBackend
+
+        backend = OnnxRuntimeBackend(bundle, threads=threads)
+    else:
+        from sclvi.engines.torch_backend import TorchBackend
+
+        backend = TorchBackend(bundle, threads=threads)
+    log.info("encoder backend: %s (usable here: %s)", backend.name, ", ".join(found))
     return backend

@@ -20,7 +20,7 @@ def test_runtime_imports_without_torch(random_bundle):
         from sclvi.bundle import load_bundle
         from sclvi.errors import BackendError
         import sclvi.engines as engines
-        engines.available_backends = lambda: []
+        engines._installed = lambda module: module != "torch"  # as on a box without torch
         b = load_bundle({str(random_bundle.path)!r})
         assert b.bank("small").shape[1] == 16
         try:

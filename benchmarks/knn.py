@@ -1,0 +1,127 @@
+"""k-NN + affinity benchmark: ms per frame and peak memory of each kernel against faiss-cpu.
+
+    python -m sclvi.benchmarks.knn [--sizes 50000 200000 650000] [--queries 3249] [--out DIR]
+
+Every (kernel, bank size) runs in its own process so peak memory (VmHWM, reset after the bank is
+built) belongs to that kernel alone. The peer is faiss-cpu IndexFlatL2 (exact) + NumPy affinity.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from sclvi.benchmarks.common import REPORTS, machine, machine_table
+
+DIM = 64
+
+
+def _rss(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def _child(kernel: str, size: int, queries: int, repeats: int) -> dict:
+    """Runs in a subprocess: build the bank, warm up, reset the peak, time `repeats` frames."""
+    import numpy as np
+
+    from sclvi.config import ScoringConfig
+
+    rng = np.random.default_rng(0)
+    bank = rng.normal(size=(size, DIM)).astype(np.float32)
+    q = rng.normal(size=(queries, DIM)).astype(np.float32)
+    s = ScoringConfig()
+    if kernel == "faiss":
+        import faiss
+
+        from sclvi.affinity import affinity_scores
+
+        index = faiss.IndexFlatL2(DIM)
+        index.add(bank)
+
+        def run():
+            d2, idx = index.search(q, s.eta)
+            return affinity_scores(q, bank, np.sqrt(np.maximum(d2, 0)), idx, s.lam)
+    else:
+        from sclvi.knn import make_patch_scorer
+
+        scorer = make_patch_scorer(bank, np.zeros((size, 2), np.int16), 1, s.model_copy(update={"knn": kernel}))
+
+        def run():
+            return scorer.score(q)
+
+    run()  # warm-up: JIT compilation, device upload, page faults
+    Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
+    base = _rss("VmRSS")
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - t0)
+    return {"ms": 1000 * float(np.median(times)), "peak_extra_mb": (_rss("VmHWM") - base) / 2**20}
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sizes", type=int, nargs="+", default=[50_000, 200_000, 650_000])
+    ap.add_argument("--queries", type=int, default=3249, help="query codes per frame (3249 = 57x57)")
+    ap.add_argument("--kernels", nargs="+", default=["numpy", "numba", "faiss", "cuda"])
+    ap.add_argument("--numpy-max", type=int, default=50_000, help="largest bank the slow reference runs on")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--out", type=Path, default=REPORTS)
+    ap.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.child:
+        kernel, size, queries, repeats = args.child
+        print(json.dumps(_child(kernel, int(size), int(queries), int(repeats))))
+        return
+    from sclvi.knn.numba_cuda import cuda_available
+
+    rows = []
+    for size in args.sizes:
+        for kernel in args.kernels:
+            if kernel == "numpy" and size > args.numpy_max:
+                continue
+            if kernel == "cuda" and not cuda_available():
+                continue
+            cmd = [sys.executable, "-m", "sclvi.benchmarks.knn", "--child", kernel, str(size), str(args.queries), str(args.repeats)]
+            run = subprocess.run(cmd, capture_output=True, text=True)
+            if run.returncode != 0:
+                print(f"{kernel} @ {size}: failed\n{run.stderr[-2000:]}", file=sys.stderr)
+                continue
+            res = json.loads(run.stdout.strip().splitlines()[-1])
+            rows.append({"kernel": kernel, "bank": size, **res})
+            print(f"{kernel:6s} bank {size:>7d}: {res['ms']:9.1f} ms/frame, peak +{res['peak_extra_mb']:.0f} MB", flush=True)
+    for r in rows:
+        peer = next((p for p in rows if p["kernel"] == "faiss" and p["bank"] == r["bank"]), None)
+        r["vs_faiss"] = r["ms"] / peer["ms"] if peer else None
+    info = machine()
+    args.out.mkdir(parents=True, exist_ok=True)
+    tag = "gpu" if "gpu" in info else "cpu"
+    (args.out / f"knn-{tag}.json").write_text(json.dumps({"machine": info, "queries": args.queries, "rows": rows}, indent=2))
+    lines = [
+        f"# k-NN + affinity benchmark ({tag})",
+        "",
+        f"{args.queries} query codes per frame (one 256x256 frame at 32 px / stride 4), dim {DIM}, eta 10, "
+        "random normal data. Median of "
+        f"{args.repeats} frames after a warm-up. Peak = extra resident memory during the timed frames.",
+        "",
+        "| kernel | bank codes | ms / frame | x faiss time | peak extra MB |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        ratio = f"{r['vs_faiss']:.2f}" if r["vs_faiss"] else "-"
+        lines.append(f"| {r['kernel']} | {r['bank']:,} | {r['ms']:.1f} | {ratio} | {r['peak_extra_mb']:.0f} |")
+    lines += ["", "## Machine", "", machine_table(info), ""]
+    (args.out / f"knn-{tag}.md").write_text("\n".join(lines))
+    print(f"report: {args.out / f'knn-{tag}.md'}")
+
+
+if __name__ == "__main__":
+    main()
