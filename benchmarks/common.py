@@ -9,7 +9,8 @@ from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 
-REPORTS = Path(__file__).resolve().parent / "reports"
+#: Reports go to benchmarks/reports of the checkout the command runs in (the repo root).
+REPORTS = Path("benchmarks") / "reports"
 
 
 def machine() -> dict[str, str]:

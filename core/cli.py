@@ -173,6 +173,61 @@ def print_report(report: dict[str, Any]) -> None:
     Console().print(table)
 
 
+@app.command("build-engines")
+def build_engines(
+    bundle: Path = typer.Argument(..., help="Model bundle directory."),
+    tensorrt: bool = typer.Option(False, "--tensorrt", help="Also build FP16 TensorRT engines (run on the target GPU)."),
+    max_frames: int = typer.Option(1, help="Largest batch, in frames, the TensorRT profiles accept."),
+    check_data: Optional[Path] = typer.Option(None, help="Data set whose train/good images also check the export."),
+) -> None:
+    """Export both encoders to ONNX (FP32 and FP16), check them against torch, optionally build TensorRT."""
+    with _user_errors():
+        from sclvi.bundle import load_bundle
+        from sclvi.dataset import read_dataset
+        from sclvi.engines.export import export_onnx
+
+        b = load_bundle(bundle)
+        images = read_dataset(check_data, need_test=False).train if check_data else None
+        record = export_onnx(b, images)
+        for key, value in record["checks"].items():
+            typer.echo(f"  {key}: {value:.3g}")
+        if tensorrt:
+            from sclvi.engines.device_memory import NumbaCudaMemory
+            from sclvi.engines.tensorrt_build import build_tensorrt
+
+            build_tensorrt(load_bundle(bundle), NumbaCudaMemory(), max_frames=max_frames)
+        typer.echo(f"engines: {bundle / 'engines'}")
+
+
+bench = typer.Typer(help="Benchmarks that print figures and write reports to benchmarks/reports/.", no_args_is_help=True)
+app.add_typer(bench, name="bench")
+_PASS_THROUGH = {"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []}
+
+
+@bench.command("quality", context_settings=_PASS_THROUGH)
+def bench_quality(ctx: typer.Context) -> None:
+    """Detection quality on real data with the paper's ablations (--help for its options)."""
+    from sclvi.benchmarks.quality import main as run
+
+    run(ctx.args)
+
+
+@bench.command("knn", context_settings=_PASS_THROUGH)
+def bench_knn(ctx: typer.Context) -> None:
+    """k-NN + affinity kernels against faiss-cpu (--help for its options)."""
+    from sclvi.benchmarks.knn import main as run
+
+    run(ctx.args)
+
+
+@bench.command("encoders", context_settings=_PASS_THROUGH)
+def bench_encoders(ctx: typer.Context) -> None:
+    """Encoder ms per frame for each backend and preset (--help for its options)."""
+    from sclvi.benchmarks.encoders import main as run
+
+    run(ctx.args)
+
+
 @app.command()
 def synth(
     out: Path = typer.Argument(..., help="Folder to write the data set(s) into."),

@@ -15,7 +15,7 @@ from sclvi.errors import BackendError
 
 log = logging.getLogger(__name__)
 
-BACKENDS = ("tensorrt", "onnxruntime", "torch")
+BACKENDS = ("tensorrt", "onnxruntime", "torch", "onnxruntime-fp16")  # the last: explicit only, for checks
 
 
 def _installed(module: str) -> bool:
@@ -47,17 +47,18 @@ def load_backend(bundle: ModelBundle, name: str = "auto", threads: int = 0) -> E
         name = found[0]
     if name not in BACKENDS:
         raise BackendError(f"unknown backend {name!r}; known: {', '.join(BACKENDS)}")
-    if name not in found:
+    base = "onnxruntime" if name == "onnxruntime-fp16" else name
+    if base not in found:
         raise BackendError(f"backend {name!r} cannot run {bundle.path} here (usable: {found or 'none'})")
     backend: EncoderBackend
     if name == "tensorrt":
         from sclvi.engines.tensorrt_backend import TensorRTBackend
 
         backend = TensorRTBackend(bundle)
-    elif name == "onnxruntime":
+    elif base == "onnxruntime":
         from sclvi.engines.onnx_backend import OnnxRuntimeBackend
 
-        backend = OnnxRuntimeBackend(bundle, threads=threads)
+        backend = OnnxRuntimeBackend(bundle, threads=threads, precision="fp16" if name.endswith("fp16") else "fp32")
     else:
         from sclvi.engines.torch_backend import TorchBackend
 
