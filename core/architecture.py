@@ -16,7 +16,7 @@ from sclvi.config import EncoderConfig
 
 @dataclass(frozen=True)
 class Layer:
-    kind: str  # conv | norm | relu | pool | lrn | tanh
+    kind: str  # conv | norm | bn | pnorm | relu | pool | lrn | tanh
     cin: int = 0
     cout: int = 0
     kernel: int = 0
@@ -25,11 +25,34 @@ class Layer:
     groups: int = 0  # GroupNorm groups
 
 
-def _conv_block(cin: int, cout: int, kernel: int, padding: int, groups: int) -> list[Layer]:
-    return [Layer("conv", cin, cout, kernel, 1, padding), Layer("norm", cout, cout, groups=math.gcd(groups, cout))]
+_NORM_KIND = {"group": "norm", "batch": "bn", "position": "pnorm"}
+
+
+def _conv_block(cin: int, cout: int, kernel: int, padding: int, groups: int, norm: str = "group") -> list[Layer]:
+    return [Layer("conv", cin, cout, kernel, 1, padding), Layer(_NORM_KIND[norm], cout, cout, groups=math.gcd(groups, cout))]
 
 
 def main_layers(cfg: EncoderConfig) -> list[Layer]:
+    return dense_main_layers(cfg) if cfg.family == "dense" else paper_main_layers(cfg)
+
+
+def dense_main_layers(cfg: EncoderConfig) -> list[Layer]:
+    """No padding, two 2x2 pools (total stride 4), receptive field exactly 32: 32-28-14-10-5-3-1-1-1-1."""
+    c1, c2, c3, c4, c5, c6 = cfg.conv_widths
+    g, n = cfg.groups, cfg.norm
+    relu, lrn = Layer("relu"), Layer("lrn", kernel=5)
+    return [
+        *_conv_block(3, c1, 5, 0, g, n), relu, Layer("pool", kernel=2, stride=2), lrn,  # 28 -> 14
+        *_conv_block(c1, c2, 5, 0, g, n), relu, Layer("pool", kernel=2, stride=2), lrn,  # 10 -> 5
+        *_conv_block(c2, c3, 3, 0, g, n), relu,  # 3
+        *_conv_block(c3, c4, 3, 0, g, n), relu,  # 1
+        *_conv_block(c4, c5, 1, 0, g, n), relu,  # pointwise, Table 5's conv5 width
+        *_conv_block(c5, c6, 1, 0, g, n),  # conv6: no activation
+        *_conv_block(c6, cfg.embed_dim, 1, 0, g, n), Layer("tanh"),
+    ]
+
+
+def paper_main_layers(cfg: EncoderConfig) -> list[Layer]:
     c1, c2, c3, c4, c5, c6 = cfg.conv_widths
     g = cfg.groups
     relu, lrn = Layer("relu"), Layer("lrn", kernel=5)
@@ -48,10 +71,12 @@ def main_layers(cfg: EncoderConfig) -> list[Layer]:
 
 
 def secondary_layers(cfg: EncoderConfig) -> list[Layer]:
+    """Table 6. Its GroupNorm sees a 1x1 map, i.e. it is per-position: the dense family keeps it as such."""
     g = cfg.groups
+    n = "position" if cfg.family == "dense" else "group"
     return [
-        *_conv_block(cfg.embed_dim, cfg.secondary_width, 2, 0, g), Layer("relu"),  # conv1 1x1
-        *_conv_block(cfg.secondary_width, cfg.embed_dim, 1, 0, g), Layer("tanh"),  # conv2 1x1
+        *_conv_block(cfg.embed_dim, cfg.secondary_width, 2, 0, g, n), Layer("relu"),  # conv1 1x1
+        *_conv_block(cfg.secondary_width, cfg.embed_dim, 1, 0, g, n), Layer("tanh"),  # conv2 1x1
     ]
 
 
@@ -82,7 +107,11 @@ def expected_shapes(cfg: EncoderConfig) -> dict[str, tuple[int, ...]]:
             if layer.kind == "conv":
                 shapes[f"{prefix}.{i}.weight"] = (layer.cout, layer.cin, layer.kernel, layer.kernel)
                 shapes[f"{prefix}.{i}.bias"] = (layer.cout,)
-            elif layer.kind == "norm":
+            elif layer.kind in ("norm", "pnorm", "bn"):
                 shapes[f"{prefix}.{i}.weight"] = (layer.cout,)
                 shapes[f"{prefix}.{i}.bias"] = (layer.cout,)
+                if layer.kind == "bn":
+                    shapes[f"{prefix}.{i}.running_mean"] = (layer.cout,)
+                    shapes[f"{prefix}.{i}.running_var"] = (layer.cout,)
+                    shapes[f"{prefix}.{i}.num_batches_tracked"] = ()
     return shapes

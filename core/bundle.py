@@ -128,7 +128,7 @@ def save_bundle(
     """Write weights, mean image and manifest. Banks are added afterwards with `add_bank`."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    save_file({k: np.ascontiguousarray(v, dtype=np.float32) for k, v in weights.items()}, str(path / WEIGHTS))
+    save_file({k: np.array(v, dtype=np.float32, order="C") for k, v in weights.items()}, str(path / WEIGHTS))  # keeps 0-d
     np.save(path / MEAN, mean.astype(np.float32))
     manifest = {
         "format": FORMAT,

@@ -20,8 +20,18 @@ class _Strict(BaseModel):
 
 
 class EncoderConfig(_Strict):
-    """Channel widths of the main encoder (Table 5) and secondary encoder (Table 6)."""
+    """Channel widths of the main encoder (Table 5) and secondary encoder (Table 6).
 
+    family `paper`: Table 5 as published (padded convs and pools, GroupNorm), evaluated patch by patch.
+    family `dense`: no padding, total stride 4 and per-position normalisation, so one fully convolutional
+    pass over a frame gives exactly every 32-px stride-4 patch code (conv5x5, pool2, conv5x5, pool2,
+    conv3x3, conv3x3, then 1x1 convs with the Table 5 widths).
+    """
+
+    family: Literal["paper", "dense"] = "paper"
+    norm: Literal["group", "batch", "position"] = Field(
+        "group", description="group: GroupNorm (paper); batch: BatchNorm (folded at inference); position: per-pixel GroupNorm"
+    )
     conv_widths: tuple[int, int, int, int, int, int] = Field(
         (96, 256, 384, 384, 256, 128),
         description="conv1..conv6 output channels of the main encoder; conv7 is embed_dim",
@@ -29,6 +39,14 @@ class EncoderConfig(_Strict):
     secondary_width: int = Field(128, description="conv1 of the secondary encoder")
     embed_dim: int = Field(64, ge=2)
     groups: int = Field(8, ge=1, description="GroupNorm groups (clipped to divide each width)")
+
+    @model_validator(mode="after")
+    def _check_norm(self) -> "EncoderConfig":
+        if self.family == "dense" and self.norm == "group":
+            raise ValueError("the dense family needs a per-position norm: encoder.norm batch or position")
+        if self.family == "paper" and self.norm != "group":
+            raise ValueError("the paper family uses GroupNorm (encoder.norm: group)")
+        return self
 
 
 class GeometryConfig(_Strict):
@@ -117,12 +135,24 @@ class Config(_Strict):
     scoring: ScoringConfig = ScoringConfig()
     bank: BankConfig = BankConfig()
 
+    @model_validator(mode="after")
+    def _dense_strides(self) -> "Config":
+        g = self.geometry
+        if self.encoder.family == "dense" and (g.small_stride % 4 or g.large_stride % 4):
+            raise ValueError("the dense family computes codes at stride 4: geometry strides must be multiples of 4")
+        return self
+
 
 PRESETS: dict[str, dict[str, Any]] = {
     "paper": {},
-    # Narrow widths for CPU boxes: ~13x fewer MACs per patch than the paper's widths.
+    # Narrow widths for CPU boxes: ~22x fewer MACs per patch than the paper's widths.
     "lite": {
         "encoder": {"conv_widths": (24, 48, 64, 64, 64, 64), "secondary_width": 64, "groups": 8},
+    },
+    # Dense family: every patch code of a frame from one fully convolutional pass (see EncoderConfig).
+    "dense": {"encoder": {"family": "dense", "norm": "batch"}},  # GPU-sized: the Table 5 widths
+    "dense-lite": {  # CPU-sized
+        "encoder": {"family": "dense", "norm": "batch", "conv_widths": (32, 64, 96, 96, 64, 64), "secondary_width": 64},
     },
 }
 

@@ -32,15 +32,21 @@ class FrameCodes:
 
 
 class FrameEmbedder:
+    """Per-patch path (any encoder family) or, when the backend offers it, the dense one-pass path."""
+
     def __init__(self, backend: EncoderBackend, geometry: TwoScaleGeometry) -> None:
         self.backend = backend
         self.geometry = geometry
         self._quarters = geometry.quarter_index()
+        self.dense = callable(getattr(backend, "encode_frames", None))
 
     def embed(self, frames: np.ndarray) -> FrameCodes:
         """(B, 3, S, S) normalised frames -> codes of all patches of both scales."""
         if frames.ndim == 3:
             frames = frames[None]
+        if self.dense:
+            small, large = self.backend.encode_frames(np.ascontiguousarray(frames, dtype=np.float32))
+            return FrameCodes(small=small.transpose(0, 2, 3, 1), large=large.transpose(0, 2, 3, 1))
         g = self.geometry
         b = len(frames)
         views = [g.small.patches(f) for f in frames]  # zero-copy strided views

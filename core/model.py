@@ -13,11 +13,37 @@ from sclvi.architecture import Layer, main_layers, secondary_layers
 from sclvi.config import EncoderConfig
 
 
+class PositionGroupNorm(nn.Module):
+    """GroupNorm whose statistics are taken over channel groups at each pixel separately.
+
+    On a 1x1 map it equals nn.GroupNorm (same parameter names), and unlike GroupNorm it gives the same
+    result for a patch whether that patch is evaluated alone or as part of a whole frame.
+    """
+
+    def __init__(self, groups: int, channels: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.groups, self.eps = groups, eps
+        self.weight = nn.Parameter(torch.ones(channels))
+        self.bias = nn.Parameter(torch.zeros(channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, c, h, w = x.shape
+        g = x.reshape(n, self.groups, c // self.groups, h, w)
+        mean = g.mean(dim=2, keepdim=True)
+        var = (g - mean).pow(2).mean(dim=2, keepdim=True)
+        y = ((g - mean) / torch.sqrt(var + self.eps)).reshape(n, c, h, w)
+        return y * self.weight[None, :, None, None] + self.bias[None, :, None, None]
+
+
 def _module(layer: Layer) -> nn.Module:
     if layer.kind == "conv":
         return nn.Conv2d(layer.cin, layer.cout, layer.kernel, layer.stride, layer.padding)
     if layer.kind == "norm":
         return nn.GroupNorm(layer.groups, layer.cout)
+    if layer.kind == "pnorm":
+        return PositionGroupNorm(layer.groups, layer.cout)
+    if layer.kind == "bn":
+        return nn.BatchNorm2d(layer.cout)
     if layer.kind == "relu":
         return nn.ReLU(inplace=True)
     if layer.kind == "pool":
@@ -77,6 +103,54 @@ class SCLVINet(nn.Module):
 
 def build_model(cfg: EncoderConfig) -> SCLVINet:
     return SCLVINet(cfg)
+
+
+def fold_batchnorm(layers: nn.Sequential) -> nn.Sequential:
+    """A copy for inference with every BatchNorm folded into the conv before it (exact in eval mode)."""
+    out: list[nn.Module] = []
+    for m in layers:
+        if isinstance(m, nn.BatchNorm2d) and out and isinstance(out[-1], nn.Conv2d):
+            conv = out[-1]
+            scale = m.weight / torch.sqrt(m.running_var + m.eps)
+            folded = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation)
+            with torch.no_grad():
+                folded.weight.copy_(conv.weight * scale[:, None, None, None])
+                folded.bias.copy_((conv.bias - m.running_mean) * scale + m.bias)
+            out[-1] = folded
+        else:
+            out.append(m)
+    return nn.Sequential(*out)
+
+
+class DenseFrameEncoder(nn.Module):
+    """Both scales of a whole frame in one fully convolutional pass (dense family only).
+
+    frame (B, 3, S, S) -> small codes (B, D, n, n) at the configured small stride, and large codes
+    (B, D, m, m): the secondary encoder as a 2x2 convolution dilated by 32/4 = 8 grid cells (the quarter
+    offset) and strided by large_stride/4, over the stride-4 grid of small codes.
+    Border rule: patch (i, j) sits at pixel (4i, 4j); n = floor((S - 32) / 4) + 1, so pixels past the last
+    whole patch are left out (the geometry config refuses sizes that would leave any).
+    """
+
+    def __init__(self, net: SCLVINet, small_stride: int, large_stride: int) -> None:
+        super().__init__()
+        if small_stride % 4 or large_stride % 4:
+            raise ValueError("the dense family runs at stride 4: small and large strides must be multiples of 4")
+        self.main = fold_batchnorm(net.main.layers).eval()
+        sec = list(net.secondary.layers)
+        first = sec[0]
+        self.large_conv = nn.Conv2d(first.in_channels, first.out_channels, 2, stride=large_stride // 4, dilation=8)
+        with torch.no_grad():
+            self.large_conv.weight.copy_(first.weight)
+            self.large_conv.bias.copy_(first.bias)
+        self.large_rest = nn.Sequential(*sec[1:])
+        self.sub = small_stride // 4
+
+    def forward(self, frame: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        grid4 = self.main(frame)
+        small = grid4[:, :, :: self.sub, :: self.sub] if self.sub > 1 else grid4
+        large = self.large_rest(self.large_conv(grid4))
+        return small, large
 
 
 def state_to_numpy(model: nn.Module) -> dict[str, np.ndarray]:

@@ -31,7 +31,8 @@ class OnnxRuntimeBackend:
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         suffix = ".fp16" if precision == "fp16" else ""
         self.sessions = {}
-        for name in ("main", "secondary"):
+        graphs = ("main", "secondary") + (("frame",) if "frame" in record["files"] else ())
+        for name in graphs:
             path = bundle.path / record["files"][f"{name}{suffix}"]
             try:
                 self.sessions[name] = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
@@ -39,6 +40,8 @@ class OnnxRuntimeBackend:
                 raise BundleError(f"cannot load {path} ({exc}): rebuild with `sclvi build-engines {bundle.path}`") from None
         self.inputs = {n: s.get_inputs()[0].name for n, s in self.sessions.items()}
         self.name = f"onnxruntime-{precision}"
+        if "frame" in self.sessions:
+            self.encode_frames = self._encode_frames  # the dense one-pass path
         log.debug("ONNX Runtime sessions with %d threads", opts.intra_op_num_threads)
 
     def encode_small(self, patches: np.ndarray) -> np.ndarray:
@@ -46,3 +49,7 @@ class OnnxRuntimeBackend:
 
     def encode_grid(self, grids: np.ndarray) -> np.ndarray:
         return self.sessions["secondary"].run(None, {self.inputs["secondary"]: grids})[0]
+
+    def _encode_frames(self, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        small, large = self.sessions["frame"].run(None, {self.inputs["frame"]: frames})
+        return small, large

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from sclvi.bundle import ModelBundle
-from sclvi.model import build_model, load_numpy_state
+from sclvi.model import DenseFrameEncoder, build_model, load_numpy_state
 
 
 class TorchBackend:
@@ -20,6 +20,16 @@ class TorchBackend:
         self.model = build_model(bundle.config.encoder)
         load_numpy_state(self.model, bundle.weights)
         self.model.to(self.device).eval()
+        if bundle.config.encoder.family == "dense":
+            g = bundle.config.geometry
+            self.frame = DenseFrameEncoder(self.model, g.small_stride, g.large_stride).to(self.device).eval()
+            self.encode_frames = self._encode_frames  # the dense one-pass path (FrameEmbedder looks for it)
+
+    @torch.inference_mode()
+    def _encode_frames(self, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(B, 3, S, S) -> small (B, D, n, n) and large (B, D, m, m) codes in one pass."""
+        small, large = self.frame(torch.from_numpy(frames).to(self.device))
+        return small.cpu().numpy(), large.cpu().numpy()
 
     @torch.inference_mode()
     def _run(self, module: torch.nn.Module, x: np.ndarray) -> np.ndarray:

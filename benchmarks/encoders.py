@@ -1,0 +1,124 @@
+"""Encoder cost per frame: MACs (counted) and ms for each backend and preset.
+
+    python -m sclvi.benchmarks.encoders [--presets paper lite] [--repeats 3]
+
+One frame = all 32-px patches at the configured stride (3249 at 256x256 stride 4) through the main
+encoder in one call, plus the 64-px grids (169) through the secondary encoder in one call. Weights are
+random (timing does not depend on them). Backends: torch CPU, ONNX Runtime CPU (FP32), torch CUDA FP16
+(the latency proxy for TensorRT where TensorRT is absent) and TensorRT when present.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from sclvi.architecture import macs, main_layers, secondary_layers
+from sclvi.benchmarks.common import REPORTS, machine, machine_table
+from sclvi.config import Config, build_config
+from sclvi.geometry import TwoScaleGeometry
+
+
+def frame_macs(cfg: Config) -> int:
+    g = TwoScaleGeometry.from_config(cfg.geometry)
+    return macs(main_layers(cfg.encoder), 32) * g.small.count + macs(secondary_layers(cfg.encoder), 2) * g.large.count
+
+
+def _time(fn: Callable[[], Any], repeats: int) -> list[float]:
+    fn()  # warm-up
+    out = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        out.append(1000 * (time.perf_counter() - t0))
+    return out
+
+
+def _frame_inputs(cfg: Config) -> tuple[np.ndarray, np.ndarray]:
+    g = TwoScaleGeometry.from_config(cfg.geometry)
+    rng = np.random.default_rng(0)
+    return (
+        rng.normal(scale=0.3, size=(g.small.count, 3, 32, 32)).astype(np.float32),
+        rng.uniform(-1, 1, size=(g.large.count, cfg.encoder.embed_dim, 2, 2)).astype(np.float32),
+    )
+
+
+def bench_preset(preset: str, repeats: int, work: Path) -> list[dict[str, Any]]:
+    import torch
+
+    from sclvi.bundle import load_bundle, save_bundle
+    from sclvi.engines import load_backend
+    from sclvi.engines.export import export_onnx
+    from sclvi.model import build_model, state_to_numpy
+
+    cfg = build_config(preset)
+    size = cfg.geometry.image_size
+    torch.manual_seed(0)
+    model = build_model(cfg.encoder).eval()
+    save_bundle(work / preset, cfg, state_to_numpy(model), np.full((size, size, 3), 128, np.float32), {})
+    export_onnx(load_bundle(work / preset))
+    bundle = load_bundle(work / preset)
+    patches, grids = _frame_inputs(cfg)
+    rows = []
+    for name in ("torch", "onnxruntime"):
+        be = load_backend(bundle, name)
+        ms = _time(lambda: (be.encode_small(patches), be.encode_grid(grids)), repeats)
+        rows.append({"preset": preset, "backend": f"{be.name} (CPU)", "ms": ms})
+        print(f"{preset:6s} {be.name:18s} {np.median(ms):9.1f} ms/frame", flush=True)
+    if torch.cuda.is_available():
+        gpu = model.half().cuda()
+        p, gr = torch.from_numpy(patches).half().cuda(), torch.from_numpy(grids).half().cuda()
+
+        def run() -> None:
+            with torch.inference_mode():
+                gpu.main(p)
+                gpu.secondary(gr)
+            torch.cuda.synchronize()
+
+        ms = _time(run, max(repeats, 20))
+        rows.append({"preset": preset, "backend": f"torch CUDA FP16 ({torch.cuda.get_device_name()})", "ms": ms})
+        print(f"{preset:6s} torch-cuda-fp16    {np.median(ms):9.2f} ms/frame", flush=True)
+    for r in rows:
+        r.update({"macs_per_frame": frame_macs(cfg), "median_ms": float(np.median(r["ms"]))})
+    return rows
+
+
+def main(argv: list[str] | None = None) -> Path:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--presets", nargs="+", default=["paper", "lite"])
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--out", type=Path, default=REPORTS)
+    args = ap.parse_args(argv)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for preset in args.presets:
+            rows += bench_preset(preset, args.repeats, Path(tmp))
+    info = machine()
+    tag = "gpu" if "gpu" in info else "cpu"
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / f"encoders-{tag}.json").write_text(json.dumps({"machine": info, "rows": rows}, indent=2))
+    lines = [
+        f"# Encoder cost per frame ({tag})",
+        "",
+        "One 256x256 frame: all 32-px patches at the preset's stride in one main-encoder call and the 64-px grids "
+        f"in one secondary-encoder call. Median of {args.repeats} runs after a warm-up; threads = all cores.",
+        "",
+        "| preset | backend | GMAC / frame | ms / frame |",
+        "|---|---|---:|---:|",
+    ]
+    lines += [f"| {r['preset']} | {r['backend']} | {r['macs_per_frame'] / 1e9:.1f} | {r['median_ms']:.1f} |" for r in rows]
+    lines += ["", "## Machine", "", machine_table(info), ""]
+    path = args.out / f"encoders-{tag}.md"
+    path.write_text("\n".join(lines))
+    print(f"report: {path}")
+    return path
+
+
+if __name__ == "__main__":
+    main()
