@@ -165,6 +165,14 @@ def register_files(bundle: ModelBundle, files: list[str], engines: dict[str, Any
     bundle.manifest = manifest
 
 
+def set_calibration(bundle: ModelBundle, calibration: dict[str, Any]) -> None:
+    """Store calibrated thresholds (and the statistics they came from) in the manifest."""
+    manifest = _read_manifest(bundle.path)
+    manifest["calibration"] = calibration
+    _write_json_atomic(bundle.path / MANIFEST, manifest)
+    bundle.manifest = manifest
+
+
 def engine_record(bundle: ModelBundle, kind: str) -> dict[str, Any] | None:
     """The manifest's record of an engine kind ("onnx", "tensorrt"), checked to belong to these weights."""
     record = bundle.manifest.get("engines", {}).get(kind)

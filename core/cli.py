@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 import tempfile
@@ -199,6 +200,68 @@ def build_engines(
         typer.echo(f"engines: {bundle / 'engines'}")
 
 
+@app.command()
+def calibrate(
+    bundle: Path = typer.Argument(..., help="Model bundle directory."),
+    good: Path = typer.Option(..., help="Folder of held-out defect-free images (not the training images)."),
+    target_frr: float = typer.Option(0.005, help="Target false-reject rate of good parts (0.005 = 0.5%)."),
+    pixel_fpr: float = typer.Option(0.001, help="Fraction of good pixels allowed above the region threshold."),
+    defective: Optional[Path] = typer.Option(None, help="Optional folder of defective images for the plot."),
+    backend: str = typer.Option("auto", help="Encoder backend."),
+) -> None:
+    """Set the image and pixel thresholds from held-out good images; writes BUNDLE/calibration.png."""
+    with _user_errors():
+        from sclvi.bundle import load_bundle
+        from sclvi.calib.calibrate import calibrate as run, list_images
+        from sclvi.engines import load_backend
+
+        b = load_bundle(bundle)
+        cal = run(b, load_backend(b, backend), list_images(good), target_frr, pixel_fpr,
+                  list_images(defective) if defective else None, bundle / "calibration.png")
+        typer.echo(f"image threshold {cal.image_threshold:.5g}, pixel threshold {cal.pixel_threshold:.5g} "
+                   f"({cal.n_good} good images); plot: {bundle / 'calibration.png'}")
+
+
+@app.command()
+def run(
+    config: Path = typer.Argument(..., help="Runtime config (YAML): bundle, cameras, workers, endpoints, deadline."),
+) -> None:
+    """Run the edge runtime: grab, inspect, and send a verdict for every frame to the PLC over ZeroMQ."""
+    with _user_errors():
+        from sclvi.edge.config import load_runtime_config
+        from sclvi.edge.supervisor import Runtime
+
+        totals = Runtime(load_runtime_config(config)).run()
+        typer.echo(json.dumps({k: v for k, v in totals.items() if v}))
+
+
+@app.command()
+def listen(
+    endpoint: str = typer.Option("tcp://127.0.0.1:5555", help="Where to bind (the runtime's verdict_endpoint)."),
+    count: Optional[int] = typer.Option(None, help="Exit after this many verdicts."),
+    timeout_s: float = typer.Option(0, help="Exit after this long without a verdict (0: never)."),
+    raw: bool = typer.Option(False, "--json", help="Print each verdict as one JSON line."),
+) -> None:
+    """Stand in for the PLC: receive and acknowledge verdicts, print one line each."""
+    from sclvi.edge.listener import VerdictListener, format_verdict
+
+    listener = VerdictListener(endpoint)
+    got = 0
+    try:
+        while count is None or got < count:
+            v = listener.receive(int(timeout_s * 1000) if timeout_s else 1000)
+            if v is None:
+                if timeout_s:
+                    break
+                continue
+            got += 1
+            typer.echo(json.dumps(v) if raw else format_verdict(v))
+    except KeyboardInterrupt:
+        pass
+    finally:
+        listener.close()
+
+
 bench = typer.Typer(help="Benchmarks that print figures and write reports to benchmarks/reports/.", no_args_is_help=True)
 app.add_typer(bench, name="bench")
 _PASS_THROUGH = {"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []}
@@ -255,6 +318,7 @@ def demo(
     workdir: Optional[Path] = typer.Option(None, help="Where data, bundle and report go (default: a temp folder)."),
     cls: str = typer.Option("object", "--class", help="Synthetic class: object or texture."),
     steps: int = typer.Option(60, help="Training steps (about a minute on 2 cores)."),
+    line: bool = typer.Option(True, help="End by running the edge runtime on a replay of the test images."),
 ) -> None:
     """Synthetic data -> train the lite preset on CPU -> memory bank -> evaluate -> table and overlays."""
     with _user_errors():
@@ -275,6 +339,74 @@ def demo(
         report = evaluate(bundle, read_dataset(data), load_backend(bundle), root / "report")
         print_report(report)
         typer.echo(f"overlays: {root / 'report' / 'overlays'}  metrics: {root / 'report' / 'metrics.json'}")
+        if line:
+            _demo_line(root, data, cls)
+
+
+def _demo_line(root: Path, data: Path, cls: str) -> None:
+    """The product's main job on the demo data: engines, calibration, then the edge runtime on a replay of
+    the test images, with the PLC played by a listener that prints every verdict it receives."""
+    import random
+    import shutil
+    import socket
+    import threading
+
+    from sclvi.bundle import load_bundle
+    from sclvi.calib.calibrate import calibrate as run_calibration, list_images
+    from sclvi.dataset import read_dataset
+    from sclvi.edge.config import load_runtime_config
+    from sclvi.edge.listener import VerdictListener, format_verdict
+    from sclvi.edge.supervisor import Runtime
+    from sclvi.engines import load_backend
+    from sclvi.engines.export import export_onnx
+    from sclvi.synthetic import write_synthetic
+
+    bundle_dir = root / "bundle"
+    export_onnx(load_bundle(bundle_dir))  # the runtime then needs no torch
+    held_out = write_synthetic(root / "held-out", cls, size=256, n_train=20, n_test_good=0, n_test_defect=0, seed=1)
+    bundle = load_bundle(bundle_dir)
+    cal = run_calibration(bundle, load_backend(bundle), list_images(held_out / "train" / "good"), target_frr=0.05,
+                          plot=bundle_dir / "calibration.png")
+    typer.echo(f"calibrated on 20 held-out good images: image threshold {cal.image_threshold:.4g}")
+    replay = root / "replay"
+    shutil.rmtree(replay, ignore_errors=True)
+    replay.mkdir()
+    items = read_dataset(data).test
+    random.Random(0).shuffle(items)
+    for i, t in enumerate(items):
+        shutil.copy(t.path, replay / f"{i:03d}.png")
+
+    def port() -> int:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return s.getsockname()[1]
+
+    endpoint = f"tcp://127.0.0.1:{port()}"
+    cfg = load_runtime_config(overrides={
+        "bundle": str(bundle_dir), "workers": 1, "deadline_ms": 5000, "verdict_endpoint": endpoint,
+        "telemetry_endpoint": f"tcp://127.0.0.1:{port()}", "control_endpoint": f"tcp://127.0.0.1:{port()}",
+        "cameras": [{"kind": "folder", "camera_id": "line1", "path": str(replay), "rate_hz": 4}],
+    })
+    typer.echo(f"edge runtime: {len(items)} parts replayed at 4 Hz; verdicts over ZeroMQ ({endpoint}):")
+    stop = threading.Event()
+    correct = []
+
+    def plc() -> None:
+        listener = VerdictListener(endpoint)
+        while not stop.is_set():
+            v = listener.receive(100)
+            if v is not None:
+                truth = items[v["seq"] - 1].defect
+                correct.append((v["verdict"] == "NG") == (truth != "good"))
+                typer.echo(f"  {format_verdict(v)}   [truth: {truth}]")
+        listener.close()
+
+    thread = threading.Thread(target=plc, daemon=True)
+    thread.start()
+    Runtime(cfg).run()
+    stop.set()
+    thread.join(5)
+    typer.echo(f"{sum(correct)}/{len(correct)} verdicts match the ground truth")
 
 
 DEMO_OVERRIDES: dict[str, Any] = {

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -54,14 +55,19 @@ class AnomalyScorer:
         batch = np.stack([normalise(check_frame(f, self.size), self.bundle.mean) for f in frames])
         return self.embedder.embed(batch)
 
-    def score_codes(self, small: np.ndarray, large: np.ndarray) -> FrameScore:
-        """k-NN + affinity, pixel maps, fusion and image score for one frame's codes."""
-        maps = {}
-        for scale, c in (("small", small), ("large", large)):
-            grid = self.grids[scale]
-            scores = self.knn[scale].score(c.reshape(-1, c.shape[-1]), self.positions[scale])
-            maps[scale] = pixel_map(grid, scores.reshape(grid.n, grid.n))
+    def score_codes(self, small: np.ndarray, large: np.ndarray, timings: dict[str, float] | None = None) -> FrameScore:
+        """k-NN + affinity, pixel maps, fusion and image score for one frame's codes.
+
+        `timings`, if given, receives the milliseconds spent in k-NN + affinity and in the map fusion."""
+        t0 = time.perf_counter()
+        patch = {scale: self.knn[scale].score(c.reshape(-1, c.shape[-1]), self.positions[scale])
+                 for scale, c in (("small", small), ("large", large))}
+        t1 = time.perf_counter()
+        maps = {scale: pixel_map(self.grids[scale], p.reshape(self.grids[scale].n, -1)) for scale, p in patch.items()}
         fused = fuse_maps(maps["small"], maps["large"], self.scoring.scale_fusion)
+        if timings is not None:
+            timings["knn"] = 1000 * (t1 - t0)
+            timings["fuse"] = 1000 * (time.perf_counter() - t1)
         return FrameScore(image_score(fused), fused, maps["small"], maps["large"])
 
     def score(self, frames: list[np.ndarray] | np.ndarray) -> list[FrameScore]:

@@ -1,0 +1,79 @@
+"""Runtime configuration (YAML): cameras, workers, deadlines, endpoints. Unknown keys are errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from sclvi.errors import ConfigError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SourceConfig(_Strict):
+    """One camera (or a stand-in for one)."""
+
+    kind: Literal["genicam", "folder", "video", "opencv"]
+    camera_id: str = "cam0"
+    path: str | None = Field(None, description="genicam: the .cti producer; folder: image folder; video: file")
+    device: str | int | None = Field(None, description="genicam: serial number or index; opencv: device index")
+    features: dict[str, Any] = Field(default_factory=dict, description="GenICam features, e.g. PixelFormat, TriggerMode")
+    rate_hz: float | None = Field(None, gt=0, description="folder/video replay rate (None: as fast as possible)")
+    loop: bool = False
+    max_frames: int | None = Field(None, ge=1, description="stop after this many frames (tests, demos)")
+    fetch_timeout_s: float = Field(1.0, gt=0)
+    reconnect_max_s: float = Field(10.0, gt=0, description="longest back-off between reconnect attempts")
+    max_frame_bytes: int = Field(2448 * 2048 * 3, ge=1, description="ring slot size: the largest frame expected")
+
+    @model_validator(mode="after")
+    def _check(self) -> "SourceConfig":
+        if self.kind in ("genicam", "folder", "video") and not self.path:
+            raise ValueError(f"a {self.kind} source needs `path`")
+        return self
+
+
+class RuntimeConfig(_Strict):
+    bundle: str
+    cameras: list[SourceConfig] = Field(min_length=1)
+    workers: int = Field(1, ge=1, description="inference worker processes")
+    backend: str = "auto"
+    threads_per_worker: int = Field(0, ge=0)
+    ring_slots: int = Field(8, ge=1, description="shared-memory frame slots per camera")
+    deadline_ms: float = Field(1000.0, gt=0, description="a frame without a verdict by then gets NOT_INSPECTED")
+    verdict_endpoint: str = Field("tcp://127.0.0.1:5555", description="the PLC bridge's ROUTER (we connect)")
+    telemetry_endpoint: str | None = Field("tcp://127.0.0.1:5556", description="PUB for heartbeats (we bind)")
+    control_endpoint: str | None = Field("tcp://127.0.0.1:5557", description="REP for commands (we bind)")
+    ack_timeout_ms: float = Field(250.0, gt=0, description="resend a verdict not acknowledged by then")
+    max_pending: int = Field(10000, ge=1, description="unacknowledged verdicts kept for resending")
+    heartbeat_s: float = Field(1.0, gt=0)
+    image_threshold: float | None = Field(None, description="overrides the bundle's calibration")
+    pixel_threshold: float | None = None
+    record_dir: str | None = Field(None, description="keep NG / NOT_INSPECTED frames and heatmaps here")
+    record_max_mb: float = Field(500.0, gt=0)
+    shutdown_timeout_s: float = Field(10.0, gt=0)
+
+
+def load_runtime_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> RuntimeConfig:
+    data: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"runtime config {p} does not exist")
+        try:
+            data = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"runtime config {p} is not valid YAML: {exc}") from None
+    data.update(overrides or {})
+    try:
+        return RuntimeConfig.model_validate(data)
+    except ValidationError as exc:
+        msgs = []
+        for err in exc.errors():
+            where = ".".join(str(x) for x in err["loc"])
+            msgs.append(f"unknown key '{where}'" if err["type"] == "extra_forbidden" else f"'{where}': {err['msg']}")
+        raise ConfigError("invalid runtime config: " + "; ".join(msgs)) from None

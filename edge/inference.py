@@ -1,0 +1,130 @@
+"""Inference worker process: ring slot -> preprocess -> embed (one engine call) -> k-NN + affinity ->
+fused map -> decide -> verdict. Exactly one verdict per frame: the worker and the supervisor's deadline
+watchdog race for it through the ring's `claim_verdict`; the loser's result is counted as late."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import time
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from sclvi.edge.config import RuntimeConfig
+from sclvi.edge.decide import decide
+from sclvi.edge.messages import Reason, Verdict, verdict_message
+from sclvi.edge.pixel_formats import to_rgb
+from sclvi.edge.ring import SharedRing
+from sclvi.edge.shared import Shared
+from sclvi.images import to_rgb_array
+
+log = logging.getLogger("sclvi.edge.inference")
+
+
+def _load(cfg: RuntimeConfig) -> Any:
+    """Bundle, backend and scorer, warmed up on a blank frame (JIT compilation, engine allocation) so the
+    first real part is not late."""
+    from sclvi.bundle import load_bundle
+    from sclvi.engines import load_backend
+    from sclvi.scorer import AnomalyScorer
+
+    import os
+
+    bundle = load_bundle(cfg.bundle)
+    threads = cfg.threads_per_worker or max(1, (os.cpu_count() or 1) // cfg.workers)  # no oversubscription
+    scorer = AnomalyScorer(bundle, load_backend(bundle, cfg.backend, threads))
+    size = scorer.size
+    scorer.score([np.zeros((size, size, 3), np.uint8)])
+    return scorer
+
+
+def worker_main(cfg: RuntimeConfig, w: int, shared: Shared) -> None:
+    from sclvi.edge.logs import setup_child_logging
+    from sclvi.edge.recorder import Recorder
+
+    setup_child_logging()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    row = shared.row_worker(w)
+    rings = [SharedRing(spec) for spec in shared.rings]
+    generation = shared.generation.value
+    scorer = _load(cfg)
+    recorder = Recorder(cfg.record_dir, cfg.record_max_mb) if cfg.record_dir else None
+    size = scorer.size
+    shared.workers_ready[w] = 1
+    log.info("worker %d ready (%s)", w, scorer.embedder.backend.name)
+    try:
+        turn = 0
+        while True:
+            slot = None
+            for k in range(len(rings)):  # round robin over cameras
+                cam = (turn + k) % len(rings)
+                slot = rings[cam].take_ready(w)
+                if slot is not None:
+                    turn = cam + 1
+                    break
+            if slot is None:
+                if shared.stop_workers.is_set():
+                    return
+                time.sleep(0.0005)
+                continue
+            if shared.generation.value != generation:  # `reload` from the control socket
+                generation = shared.generation.value
+                scorer = _load(cfg)
+                log.info("worker %d reloaded the bundle", w)
+            ring = rings[cam]
+            h = ring.header[slot]
+            seq, frame_id, t_acq = int(h["seq"]), int(h["frame_id"]), int(h["t_acq_ns"])
+            trigger = None if h["trigger"] < 0 else int(h["trigger"])
+            t_start = time.time_ns()
+            lat: dict[str, float] = {"acquire": h["acquire_us"] / 1000, "queue": (t_start - t_acq) / 1e6}
+            frame = None
+            try:
+                t0 = time.perf_counter()
+                frame = to_rgb(ring.image(slot))
+                model_input = to_rgb_array(Image.fromarray(frame), size)
+                t1 = time.perf_counter()
+                codes = scorer.embed([model_input])
+                t2 = time.perf_counter()
+                result = scorer.score_codes(codes.small[0], codes.large[0], lat)
+                t3 = time.perf_counter()
+                it, pt = shared.image_threshold.value, shared.pixel_threshold.value
+                decision = decide(result.score, result.anomaly_map, it, pt, frame.shape[:2])
+                lat.update(preprocess=1000 * (t1 - t0), embed=1000 * (t2 - t1), decide=1000 * (time.perf_counter() - t3))
+                lat["total"] = (time.time_ns() - t_acq) / 1e6
+                msg = verdict_message(shared.camera_ids[cam], seq, frame_id, t_acq, decision.verdict, trigger=trigger,
+                                      score=result.score, threshold=it, regions=decision.regions, latency_ms=lat)
+            except Exception:
+                log.exception("worker %d: inference failed on %s seq %d", w, shared.camera_ids[cam], seq)
+                shared.counters.add(row, "inference_errors")
+                result = None
+                msg = verdict_message(shared.camera_ids[cam], seq, frame_id, t_acq, Verdict.NOT_INSPECTED,
+                                      trigger=trigger, reason=Reason.ERROR)
+            if ring.claim_verdict(slot):
+                shared.send(msg)
+                key = {"OK": "verdict_ok", "NG": "verdict_ng"}.get(msg["verdict"])
+                if key:
+                    shared.counters.add(row, key)
+                else:
+                    shared.counters.add(row, "not_inspected")
+                    shared.counters.add(row, "nis_error")
+                if recorder and msg["verdict"] != "OK" and frame is not None:
+                    recorder.save(msg, frame, result.anomaly_map if result is not None else None)
+            else:
+                shared.counters.add(row, "late_results")
+            ring.release(slot)
+    finally:
+        shared.close_sender()
+        for ring in rings:
+            ring.close()
+
+
+def heatmap_rgb(anomaly_map: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """A jet-coloured heatmap resized to the frame (for the recorder)."""
+    from matplotlib import colormaps
+
+    m = anomaly_map / max(float(anomaly_map.max()), 1e-12)
+    rgb = (colormaps["jet"](m)[:, :, :3] * 255).astype(np.uint8)
+    return np.asarray(Image.fromarray(rgb).resize((size[1], size[0]), Image.BILINEAR))

@@ -1,0 +1,266 @@
+"""The supervisor: starts the processes, watches deadlines and liveness, answers the control socket,
+and shuts down cleanly.
+
+    acquisition (one per camera) --ring--> inference workers --results--> publisher --ZeroMQ--> PLC
+
+Fail-safe rules enforced here: a frame not decided within `deadline_ms` gets NOT_INSPECTED from the
+watchdog; a frame held by a worker that died gets NOT_INSPECTED (worker_crash) and the worker is
+restarted; a dead acquisition process is restarted. On SIGTERM: stop grabbing (the camera is released),
+let in-flight frames finish or time out, flush verdicts, exit.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import threading
+import time
+from typing import Any
+
+import zmq
+
+from sclvi.edge.config import RuntimeConfig
+from sclvi.edge.messages import Reason
+from sclvi.edge.ring import FREE, PROCESSING, READY, WRITING, SharedRing
+from sclvi.edge.shared import FLUSH, Shared, make_shared
+from sclvi.errors import ConfigError
+
+log = logging.getLogger("sclvi.edge")
+
+
+def _thresholds(cfg: RuntimeConfig) -> tuple[float, float]:
+    """Image and pixel thresholds: the config's override, else the bundle's calibration."""
+    from sclvi.bundle import load_bundle
+    from sclvi.engines import available_backends
+
+    bundle = load_bundle(cfg.bundle)
+    if not bundle.has_bank():
+        raise ConfigError(f"bundle {cfg.bundle} has no memory bank: train it with `sclvi train`")
+    if not available_backends(bundle):
+        raise ConfigError(f"no encoder backend can run {cfg.bundle} here: run `sclvi build-engines {cfg.bundle}`")
+    cal = bundle.manifest.get("calibration", {})
+    image = cfg.image_threshold if cfg.image_threshold is not None else cal.get("image_threshold")
+    pixel = cfg.pixel_threshold if cfg.pixel_threshold is not None else cal.get("pixel_threshold")
+    if image is None or pixel is None:
+        raise ConfigError(
+            f"bundle {cfg.bundle} is not calibrated: run `sclvi calibrate {cfg.bundle} --good DIR` "
+            "(or set image_threshold and pixel_threshold in the runtime config)"
+        )
+    return float(image), float(pixel)
+
+
+class Runtime:
+    def __init__(self, cfg: RuntimeConfig) -> None:
+        self.cfg = cfg
+        thresholds = _thresholds(cfg)
+        self.shared: Shared = make_shared(
+            [c.camera_id for c in cfg.cameras], cfg.ring_slots, [c.max_frame_bytes for c in cfg.cameras],
+            cfg.workers, thresholds,
+        )
+        self.rings = [SharedRing(spec, create=True) for spec in self.shared.rings]
+        self.ctx = __import__("multiprocessing").get_context("spawn")
+        self.acquisition: list[Any] = [None] * len(cfg.cameras)
+        self.workers: list[Any] = [None] * cfg.workers
+        self.publisher: Any = None
+        self.stopping = False
+        self.zmq = zmq.Context()
+        self.control = None
+        if cfg.control_endpoint:
+            self.control = self.zmq.socket(zmq.REP)
+            self.control.setsockopt(zmq.LINGER, 0)
+            self.control.bind(cfg.control_endpoint)
+
+    # -- processes -------------------------------------------------------------------------------
+    def _start_acquisition(self, cam: int) -> None:
+        from sclvi.edge.acquisition import acquisition_main
+
+        p = self.ctx.Process(target=acquisition_main, args=(self.cfg, cam, self.shared), name=f"acq-{self.cfg.cameras[cam].camera_id}", daemon=True)
+        p.start()
+        self.acquisition[cam] = p
+
+    def _start_worker(self, w: int) -> None:
+        from sclvi.edge.inference import worker_main
+
+        p = self.ctx.Process(target=worker_main, args=(self.cfg, w, self.shared), name=f"worker-{w}", daemon=True)
+        p.start()
+        self.workers[w] = p
+
+    def start(self) -> None:
+        from sclvi.edge.publisher import publisher_main
+
+        self.publisher = self.ctx.Process(
+            target=publisher_main, args=(self.cfg, self.shared, self.shared.row_publisher(self.cfg.workers)), name="publisher", daemon=True
+        )
+        self.publisher.start()
+        for w in range(self.cfg.workers):
+            self._start_worker(w)
+        self._wait_for_workers()
+        for cam in range(len(self.cfg.cameras)):
+            self._start_acquisition(cam)
+        log.info("runtime started: %d camera(s), %d worker(s), verdicts to %s", len(self.cfg.cameras), self.cfg.workers, self.cfg.verdict_endpoint)
+
+    def _wait_for_workers(self, timeout_s: float = 300.0) -> None:
+        """Grab nothing before inference can take frames: a cold start must not become NOT_INSPECTED."""
+        end = time.monotonic() + timeout_s
+        while not all(self.shared.workers_ready[:]):
+            dead = [w for w, p in enumerate(self.workers) if not p.is_alive()]
+            if dead:
+                raise ConfigError(f"inference worker {dead[0]} failed to start (exit code {self.workers[dead[0]].exitcode}); see its log above")
+            if time.monotonic() > end:
+                raise ConfigError(f"inference workers not ready after {timeout_s:.0f} s")
+            time.sleep(0.05)
+
+    # -- supervision -----------------------------------------------------------------------------
+    def watchdog(self) -> None:
+        """NOT_INSPECTED for frames past their deadline and for frames of dead workers."""
+        deadline_ns = int(self.cfg.deadline_ms * 1e6)
+        now = time.time_ns()
+        dead = {w for w, p in enumerate(self.workers) if p is not None and not p.is_alive()}
+        for cam, ring in enumerate(self.rings):
+            h = ring.header
+            for slot in range(len(h)):
+                state, owner = h[slot]["state"], h[slot]["owner"]
+                if state in (FREE, WRITING):
+                    continue
+                crashed = state == PROCESSING and owner in dead
+                if h[slot]["done"] and not crashed:
+                    continue
+                if crashed or now - h[slot]["t_acq_ns"] > deadline_ns:
+                    meta = (int(h[slot]["seq"]), int(h[slot]["frame_id"]), int(h[slot]["t_acq_ns"]), int(h[slot]["trigger"]))
+                    # A queued (READY) frame past its deadline is dropped here; a PROCESSING one is
+                    # freed by its worker, or here if that worker is dead.
+                    if ring.claim_verdict(slot, release_if_state=(READY,)):
+                        reason = Reason.WORKER_CRASH if crashed else Reason.DEADLINE
+                        self.shared.not_inspected(0, cam, *meta[:3], reason, None if meta[3] < 0 else meta[3])
+                    if crashed:
+                        ring.release(slot)
+        for w in dead:
+            if not self.stopping:
+                log.error("worker %d died (exit code %s): restarting", w, self.workers[w].exitcode)
+                self.shared.counters.add(0, "worker_restarts")
+                self._start_worker(w)
+        for cam, p in enumerate(self.acquisition):
+            if p is not None and not p.is_alive() and not self.shared.acq_done[cam] and not self.stopping:
+                log.error("acquisition %s died (exit code %s): restarting", self.cfg.cameras[cam].camera_id, p.exitcode)
+                self.shared.counters.add(0, "acquisition_restarts")
+                self._start_acquisition(cam)
+
+    def status(self) -> dict[str, Any]:
+        s = self.shared
+        return {
+            "running": not self.stopping,
+            "paused": s.paused.is_set(),
+            "thresholds": {"image": s.image_threshold.value, "pixel": s.pixel_threshold.value},
+            "workers": [{"pid": p.pid, "alive": p.is_alive()} for p in self.workers],
+            "cameras": [{"id": c.camera_id, "alive": p.is_alive() if p else False, "ended": bool(s.acq_done[i]),
+                         "pid": p.pid if p else None, "seq": s.seq[i].value} for i, (c, p) in enumerate(zip(self.cfg.cameras, self.acquisition))],
+            "counters": s.counters.totals(),
+        }
+
+    def handle(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Control commands: status, stats, set_threshold, pause, resume, reload."""
+        cmd = request.get("cmd")
+        s = self.shared
+        if cmd == "status":
+            return self.status()
+        if cmd == "stats":
+            return s.counters.totals()
+        if cmd == "set_threshold":
+            if "image" in request:
+                s.image_threshold.value = float(request["image"])
+            if "pixel" in request:
+                s.pixel_threshold.value = float(request["pixel"])
+            log.info("thresholds set to image %.5g, pixel %.5g", s.image_threshold.value, s.pixel_threshold.value)
+            return {"ok": True, "thresholds": {"image": s.image_threshold.value, "pixel": s.pixel_threshold.value}}
+        if cmd in ("pause", "resume"):
+            (s.paused.set if cmd == "pause" else s.paused.clear)()
+            log.info("inspection %s", "paused (frames get NOT_INSPECTED)" if cmd == "pause" else "resumed")
+            return {"ok": True, "paused": s.paused.is_set()}
+        if cmd == "reload":
+            try:
+                image, pixel = _thresholds(self.cfg)
+            except Exception as exc:
+                return {"ok": False, "error": str(exc)}
+            s.image_threshold.value, s.pixel_threshold.value = image, pixel
+            with s.generation.get_lock():
+                s.generation.value += 1
+            return {"ok": True, "generation": s.generation.value}
+        return {"ok": False, "error": f"unknown command {cmd!r}; use status, stats, set_threshold, pause, resume, reload"}
+
+    def _serve_control(self) -> None:
+        if self.control is None:
+            return
+        while self.control.poll(0, zmq.POLLIN):
+            raw = self.control.recv()
+            try:
+                reply = self.handle(json.loads(raw))
+            except (json.JSONDecodeError, TypeError, ValueError) as exc:
+                reply = {"ok": False, "error": f"bad request: {exc}"}
+            self.control.send(json.dumps(reply).encode())
+
+    def _idle(self) -> bool:
+        return not any(r.busy() for r in self.rings)
+
+    def run(self) -> dict[str, int]:
+        """Run until SIGTERM/SIGINT, or until every (finite) source has ended and all frames are decided."""
+        stop = {"now": False}
+
+        def on_signal(signum: int, frame: Any) -> None:
+            log.info("signal %d: shutting down", signum)
+            stop["now"] = True
+
+        # Signal handlers can only be installed from the main thread (embedding apps may run us elsewhere
+        # and call shutdown() themselves).
+        main = threading.current_thread() is threading.main_thread()
+        old = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)} if main else {}
+        self.start()
+        try:
+            while not stop["now"]:
+                self.watchdog()
+                self._serve_control()
+                if all(self.shared.acq_done[c] for c in range(len(self.cfg.cameras))) and self._idle():
+                    log.info("all sources ended and every frame has its verdict")
+                    break
+                time.sleep(0.005)
+        finally:
+            totals = self.shutdown()
+            for s, h in old.items():
+                signal.signal(s, h)
+        return totals
+
+    def shutdown(self) -> dict[str, int]:
+        self.stopping = True
+        s = self.shared
+        s.stop.set()
+        for p in self.acquisition:
+            if p is not None:
+                p.join(timeout=self.cfg.shutdown_timeout_s)
+        end = time.monotonic() + self.cfg.shutdown_timeout_s
+        while not self._idle() and time.monotonic() < end:  # in-flight frames finish or hit their deadline
+            self.watchdog()
+            time.sleep(0.005)
+        s.stop_workers.set()
+        for p in self.workers:
+            p.join(timeout=5)
+            if p.is_alive():
+                p.terminate()
+        for cam, ring in enumerate(self.rings):  # anything still held gets its verdict
+            for slot in range(len(ring.header)):
+                h = ring.header[slot]
+                if h["state"] in (READY, PROCESSING) and ring.claim_verdict(slot):
+                    s.not_inspected(0, cam, int(h["seq"]), int(h["frame_id"]), int(h["t_acq_ns"]), Reason.SHUTDOWN)
+        s.send(FLUSH)
+        s.close_sender()
+        if self.publisher is not None:
+            self.publisher.join(timeout=self.cfg.shutdown_timeout_s)
+            if self.publisher.is_alive():
+                self.publisher.terminate()
+        totals = s.counters.totals()
+        if self.control is not None:
+            self.control.close()
+        self.zmq.term()
+        for ring in self.rings:
+            ring.close(unlink=True)
+        log.info("runtime stopped: %s", {k: v for k, v in totals.items() if v})
+        return totals

@@ -1,0 +1,141 @@
+"""Edge runtime parts: pixel formats, the shared-memory ring, messages, decisions, config, sources."""
+
+import multiprocessing as mp
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import genicam
+from sclvi.edge.config import SourceConfig, load_runtime_config
+from sclvi.edge.decide import decide, defect_regions
+from sclvi.edge.messages import Reason, Verdict, pack, unpack, verdict_message
+from sclvi.edge.pixel_formats import to_array
+from sclvi.edge.ring import FREE, READY, RingSpec, SharedRing
+from sclvi.edge.sources import FolderSource, GenICamSource, SourceEnded
+from sclvi.errors import ConfigError, DataError
+
+VIKY = str(Path(genicam.__file__).parent / "viky.cti")
+
+
+def test_pixel_formats():
+    rgb = np.arange(2 * 4 * 3, dtype=np.uint8).reshape(2, 4, 3)
+    assert (to_array(rgb.ravel(), 4, 2, "RGB8") == rgb).all()
+    assert (to_array(rgb[:, :, ::-1].ravel(), 4, 2, "BGR8") == rgb).all()
+    rgba = np.concatenate([rgb, np.full((2, 4, 1), 255, np.uint8)], axis=2)
+    assert (to_array(rgba.ravel(), 4, 2, "RGBa8") == rgb).all()
+    assert to_array(np.arange(8, dtype=np.uint8), 4, 2, "Mono8").shape == (2, 4)
+    bayer = np.array([[10, 20], [30, 40]], np.uint8)  # RG / GB tile
+    assert to_array(bayer.ravel(), 2, 2, "BayerRG8").tolist() == [[[10, 25, 40]]]
+    assert to_array(bayer.ravel(), 2, 2, "BayerBG8").tolist() == [[[40, 25, 10]]]
+    with pytest.raises(DataError, match="incomplete"):
+        to_array(np.zeros(5, np.uint8), 4, 2, "Mono8")
+    with pytest.raises(DataError, match="not supported"):
+        to_array(np.zeros(8, np.uint8), 4, 2, "YUV422")
+
+
+def _ring_child(spec, frame_shape):
+    ring = SharedRing(spec)
+    img = ring.image(0)
+    ok = img.shape == frame_shape and int(img.sum()) == int(np.arange(np.prod(frame_shape)).astype(np.uint8).sum())
+    ring.header[0]["owner"] = 7 if ok else -2
+    ring.close()
+
+
+def test_ring_carries_frames_between_processes_and_claims_one_verdict():
+    ctx = mp.get_context("spawn")
+    spec = RingSpec(f"sclvi-test-{os.getpid()}", 2, 1000, ctx.Lock())
+    ring = SharedRing(spec, create=True)
+    try:
+        assert ring.acquire_free() == 0 and ring.acquire_free() == 1 and ring.acquire_free() is None  # full
+        frame = np.arange(20 * 30, dtype=np.uint8).reshape(20, 30)
+        ring.write(0, frame, seq=5, frame_id=9, t_acq_ns=123, trigger=None)
+        assert ring.header[0]["state"] == READY and ring.header[0]["seq"] == 5
+        p = ctx.Process(target=_ring_child, args=(spec, (20, 30)))
+        p.start()
+        p.join(30)
+        assert ring.header[0]["owner"] == 7  # the child saw the same bytes
+        assert ring.take_ready(owner=3) == 0 and ring.take_ready(owner=3) is None
+        assert ring.claim_verdict(0) and not ring.claim_verdict(0)  # exactly one verdict
+        ring.release(0)
+        assert ring.header[0]["state"] == FREE and ring.acquire_free() == 0
+        ring.write(0, frame, seq=6, frame_id=10, t_acq_ns=124, trigger=None)
+        assert ring.claim_verdict(0, release_if_state=(READY,))  # a queued frame dropped at its deadline
+        assert ring.header[0]["state"] == FREE
+    finally:
+        ring.close(unlink=True)
+
+
+def test_message_round_trip_and_schema_check():
+    msg = verdict_message("cam0", 3, 41, 1000, Verdict.NOT_INSPECTED, reason=Reason.DEADLINE, trigger=7)
+    topic, body = unpack(pack(b"verdict", msg))
+    assert topic == b"verdict" and body == msg and body["schema"] == 1 and body["reason"] == "deadline"
+    with pytest.raises(ValueError, match="schema"):
+        unpack(pack(b"verdict", {**msg, "schema": 99}))
+
+
+def test_regions_in_frame_pixels():
+    m = np.zeros((64, 64), np.float32)
+    m[4:8, 10:20] = 2.0
+    m[40:50, 40:44] = 5.0
+    regions = defect_regions(m, 1.0, (128, 256))  # frame is 2x taller, 4x wider than the map
+    assert [r["peak"] for r in regions] == [5.0, 2.0]
+    assert regions[1]["box"] == [40, 8, 80, 16] and regions[1]["area"] == 40 * 8
+    d = decide(5.0, m, 4.0, 1.0, (128, 256))
+    assert d.verdict is Verdict.NG and len(d.regions) == 2
+    assert decide(3.0, m, 4.0, 1.0, (128, 256)).verdict is Verdict.OK
+
+
+def test_runtime_config_errors(tmp_path):
+    f = tmp_path / "rt.yaml"
+    f.write_text("bundle: b\ncameras:\n  - {kind: folder, path: x, fps: 3}\n")
+    with pytest.raises(ConfigError, match="unknown key 'cameras.0.fps'"):
+        load_runtime_config(f)
+    f.write_text("bundle: b\ncameras:\n  - {kind: genicam}\n")
+    with pytest.raises(ConfigError, match="needs `path`"):
+        load_runtime_config(f)
+    f.write_text("bundle: b\ncameras: []\n")
+    with pytest.raises(ConfigError, match="cameras"):
+        load_runtime_config(f)
+
+
+def test_folder_source_replays_and_ends(synthetic_object):
+    src = FolderSource(SourceConfig(kind="folder", path=str(synthetic_object / "test" / "hole"), max_frames=3, loop=True))
+    src.open()
+    frames = [src.read() for _ in range(3)]
+    assert [f.frame_id for f in frames] == [1, 2, 3] and frames[0].image.shape == (96, 96, 3)
+    with pytest.raises(SourceEnded):
+        src.read()
+
+
+def test_genicam_source_grabs_from_the_simulated_camera():
+    cfg = SourceConfig(kind="genicam", path=VIKY, device="1", max_frames=3,
+                       features={"PixelFormat": "Mono8", "ExposureTime": 1000.0, "TriggerMode": "Off"})
+    src = GenICamSource(cfg)
+    src.open()
+    try:
+        frames = [src.read() for _ in range(3)]
+        assert all(f is not None and f.image.shape == (400, 400) and f.image.dtype == np.uint8 for f in frames)
+        assert frames[2].frame_id > frames[0].frame_id
+        # Viky has no exposure or trigger: reported, not fatal
+        assert set(src.missing_features) == {"ExposureTime", "TriggerMode"}
+        with pytest.raises(SourceEnded):
+            src.read()
+    finally:
+        src.close()
+    rgba = GenICamSource(SourceConfig(kind="genicam", path=VIKY, device=0, features={"PixelFormat": "RGBa8"}, max_frames=1))
+    rgba.open()
+    try:
+        assert rgba.read().image.shape == (400, 400, 3)  # RGBa8 converted to RGB
+    finally:
+        rgba.close()
+
+
+def test_genicam_bad_producer_and_device(tmp_path):
+    with pytest.raises(DataError, match="does not exist"):
+        GenICamSource(SourceConfig(kind="genicam", path=str(tmp_path / "none.cti"))).open()
+    src = GenICamSource(SourceConfig(kind="genicam", path=VIKY, device="no-such-serial"))
+    with pytest.raises(DataError, match="not found"):
+        src.open()
+    src.close()
