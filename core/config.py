@@ -213,11 +213,16 @@ def config_from_dict(data: dict[str, Any]) -> Config:
 
 
 def _describe(exc: ValidationError) -> str:
+    return "invalid config: " + describe_validation_error(exc)
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    """One readable line per problem, naming the key (unknown keys are usually typos)."""
     lines = []
     for err in exc.errors():
         where = ".".join(str(p) for p in err["loc"]) or "(top level)"
         if err["type"] == "extra_forbidden":
-            lines.append(f"unknown config key '{where}' (check the spelling; see `sclvi train --help`)")
+            lines.append(f"unknown config key '{where}' (check the spelling)")
         else:
             lines.append(f"config key '{where}': {err['msg']}")
-    return "invalid config: " + "; ".join(lines)
+    return "; ".join(lines)

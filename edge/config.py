@@ -8,6 +8,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from sclvi.config import describe_validation_error
 from sclvi.errors import ConfigError
 
 
@@ -72,8 +73,4 @@ def load_runtime_config(path: str | Path | None = None, overrides: dict[str, Any
     try:
         return RuntimeConfig.model_validate(data)
     except ValidationError as exc:
-        msgs = []
-        for err in exc.errors():
-            where = ".".join(str(x) for x in err["loc"])
-            msgs.append(f"unknown key '{where}'" if err["type"] == "extra_forbidden" else f"'{where}': {err['msg']}")
-        raise ConfigError("invalid runtime config: " + "; ".join(msgs)) from None
+        raise ConfigError("invalid runtime config: " + describe_validation_error(exc)) from None

@@ -98,6 +98,15 @@ def test_every_frame_gets_one_verdict_with_latencies(random_bundle, replay):
     assert all(v["threshold"] == 1.0 and v["schema"] == 1 for v in verdicts)
 
 
+def _start(cfg):
+    """The runtime in a background thread; returns (thread, dict filled with its final counters)."""
+    rt = Runtime(load_runtime_config(overrides=cfg))
+    result = {}
+    t = threading.Thread(target=lambda: result.update(rt.run()))
+    t.start()
+    return t, result
+
+
 def _ask(req, **kw):
     req.send(json.dumps(kw).encode())
     return json.loads(req.recv())
@@ -105,10 +114,7 @@ def _ask(req, **kw):
 
 def test_a_late_plc_bridge_still_gets_every_verdict(random_bundle, replay):
     cfg = runtime_config(random_bundle, [{"kind": "folder", "path": str(replay), "rate_hz": 3}])
-    rt = Runtime(load_runtime_config(overrides=cfg))
-    result = {}
-    t = threading.Thread(target=lambda: result.update(rt.run()))
-    t.start()
+    t, result = _start(cfg)
     req = zmq.Context.instance().socket(zmq.REQ)
     req.connect(cfg["control_endpoint"])
     while _ask(req, cmd="stats")["send_failures"] < 2:  # verdicts exist, nobody is listening yet
@@ -143,10 +149,7 @@ def test_crashed_worker_is_restarted_and_no_frame_is_lost(random_bundle, replay)
     cfg = runtime_config(random_bundle, [{"kind": "folder", "path": str(replay), "rate_hz": 4, "loop": True, "max_frames": 16}])
     plc = Collector(cfg["verdict_endpoint"])
     plc.start()
-    rt = Runtime(load_runtime_config(overrides=cfg))
-    result = {}
-    t = threading.Thread(target=lambda: result.update(rt.run()))
-    t.start()
+    t, result = _start(cfg)
     req = zmq.Context.instance().socket(zmq.REQ)
     req.connect(cfg["control_endpoint"])
     deadline = time.time() + 60
@@ -169,9 +172,7 @@ def test_control_socket_pause_threshold_reload(random_bundle, replay):
     cfg = runtime_config(random_bundle, [{"kind": "folder", "path": str(replay), "rate_hz": 5, "loop": True, "max_frames": 20}])
     plc = Collector(cfg["verdict_endpoint"])
     plc.start()
-    rt = Runtime(load_runtime_config(overrides=cfg))
-    t = threading.Thread(target=rt.run)
-    t.start()
+    t, _ = _start(cfg)
     req = zmq.Context.instance().socket(zmq.REQ)
     req.connect(cfg["control_endpoint"])
 

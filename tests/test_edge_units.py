@@ -90,7 +90,7 @@ def test_regions_in_frame_pixels():
 def test_runtime_config_errors(tmp_path):
     f = tmp_path / "rt.yaml"
     f.write_text("bundle: b\ncameras:\n  - {kind: folder, path: x, fps: 3}\n")
-    with pytest.raises(ConfigError, match="unknown key 'cameras.0.fps'"):
+    with pytest.raises(ConfigError, match="unknown config key 'cameras.0.fps'"):
         load_runtime_config(f)
     f.write_text("bundle: b\ncameras:\n  - {kind: genicam}\n")
     with pytest.raises(ConfigError, match="needs `path`"):

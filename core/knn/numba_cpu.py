@@ -20,24 +20,18 @@ from threadpoolctl import threadpool_limits
 
 from sclvi.config import ScoringConfig
 from sclvi.knn.buckets import CellBuckets
+from sclvi.knn.topk import insert_sorted
 
 #: Extra candidates kept by the float32 pre-selection so float32 rounding cannot drop a true neighbour.
 MARGIN = 4
 
 
+_insert_n = njit(cache=True, inline="always")(insert_sorted)
+
+
 @njit(cache=True, inline="always")
 def _insert(bd, bi, d, i):
-    """Insert (d, i) into the ascending (bd, bi) lists if it beats the last entry (lexicographic)."""
-    k = bd.shape[0]
-    if d > bd[k - 1] or (d == bd[k - 1] and i >= bi[k - 1]):
-        return
-    pos = k - 1
-    while pos > 0 and (bd[pos - 1] > d or (bd[pos - 1] == d and bi[pos - 1] > i)):
-        bd[pos] = bd[pos - 1]
-        bi[pos] = bi[pos - 1]
-        pos -= 1
-    bd[pos] = d
-    bi[pos] = i
+    _insert_n(bd, bi, d, i, bd.shape[0])
 
 
 @njit(nogil=True, cache=True)

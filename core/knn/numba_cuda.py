@@ -28,6 +28,7 @@ except ImportError:  # a numba without any CUDA target
 from sclvi.config import ScoringConfig
 from sclvi.errors import BackendError
 from sclvi.knn.numba_cpu import MARGIN
+from sclvi.knn.topk import insert_sorted
 
 TILE = 32  # bank codes per shared-memory tile
 THREADS = 64  # queries per block
@@ -45,17 +46,7 @@ def cuda_available() -> bool:
 
 @lru_cache(maxsize=None)
 def _kernels(dim: int, keep: int, k: int, candidates: int):
-    @cuda.jit(device=True)
-    def insert(bd, bi, d, i, n):
-        if d > bd[n - 1] or (d == bd[n - 1] and i >= bi[n - 1]):
-            return
-        pos = n - 1
-        while pos > 0 and (bd[pos - 1] > d or (bd[pos - 1] == d and bi[pos - 1] > i)):
-            bd[pos] = bd[pos - 1]
-            bi[pos] = bi[pos - 1]
-            pos -= 1
-        bd[pos] = d
-        bi[pos] = i
+    insert = cuda.jit(device=True)(insert_sorted)
 
     @cuda.jit
     def partial_topk(queries, bank, bank_sq, split_len, out_i):
