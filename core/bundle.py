@@ -77,7 +77,7 @@ class ModelBundle:
     @property
     def mean(self) -> np.ndarray:
         if self._mean is None:
-            mean = _load_npy(self.path / MEAN, mmap=False)
+            mean = _load_npy(self.path / MEAN)
             s = self.config.geometry.image_size
             if mean.shape != (s, s, 3):
                 raise BundleError(f"{self.path / MEAN} has shape {mean.shape}, expected ({s}, {s}, 3)")
@@ -109,11 +109,11 @@ class ModelBundle:
         return self._banks[scale]
 
 
-def _load_npy(path: Path, mmap: bool) -> np.ndarray:
+def _load_npy(path: Path) -> np.ndarray:
     if not path.is_file():
         raise BundleError(f"bundle file {path} is missing: restore the bundle or rebuild it")
     try:
-        return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+        return np.load(path, allow_pickle=False)
     except (ValueError, OSError, EOFError) as exc:
         raise BundleError(f"{path} is truncated or corrupt ({exc}): rebuild the bundle") from None
 
