@@ -85,12 +85,10 @@ def calibrate(
     cal = Calibration(image_t, pixel_t, target_frr, pixel_fpr, len(good), stats,
                       datetime.now(timezone.utc).isoformat(timespec="seconds"))
     bad_scores = score_images(scorer, defective, "calibrate (defective)")[0] if defective else None
+    record = asdict(cal)
     if bad_scores is not None:
-        cal_dict = asdict(cal)
-        cal_dict["defective_caught"] = float((bad_scores > image_t).mean())
-        set_calibration(bundle, cal_dict)
-    else:
-        set_calibration(bundle, asdict(cal))
+        record["defective_caught"] = float((bad_scores > image_t).mean())
+    set_calibration(bundle, record)
     if plot is not None:
         save_histogram(plot, scores, bad_scores, image_t, target_frr)
     log.info("image threshold %.5g (target FRR %g on %d good images), pixel threshold %.5g", image_t, target_frr, len(good), pixel_t)

@@ -35,7 +35,7 @@ def _metrics(labels: np.ndarray, scores: np.ndarray, masks: np.ndarray | None, m
 
 def embed_test_set(bundle: ModelBundle, dataset: MVTecDataset, backend: EncoderBackend, batch: int = 4) -> tuple[FrameCodes, float]:
     """Codes of every test image (both scales) and the embedding time per image."""
-    scorer = AnomalyScorer(bundle, backend, banks=_placeholder_banks(bundle))
+    scorer = AnomalyScorer(bundle, backend)  # embeds only: its k-NN (and banks) are never built
     size = bundle.config.geometry.image_size
     parts = []
     t0 = time.perf_counter()
@@ -43,12 +43,6 @@ def embed_test_set(bundle: ModelBundle, dataset: MVTecDataset, backend: EncoderB
         parts.append(scorer.embed([read_rgb(t.path, size) for t in dataset.test[start : start + batch]]))
     seconds = (time.perf_counter() - t0) / max(1, len(dataset.test))
     return FrameCodes(np.concatenate([p.small for p in parts]), np.concatenate([p.large for p in parts])), seconds
-
-
-def _placeholder_banks(bundle: ModelBundle) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Placeholder banks so an embedding-only scorer does not load the real ones."""
-    dim = bundle.config.encoder.embed_dim
-    return {s: (np.zeros((1, dim), np.float32), np.zeros((1, 2), np.int16)) for s in ("small", "large")}
 
 
 def score_test_set(

@@ -8,6 +8,7 @@ the secondary encoder.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -44,9 +45,12 @@ class PatchGrid:
         windows = windows[:, :: self.stride, :: self.stride]
         return windows.transpose(1, 2, 0, 3, 4)
 
+    @cached_property
     def coverage(self) -> np.ndarray:
-        """How many patches cover each pixel (the denominator of the pixel score)."""
-        return self.spread(np.ones((self.n, self.n)))
+        """How many patches cover each pixel (the denominator of the pixel score), computed once."""
+        cover = self.spread(np.ones((self.n, self.n)))
+        cover.flags.writeable = False
+        return cover
 
     def spread(self, scores: np.ndarray) -> np.ndarray:
         """Sum, for each pixel, the scores of the patches covering it (an (S, S) float64 map).

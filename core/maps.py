@@ -9,7 +9,7 @@ from sclvi.geometry import PatchGrid
 
 def pixel_map(grid: PatchGrid, scores: np.ndarray) -> np.ndarray:
     """Each pixel's score is the mean score of the patches that cover it (eq. 7)."""
-    cover = grid.coverage()
+    cover = grid.coverage
     if (cover == 0).any():  # impossible for a validated geometry; never return silent zeros
         raise ValueError(f"{grid} leaves pixels uncovered")
     return (grid.spread(scores) / cover).astype(np.float32)

@@ -42,11 +42,19 @@ class AnomalyScorer:
         self.embedder = FrameEmbedder(backend, self.geometry) if backend is not None else None
         self.size = bundle.config.geometry.image_size
         self.grids = {"small": self.geometry.small, "large": self.geometry.large}
-        self.knn: dict[str, PatchScorer] = {}
-        for scale, grid in self.grids.items():
-            codes, positions = banks[scale] if banks else bundle.bank_data(scale)[:2]
-            self.knn[scale] = make_patch_scorer(codes, positions, grid.n, self.scoring)
+        self._banks = banks
+        self._knn: dict[str, PatchScorer] | None = None
         self.positions = {scale: grid_positions(grid.n) for scale, grid in self.grids.items()}
+
+    @property
+    def knn(self) -> dict[str, PatchScorer]:
+        """The k-NN kernels, built on first use: an embedding-only scorer never loads the banks."""
+        if self._knn is None:
+            self._knn = {}
+            for scale, grid in self.grids.items():
+                codes, positions = self._banks[scale] if self._banks else self.bundle.bank_data(scale)[:2]
+                self._knn[scale] = make_patch_scorer(codes, positions, grid.n, self.scoring)
+        return self._knn
 
     def embed(self, frames: list[np.ndarray] | np.ndarray) -> FrameCodes:
         """Codes of all patches of (S, S, 3) uint8 frames (already at the model's size)."""

@@ -14,7 +14,6 @@ import threading
 import time
 from pathlib import Path
 
-import msgpack
 import pytest
 import yaml
 import zmq

@@ -54,7 +54,7 @@ def test_pixel_score_is_the_mean_of_covering_patches():
 
 
 def test_coverage_on_the_paper_grid():
-    cover = PatchGrid(256, 32, 4).coverage()
+    cover = PatchGrid(256, 32, 4).coverage
     assert cover[0, 0] == 1 and cover[128, 128] == 64 and cover.min() >= 1
 
 

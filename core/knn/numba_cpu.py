@@ -139,6 +139,7 @@ class NumbaPatchScorer:
         self.grid = grid
         self.bank_block = bank_block
         self.threads = threads or os.cpu_count() or 1
+        self.pool = ThreadPoolExecutor(self.threads)  # made once: this runs for every frame
         self.buckets = CellBuckets.build(np.asarray(positions), grid) if scoring.position_window is not None else None
 
     def candidates(self, queries: np.ndarray) -> np.ndarray:
@@ -158,8 +159,8 @@ class NumbaPatchScorer:
                 np.matmul(qblk, block.T, out=dots)
                 _merge_block(dots, self.bank_sq[bs : bs + len(block)], bs, best_d[qs : qs + chunk], best_i[qs : qs + chunk])
 
-        with threadpool_limits(1, user_api="blas"), ThreadPoolExecutor(self.threads) as pool:
-            list(pool.map(work, range(0, len(q), chunk)))
+        with threadpool_limits(1, user_api="blas"):
+            list(self.pool.map(work, range(0, len(q), chunk)))
         return best_i
 
     def score(self, queries: np.ndarray, positions: np.ndarray | None = None) -> np.ndarray:
