@@ -45,3 +45,29 @@ def machine() -> dict[str, str]:
 
 def machine_table(info: dict[str, str]) -> str:
     return "| | |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in info.items())
+
+
+def untrained_bundle(path: Path, cfg, train_images: list[Path] | None = None, seed: int = 0):
+    """A random-weight bundle (timing does not depend on the weights), with a memory bank built from
+    `train_images` when given. Needs torch (the `train` extra)."""
+    import numpy as np
+    import torch
+
+    from sclvi.bundle import load_bundle, save_bundle
+    from sclvi.engines.torch_backend import TorchBackend
+    from sclvi.images import mean_image, read_rgb
+    from sclvi.memory_bank import build_memory_bank
+    from sclvi.model import build_model, state_to_numpy
+
+    torch.manual_seed(seed)
+    model = build_model(cfg.encoder).eval()
+    size = cfg.geometry.image_size
+    if train_images:
+        mean = mean_image(np.stack([read_rgb(p, size) for p in train_images]))
+    else:
+        mean = np.full((size, size, 3), 128, np.float32)
+    save_bundle(path, cfg, state_to_numpy(model), mean, {"note": "untrained (random weights)"})
+    bundle = load_bundle(path)
+    if train_images:
+        build_memory_bank(bundle, TorchBackend(bundle), train_images)
+    return load_bundle(path)

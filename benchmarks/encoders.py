@@ -20,7 +20,7 @@ from typing import Any, Callable
 import numpy as np
 
 from sclvi.architecture import macs, main_layers, secondary_layers
-from sclvi.benchmarks.common import REPORTS, machine, machine_table
+from sclvi.benchmarks.common import REPORTS, machine, machine_table, untrained_bundle
 from sclvi.config import Config, build_config
 from sclvi.geometry import TwoScaleGeometry
 
@@ -56,17 +56,14 @@ def _frame_inputs(cfg: Config) -> tuple[np.ndarray, np.ndarray]:
 def bench_preset(preset: str, repeats: int, work: Path) -> list[dict[str, Any]]:
     import torch
 
-    from sclvi.bundle import load_bundle, save_bundle
+    from sclvi.bundle import load_bundle
     from sclvi.engines import load_backend
     from sclvi.engines.export import export_onnx
-    from sclvi.model import build_model, state_to_numpy
+    from sclvi.model import build_model, load_numpy_state
 
     cfg = build_config(preset)
     size = cfg.geometry.image_size
-    torch.manual_seed(0)
-    model = build_model(cfg.encoder).eval()
-    save_bundle(work / preset, cfg, state_to_numpy(model), np.full((size, size, 3), 128, np.float32), {})
-    export_onnx(load_bundle(work / preset))
+    export_onnx(untrained_bundle(work / preset, cfg))
     bundle = load_bundle(work / preset)
     patches, grids = _frame_inputs(cfg)
     rows = []
@@ -80,7 +77,9 @@ def bench_preset(preset: str, repeats: int, work: Path) -> list[dict[str, Any]]:
         rows.append({"preset": preset, "backend": f"{be.name} (CPU)", "ms": ms})
         print(f"{preset:6s} {be.name:18s} {np.median(ms):9.1f} ms/frame", flush=True)
     if torch.cuda.is_available():
-        gpu = model.half().cuda()
+        gpu = build_model(cfg.encoder)
+        load_numpy_state(gpu, bundle.weights)
+        gpu = gpu.eval().half().cuda()
         p, gr = torch.from_numpy(patches).half().cuda(), torch.from_numpy(grids).half().cuda()
 
         def run() -> None:

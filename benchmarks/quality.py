@@ -7,6 +7,12 @@ task), the Figure 3 sweep of eta, the authors' scoring formula, and the bank red
 position windows) with their scoring time. Test images are embedded once per trained model and scored
 under every variant. Bundles are cached in --work, so an interrupted run resumes.
 Writes quality-<protocol>.md / .json, ROC curves and example heatmaps to --out.
+
+    python -m sclvi.benchmarks.quality --families lite dense-lite dense paper [--sets ...]
+
+The encoder families instead: each preset trained with the paper's task under the protocol's budget
+(its widths are the preset's own), scored at eta 10, next to its cost per frame. Rows accumulate in
+quality-families-<protocol>.json keyed by (set, preset), so a slow preset can be run on one set later.
 """
 
 from __future__ import annotations
@@ -55,11 +61,12 @@ CORESETS = (0.1, 0.01)
 WINDOWS = (2, 4)
 
 
-def protocol_config(protocol: str, task: str) -> Config:
+def protocol_config(protocol: str, task: str, preset: str | None = None) -> Config:
+    """The protocol's budget for one pretext task, on the protocol's preset or another one."""
     p = PROTOCOLS[protocol]
     overrides = {k: v for k, v in p.items() if k != "preset"}
     overrides["train"] = {**p["train"], "task": task}
-    return build_config(p["preset"], overrides)
+    return build_config(preset or p["preset"], overrides)
 
 
 def _trained_bundle(cfg: Config, data: Path, work: Path):
@@ -132,6 +139,61 @@ def run_set(name: str, root: Path, protocol: str, work: Path, out: Path) -> dict
     return {"set": name, "n_test": len(ds.test), "n_train": len(ds.train), "has_masks": ds.has_masks, "rows": rows}
 
 
+def run_families(name: str, root: Path, protocol: str, presets: list[str], work: Path) -> list[dict[str, Any]]:
+    """One row per encoder preset: the paper's task at the protocol's budget, eta 10."""
+    from sclvi.benchmarks.encoders import frame_macs
+    from sclvi.dataset import read_dataset
+    from sclvi.engines import load_backend
+    from sclvi.evaluate import embed_test_set, metrics_report, score_test_set, test_masks
+
+    ds = read_dataset(root)
+    rows = []
+    for preset in presets:
+        cfg = protocol_config(protocol, "scl12", preset)
+        cache = work / name / ("scl12" if preset == PROTOCOLS[protocol]["preset"] else f"scl12-{preset}")
+        bundle, train_s = _trained_bundle(cfg, root, cache)
+        codes, embed_s = embed_test_set(bundle, ds, load_backend(bundle))
+        scores, maps, score_s = score_test_set(bundle, codes, cfg.scoring)
+        m = metrics_report(ds, scores, maps, test_masks(ds, cfg.geometry.image_size))
+        rows.append({"set": name, "preset": preset, "gmac_per_frame": frame_macs(cfg) / 1e9, "train_s": train_s,
+                     "embed_ms": 1000 * embed_s, "score_ms": 1000 * score_s, **m})
+        log.info("%s | %s: image AUROC %.3f", name, preset, m["image_auroc"])
+    return rows
+
+
+def write_families_report(rows: list[dict[str, Any]], protocol: str, out: Path) -> Path:
+    """Merge these rows into the protocol's families JSON (keyed by set and preset) and rewrite the report."""
+    store = out / f"quality-families-{protocol}.json"
+    kept = json.loads(store.read_text())["rows"] if store.is_file() else []
+    new = {(r["set"], r["preset"]) for r in rows}
+    rows = [r for r in kept if (r["set"], r["preset"]) not in new] + rows
+    info = machine()
+    budget = PROTOCOLS[protocol]
+    lines = [
+        f"# Detection quality by encoder family, {protocol} protocol",
+        "",
+        f"Every row: the paper's 12-class task, eta 10, the same budget: geometry {budget['geometry']}, training "
+        f"{budget['train']}, bank {budget['bank']}; widths are each preset's own. GMAC per 256-px frame at the "
+        "protocol's strides (paper/lite: patch by patch; dense: one fully convolutional pass). `train s` is the "
+        "training plus bank time; `embed ms` and `score ms` are per test image on the machine below (best installed "
+        "backend, other work may have shared the 2 cores).",
+        "",
+    ]
+    for name in dict.fromkeys(r["set"] for r in rows):
+        lines += [f"## {name}", "", "| preset | GMAC / frame | image AUROC | pixel AUROC | PRO | train s | embed ms | score ms |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|"]
+        for r in (r for r in rows if r["set"] == name):
+            train = "-" if r["train_s"] is None else f"{r['train_s']:.0f}"
+            lines.append(f"| {r['preset']} | {r['gmac_per_frame']:.1f} | {_pct(r['image_auroc'])} | {_pct(r.get('pixel_auroc'))} "
+                         f"| {_pct(r.get('pro'))} | {train} | {r['embed_ms']:.0f} | {r['score_ms']:.0f} |")
+        lines.append("")
+    lines += ["## Machine", "", machine_table(info), ""]
+    path = out / f"quality-families-{protocol}.md"
+    path.write_text("\n".join(lines))
+    store.write_text(json.dumps({"machine": info, "protocol": budget, "rows": rows}, indent=2, default=str))
+    return path
+
+
 def _pct(v: Any) -> str:
     return "-" if v is None or (isinstance(v, float) and np.isnan(v)) else f"{100 * v:.1f}"
 
@@ -185,9 +247,17 @@ def main(argv: list[str] | None = None) -> Path:
     ap.add_argument("--protocol", choices=sorted(PROTOCOLS), default="cpu")
     ap.add_argument("--work", type=Path, default=Path("/tmp/sclvi-bench"), help="cache of trained bundles")
     ap.add_argument("--out", type=Path, default=REPORTS)
+    ap.add_argument("--families", nargs="+", default=None, metavar="PRESET",
+                    help="compare these encoder presets (scl12, eta 10) instead of running the ablation")
     args = ap.parse_args(argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.families:
+        for name in args.sets:
+            path = write_families_report(run_families(name, args.data / name, args.protocol, args.families,
+                                                      args.work / args.protocol), args.protocol, args.out)
+        print(f"report: {path}")
+        return path
     t0 = time.perf_counter()
     results = []
     for name in args.sets:

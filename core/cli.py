@@ -30,6 +30,8 @@ log = logging.getLogger("sclvi")
 class Preset(str, Enum):
     paper = "paper"
     lite = "lite"
+    dense = "dense"
+    dense_lite = "dense-lite"
 
 
 class Task(str, Enum):
@@ -181,17 +183,31 @@ def build_engines(
     max_frames: int = typer.Option(1, help="Largest batch, in frames, the TensorRT profiles accept."),
     check_data: Optional[Path] = typer.Option(None, help="Data set whose train/good images also check the export."),
 ) -> None:
-    """Export both encoders to ONNX (FP32 and FP16), check them against torch, optionally build TensorRT."""
+    """Export both encoders to ONNX (FP32 and FP16), check them against torch, optionally build TensorRT.
+
+    On a target without torch (a Jetson), `--tensorrt` builds from the ONNX graphs already in the bundle:
+    export them on the training machine first."""
     with _user_errors():
-        from sclvi.bundle import load_bundle
+        import importlib.util
+
+        from sclvi.bundle import engine_record, load_bundle
         from sclvi.dataset import read_dataset
-        from sclvi.engines.export import export_onnx
 
         b = load_bundle(bundle)
-        images = read_dataset(check_data, need_test=False).train if check_data else None
-        record = export_onnx(b, images)
-        for key, value in record["checks"].items():
-            typer.echo(f"  {key}: {value:.3g}")
+        if importlib.util.find_spec("torch") is not None:
+            from sclvi.engines.export import export_onnx
+
+            images = read_dataset(check_data, need_test=False).train if check_data else None
+            record = export_onnx(b, images)
+            for key, value in record["checks"].items():
+                typer.echo(f"  {key}: {value:.3g}")
+        elif not tensorrt or engine_record(b, "onnx") is None:
+            raise SclviError(
+                "exporting ONNX needs torch (pip install 'sclvi[train]'): run `sclvi build-engines` on the training "
+                "machine, copy the bundle here, then `sclvi build-engines --tensorrt`"
+            )
+        else:
+            typer.echo("torch is not installed: building TensorRT engines from the bundle's ONNX graphs")
         if tensorrt:
             from sclvi.engines.device_memory import NumbaCudaMemory
             from sclvi.engines.tensorrt_build import build_tensorrt
@@ -233,6 +249,30 @@ def run(
 
         totals = Runtime(load_runtime_config(config)).run()
         typer.echo(json.dumps({k: v for k, v in totals.items() if v}))
+
+
+@app.command()
+def check(
+    config: Path = typer.Argument(..., help="Runtime config (YAML) of the line to check."),
+) -> None:
+    """Preflight a target machine: bundle, calibration, backend and engines, shared memory, cameras, sockets."""
+    with _user_errors():
+        from rich.console import Console
+        from rich.table import Table
+
+        from sclvi.deploy.preflight import passed, preflight
+        from sclvi.edge.config import load_runtime_config
+
+        checks = preflight(load_runtime_config(config))
+        table = Table(title=f"preflight: {config}")
+        for col in ("check", "", "detail"):
+            table.add_column(col)
+        for c in checks:
+            mark = "[green]ok[/]" if c.ok else ("[red]FAIL[/]" if c.fatal else "[yellow]warn[/]")
+            table.add_row(c.name, mark, c.detail)
+        Console().print(table)
+        if not passed(checks):
+            raise typer.Exit(1)
 
 
 @app.command()
@@ -287,6 +327,22 @@ def bench_knn(ctx: typer.Context) -> None:
 def bench_encoders(ctx: typer.Context) -> None:
     """Encoder ms per frame for each backend and preset (--help for its options)."""
     from sclvi.benchmarks.encoders import main as run
+
+    run(ctx.args)
+
+
+@bench.command("latency", context_settings=_PASS_THROUGH)
+def bench_latency(ctx: typer.Context) -> None:
+    """Per-stage latency and throughput of the runtime per backend and preset, against the Patch SVDD peer."""
+    from sclvi.benchmarks.latency import main as run
+
+    run(ctx.args)
+
+
+@bench.command("soak", context_settings=_PASS_THROUGH)
+def bench_soak(ctx: typer.Context) -> None:
+    """10,000 frames through the runtime: verdicts received must equal frames grabbed."""
+    from sclvi.benchmarks.soak import main as run
 
     run(ctx.args)
 

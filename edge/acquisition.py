@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import signal
-import time
 
 from sclvi.edge.config import RuntimeConfig
 from sclvi.edge.messages import Reason
@@ -46,7 +45,6 @@ def acquisition_main(cfg: RuntimeConfig, cam: int, shared: Shared) -> None:
             backoff = 0.5
             try:
                 while not shared.stop.is_set():
-                    t0 = time.perf_counter()
                     frame = source.read()
                     if frame is None:
                         count.add(row, "fetch_timeouts")
@@ -67,8 +65,7 @@ def acquisition_main(cfg: RuntimeConfig, cam: int, shared: Shared) -> None:
                         count.add(row, "ring_full")
                         shared.not_inspected(row, cam, seq, frame.frame_id, frame.t_acq_ns, Reason.RING_FULL, frame.trigger)
                         continue
-                    acquire_us = int(1e6 * (time.perf_counter() - t0))
-                    ring.write(slot, frame.image, seq, frame.frame_id, frame.t_acq_ns, frame.trigger, acquire_us)
+                    ring.write(slot, frame.image, seq, frame.frame_id, frame.t_acq_ns, frame.trigger)
             except SourceEnded:
                 log.info("camera %s: source ended after %d frames", src_cfg.camera_id, shared.seq[cam].value)
                 shared.acq_done[cam] = 1

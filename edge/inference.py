@@ -79,7 +79,8 @@ def worker_main(cfg: RuntimeConfig, w: int, shared: Shared) -> None:
             seq, frame_id, t_acq = int(h["seq"]), int(h["frame_id"]), int(h["t_acq_ns"])
             trigger = None if h["trigger"] < 0 else int(h["trigger"])
             t_start = time.time_ns()
-            lat: dict[str, float] = {"acquire": h["acquire_us"] / 1000, "queue": (t_start - t_acq) / 1e6}
+            acquire = h["acquire_us"] / 1000  # frame arrival -> in the ring
+            lat: dict[str, float] = {"acquire": acquire, "queue": (t_start - t_acq) / 1e6 - acquire}
             frame = None
             try:
                 t0 = time.perf_counter()

@@ -12,6 +12,7 @@ The header's `done` flag guarantees exactly one verdict per frame (worker result
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from multiprocessing import shared_memory
 from typing import Any
@@ -58,7 +59,8 @@ class SharedRing:
             self.header[slot]["state"] = WRITING
             return slot
 
-    def write(self, slot: int, image: np.ndarray, seq: int, frame_id: int, t_acq_ns: int, trigger: int | None, acquire_us: int = 0) -> None:
+    def write(self, slot: int, image: np.ndarray, seq: int, frame_id: int, t_acq_ns: int, trigger: int | None) -> None:
+        """Copy the frame in and hand the slot to inference; `acquire_us` records frame arrival -> ready."""
         h = self.header[slot]
         flat = image.reshape(-1)
         self.data[slot, : flat.size] = flat
@@ -66,7 +68,7 @@ class SharedRing:
         h["channels"] = 1 if image.ndim == 2 else image.shape[2]
         h["seq"], h["frame_id"], h["t_acq_ns"] = seq, frame_id, t_acq_ns
         h["trigger"] = -1 if trigger is None else trigger
-        h["acquire_us"] = acquire_us
+        h["acquire_us"] = max(0, time.time_ns() - t_acq_ns) // 1000
         with self.spec.lock:
             h["done"], h["owner"], h["state"] = 0, -1, READY
 

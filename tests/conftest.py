@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from sclvi.config import Config, build_config
@@ -31,26 +30,9 @@ def synthetic_object(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def make_bundle(path: Path, cfg: Config, train_images: list[Path] | None = None, seed: int = 0):
     """An untrained (random-weight) bundle, with a memory bank when images are given."""
-    import torch
+    from sclvi.benchmarks.common import untrained_bundle
 
-    from sclvi.bundle import load_bundle, save_bundle
-    from sclvi.engines.torch_backend import TorchBackend
-    from sclvi.images import mean_image, read_rgb
-    from sclvi.memory_bank import build_memory_bank
-    from sclvi.model import build_model, state_to_numpy
-
-    torch.manual_seed(seed)
-    model = build_model(cfg.encoder)
-    size = cfg.geometry.image_size
-    if train_images:
-        mean = mean_image(np.stack([read_rgb(p, size) for p in train_images]))
-    else:
-        mean = np.full((size, size, 3), 128, np.float32)
-    save_bundle(path, cfg, state_to_numpy(model), mean, {"note": "untrained test bundle"})
-    bundle = load_bundle(path)
-    if train_images:
-        build_memory_bank(bundle, TorchBackend(bundle), train_images)
-    return bundle
+    return untrained_bundle(path, cfg, train_images, seed)
 
 
 @pytest.fixture()

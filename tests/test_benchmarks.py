@@ -27,3 +27,50 @@ def test_knn_benchmark_smoke(tmp_path):
     rows = json.loads((tmp_path / "knn-cpu.json").read_text())["rows"]
     assert {r["kernel"] for r in rows} == {"numpy", "numba"} and all(r["ms"] > 0 for r in rows)
     assert "| numba | 3,000 |" in (tmp_path / "knn-cpu.md").read_text()
+
+
+def test_latency_benchmark_smoke(tmp_path):
+    """Tiny sizes through the real runtime: every stage timed, the peer timed, a histogram written."""
+    from sclvi.benchmarks.latency import main
+    from sclvi.benchmarks.line import STAGES
+
+    report = main(["--presets", "dense-lite", "--backends", "onnxruntime", "--image-size", "96", "--small-stride", "16",
+                   "--train-images", "3", "--replay-images", "8", "--frames", "6", "--compute-frames", "2",
+                   "--warmup", "1", "--peer-frames", "1", "--work", str(tmp_path / "work"), "--out", str(tmp_path)])
+    (row,) = json.loads((tmp_path / "latency-cpu.json").read_text())["rows"]
+    assert row["verdicts"] == row["grabbed"] == 14  # paced and free-running runs, 7 frames each
+    assert set(row["stages_ms"]) == set(STAGES)
+    for s in row["stages_ms"].values():
+        assert 0 <= s["p50"] <= s["p95"] <= s["p99"]
+    total = row["stages_ms"]["total"]["p50"]
+    assert row["stages_ms"]["embed"]["p50"] < total and row["stages_ms"]["knn"]["p50"] < total
+    assert row["throughput_fps"] > 0 and row["peer_ratio"] > 0
+    assert "| dense-lite | onnxruntime |" in report.read_text()
+    assert (tmp_path / "latency-cpu.png").stat().st_size > 1000
+
+
+def test_soak_benchmark_counts_one_verdict_per_frame(tmp_path):
+    from sclvi.benchmarks.soak import main
+
+    report = main(["--frames", "60", "--preset", "dense-lite", "--image-size", "96", "--small-stride", "16",
+                   "--train-images", "3", "--replay-images", "8", "--rate-hz", "30", "--work", str(tmp_path / "work"),
+                   "--out", str(tmp_path)])
+    data = json.loads((tmp_path / "soak-cpu.json").read_text())
+    assert data["frames_grabbed"] == data["verdicts"] == 60 and data["gaps"] == []
+    assert sum(data["counts"].values()) == 60
+    assert "| equal, no sequence gap | yes |" in report.read_text()
+
+
+def test_quality_benchmark_families_smoke_merges_rows(tmp_path):
+    from sclvi.benchmarks.quality import main
+
+    write_synthetic(tmp_path / "data", "texture", size=176, n_train=6, n_test_good=3, n_test_defect=2, seed=0)
+    common = ["--data", str(tmp_path / "data"), "--sets", "texture", "--protocol", "smoke",
+              "--work", str(tmp_path / "work"), "--out", str(tmp_path / "out")]
+    main(common + ["--families", "lite", "dense-lite"])
+    report = main(common + ["--families", "dense-lite"])  # re-run one preset: replaced, not duplicated
+    rows = json.loads((tmp_path / "out" / "quality-families-smoke.json").read_text())["rows"]
+    assert sorted(r["preset"] for r in rows) == ["dense-lite", "lite"]
+    assert all(0.0 <= r["image_auroc"] <= 1.0 and r["gmac_per_frame"] > 0 for r in rows)
+    text = report.read_text()
+    assert "| lite |" in text and "| dense-lite |" in text

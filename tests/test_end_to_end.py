@@ -1,6 +1,11 @@
-"""A short CPU training on synthetic data, through the CLI, detects the planted defects."""
+"""A short CPU training on synthetic data, through the CLI, detects the planted defects; then the edge
+runtime, fed the same parts from a folder, calls them OK / NG as the offline evaluation scored them."""
 
 import json
+import shutil
+import socket
+import threading
+import time
 
 import pytest
 import yaml
@@ -35,3 +40,69 @@ def test_train_then_eval_reaches_auroc_0_9(tmp_path):
     assert len(report["image_scores"]) == 24
     assert (tmp_path / "report" / "roc.png").stat().st_size > 1000
     assert len(list((tmp_path / "report" / "overlays").glob("*.png"))) == 6
+
+    # The line: ONNX engines, a threshold between the scores, the runtime on a folder of the test parts.
+    result = runner.invoke(app, ["build-engines", str(tmp_path / "bundle")])
+    assert result.exit_code == 0, result.output
+    scored = report["image_scores"]
+    threshold, accuracy = _best_threshold([s["score"] for s in scored], [s["defect"] != "good" for s in scored])
+    assert accuracy >= 0.9
+    replay = tmp_path / "replay"
+    replay.mkdir()
+    for i, s in enumerate(scored):
+        shutil.copy(s["path"], replay / f"{i:03d}.png")
+    verdicts = _run_line(tmp_path / "bundle", replay, threshold)
+    assert sorted(verdicts) == list(range(1, 25))
+    for seq, v in verdicts.items():
+        expected = scored[seq - 1]
+        assert v["verdict"] == ("NG" if expected["score"] > threshold else "OK"), (expected, v)
+        assert abs(v["score"] - expected["score"]) <= 1e-3 * expected["score"]  # ONNX Runtime vs torch
+        if v["verdict"] == "NG":
+            assert v["regions"] and all(r["area"] > 0 for r in v["regions"])
+
+
+def _best_threshold(scores, labels):
+    """The midpoint between adjacent sorted scores that classifies the most images correctly."""
+    order = sorted(zip(scores, labels))
+    best = (0.0, -1.0)
+    for (a, _), (b, _) in zip(order, order[1:]):
+        t = (a + b) / 2
+        acc = sum((s > t) == y for s, y in order) / len(order)
+        if acc > best[1] and b - a > 1e-3 * b:  # far enough from both scores for FP32 backend differences
+            best = (t, acc)
+    return best
+
+
+def _run_line(bundle, replay, threshold):
+    from sclvi.edge.config import load_runtime_config
+    from sclvi.edge.listener import VerdictListener
+    from sclvi.edge.supervisor import Runtime
+
+    def endpoint():
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return f"tcp://127.0.0.1:{s.getsockname()[1]}"
+
+    verdict_endpoint = endpoint()
+    plc = VerdictListener(verdict_endpoint)  # the PLC: acknowledges while the line runs
+    verdicts, done = {}, threading.Event()
+
+    def listen():
+        while not done.is_set():
+            v = plc.receive(100)
+            if v is not None:
+                verdicts[v["seq"]] = v
+
+    thread = threading.Thread(target=listen)
+    thread.start()
+    cfg = load_runtime_config(overrides={
+        "bundle": str(bundle), "backend": "onnxruntime", "image_threshold": threshold, "pixel_threshold": threshold,
+        "deadline_ms": 60000, "ring_slots": 32, "verdict_endpoint": verdict_endpoint, "telemetry_endpoint": None,
+        "control_endpoint": endpoint(), "cameras": [{"kind": "folder", "path": str(replay)}],
+    })
+    Runtime(cfg).run()
+    time.sleep(0.3)
+    done.set()
+    thread.join()
+    plc.close()
+    return verdicts

@@ -1,0 +1,287 @@
+"""Per-stage latency and throughput of the line, per backend and preset, against the Patch SVDD peer.
+
+    sclvi bench latency [--presets lite dense-lite] [--backends auto] [--frames 30]
+
+For each preset and each encoder backend usable here:
+  * compute: the in-process per-frame cost of our path (one main-encoder call on all 32-px patches, one
+    secondary call on their gathered 2x2 grids, the fused k-NN + affinity kernel, maps);
+  * latency: the real runtime (acquisition, shared-memory ring, inference worker, publisher, ZeroMQ to a
+    PLC stand-in that acknowledges) on a folder source paced at `--load` of the measured capacity;
+    per stage p50/p95/p99, warm-up frames excluded;
+  * throughput: the same runtime with the source free-running and a ring deep enough to hold every frame:
+    verdicts per second in steady state.
+The peer, timed in the same run: Patch SVDD's reference inference as its paper describes it, on our own
+model: a per-patch dataset and data loader feeding the encoder in mini-batches, the 64-px patches
+embedded from pixels (their four quarters through the main encoder again), then plain nearest-neighbour
+search (eta = 1, exact) on the full bank. The ratio shows what one-call batching, the shared main encoder
+and the fused kernel buy. Weights are random: timing does not depend on them.
+Writes latency-<cpu|gpu>.md / .json and a latency histogram PNG.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sclvi.benchmarks.common import REPORTS, machine, machine_table
+from sclvi.benchmarks.line import percentiles, prepare_bundle, run_line, stage_samples, stage_table
+from sclvi.config import Config, build_config
+
+log = logging.getLogger(__name__)
+
+COMPUTE_STAGES = ("preprocess", "embed", "knn", "fuse")
+
+
+def bench_config(preset: str, image_size: int, small_stride: int) -> Config:
+    return build_config(preset, {"geometry": {"image_size": image_size, "small_stride": small_stride}})
+
+
+def _frames(replay: Path, size: int, n: int) -> list[np.ndarray]:
+    from sclvi.images import read_rgb
+
+    files = sorted(replay.iterdir())
+    return [read_rgb(files[i % len(files)], size) for i in range(n)]
+
+
+def time_ours(bundle: Any, backend: Any, frames: list[np.ndarray], warmup: int) -> dict[str, np.ndarray]:
+    """In-process ms per stage of our per-frame path (what an inference worker does, minus the ring)."""
+    from sclvi.images import check_frame, normalise
+    from sclvi.scorer import AnomalyScorer
+
+    scorer = AnomalyScorer(bundle, backend)
+    out: dict[str, list[float]] = {s: [] for s in (*COMPUTE_STAGES, "frame")}
+    for i, f in enumerate(frames):
+        lat: dict[str, float] = {}
+        t0 = time.perf_counter()
+        x = normalise(check_frame(f, scorer.size), bundle.mean)[None]
+        t1 = time.perf_counter()
+        codes = scorer.embedder.embed(x)
+        t2 = time.perf_counter()
+        scorer.score_codes(codes.small[0], codes.large[0], lat)
+        t3 = time.perf_counter()
+        if i < warmup:
+            continue
+        out["preprocess"].append(1000 * (t1 - t0))
+        out["embed"].append(1000 * (t2 - t1))
+        out["knn"].append(lat["knn"])
+        out["fuse"].append(lat["fuse"])
+        out["frame"].append(1000 * (t3 - t0))
+    return {k: np.asarray(v) for k, v in out.items()}
+
+
+def time_peer(bundle: Any, frames: list[np.ndarray], warmup: int, batch_size: int = 64) -> dict[str, np.ndarray]:
+    """Patch SVDD's reference inference on our model (see the module docstring), in ms per stage."""
+    import torch
+    from torch.utils.data import DataLoader, Dataset
+
+    from sclvi.geometry import TwoScaleGeometry
+    from sclvi.images import normalise
+    from sclvi.knn import make_patch_scorer
+    from sclvi.maps import fuse_maps, pixel_map
+    from sclvi.model import build_model, load_numpy_state
+
+    class PatchDataset(Dataset):
+        """One patch per item, cut and copied out of the image, as Patch SVDD's PatchDataset_NCHW."""
+
+        def __init__(self, image: np.ndarray, size: int, stride: int) -> None:
+            self.image, self.size = image, size
+            n = (image.shape[-1] - size) // stride + 1
+            self.offsets = [(r * stride, c * stride) for r in range(n) for c in range(n)]
+
+        def __len__(self) -> int:
+            return len(self.offsets)
+
+        def __getitem__(self, i: int) -> torch.Tensor:
+            r, c = self.offsets[i]
+            return torch.from_numpy(np.ascontiguousarray(self.image[:, r : r + self.size, c : c + self.size]))
+
+    cfg = bundle.config
+    model = build_model(cfg.encoder)
+    load_numpy_state(model, bundle.weights)
+    model.eval()
+    g = TwoScaleGeometry.from_config(cfg.geometry)
+    plain_nn = cfg.scoring.model_copy(update={"eta": 1, "knn": "numpy", "position_window": None})
+    nn = {s: make_patch_scorer(bundle.bank_data(s)[0], bundle.bank_data(s)[1], grid.n, plain_nn)
+          for s, grid in (("small", g.small), ("large", g.large))}
+    embed_fn = {"small": model.embed_small, "large": model.embed_large}
+    out: dict[str, list[float]] = {"embed": [], "knn": [], "fuse": [], "frame": []}
+    for i, f in enumerate(frames):
+        t0 = time.perf_counter()
+        x = normalise(f, bundle.mean)
+        codes = {}
+        with torch.inference_mode():
+            for scale, grid in (("small", g.small), ("large", g.large)):
+                loader = DataLoader(PatchDataset(x, grid.patch, grid.stride), batch_size=batch_size, shuffle=False)
+                codes[scale] = torch.cat([embed_fn[scale](b) for b in loader]).numpy()
+        t1 = time.perf_counter()
+        scores = {s: nn[s].score(codes[s]) for s in codes}
+        t2 = time.perf_counter()
+        maps = {s: pixel_map(grid, scores[s].reshape(grid.n, grid.n)) for s, grid in (("small", g.small), ("large", g.large))}
+        fuse_maps(maps["small"], maps["large"], cfg.scoring.scale_fusion).max()
+        t3 = time.perf_counter()
+        if i < warmup:
+            continue
+        out["embed"].append(1000 * (t1 - t0))
+        out["knn"].append(1000 * (t2 - t1))
+        out["fuse"].append(1000 * (t3 - t2))
+        out["frame"].append(1000 * (t3 - t0))
+    return {k: np.asarray(v) for k, v in out.items()}
+
+
+def bench_one(preset: str, args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
+    from sclvi.bundle import load_bundle
+    from sclvi.engines import available_backends, load_backend
+    from sclvi.knn import choose_kernel
+
+    cfg = bench_config(preset, args.image_size, args.small_stride)
+    bundle_dir, replay = prepare_bundle(work / preset, cfg, args.train_images, args.replay_images)
+    bundle = load_bundle(bundle_dir)
+    frames = _frames(replay, cfg.geometry.image_size, args.warmup + args.compute_frames)
+    backends = available_backends(bundle) if args.backends == ["auto"] else args.backends
+    rows = []
+    for name in backends:
+        log.info("%s / %s: in-process compute", preset, name)
+        compute = time_ours(bundle, load_backend(bundle, name), frames, args.warmup)
+        service_s = float(np.median(compute["frame"])) / 1000
+        rate = args.load / service_s
+        n = args.warmup + args.frames
+        log.info("%s / %s: runtime at %.2f frames/s (%.0f%% of capacity), %d frames", preset, name, rate, 100 * args.load, n)
+        paced = run_line(bundle_dir, replay, n, rate, backend=name, workers=1, deadline_ms=args.deadline_ms)
+        warm = [v for v in paced.verdicts if v["seq"] > args.warmup]
+        log.info("%s / %s: runtime free-running, %d frames", preset, name, n)
+        free = run_line(bundle_dir, replay, n, None, backend=name, workers=1, ring_slots=n + 1,
+                        deadline_ms=max(args.deadline_ms, 4000 * n * service_s))
+        done = sorted(v["t_recv_ns"] for v in free.verdicts if v["seq"] > args.warmup and v["verdict"] != "NOT_INSPECTED")
+        throughput = (len(done) - 1) / ((done[-1] - done[0]) / 1e9) if len(done) > 1 else float("nan")
+        samples = stage_samples(warm)
+        rows.append({
+            "preset": preset, "backend": name, "knn": choose_kernel(bundle.config.scoring),
+            "compute_ms": {k: percentiles(v) for k, v in compute.items()},
+            "stages_ms": {k: percentiles(v) for k, v in samples.items()},
+            "total_samples_ms": samples["total"].tolist(),
+            "rate_hz": rate, "throughput_fps": throughput,
+            "grabbed": paced.frames_grabbed + free.frames_grabbed,
+            "verdicts": len(paced.verdicts) + len(free.verdicts), "verdict_counts": paced.by_verdict(),
+        })
+        print(f"{preset:10s} {name:12s} compute {np.median(compute['frame']):8.1f} ms/frame  "
+              f"end-to-end p50 {rows[-1]['stages_ms']['total']['p50']:8.1f} ms  throughput {throughput:6.2f} frames/s", flush=True)
+    if args.peer:
+        log.info("%s: Patch SVDD reference inference (peer)", preset)
+        peer = time_peer(bundle, frames[: args.warmup + args.peer_frames], args.warmup)
+        for r in rows:
+            r["peer_ms"] = {k: percentiles(v) for k, v in peer.items()}
+            r["peer_ratio"] = r["peer_ms"]["frame"]["p50"] / r["compute_ms"]["frame"]["p50"]
+        print(f"{preset:10s} {'peer':12s} compute {np.median(peer['frame']):8.1f} ms/frame", flush=True)
+    return rows
+
+
+def _ms(v: float | None) -> str:
+    return "-" if v is None else f"{v:.1f}"
+
+
+def save_histogram(path: Path, rows: list[dict[str, Any]], title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for r in rows:
+        x = np.asarray(r["total_samples_ms"])
+        ax.hist(x, bins=min(40, max(5, len(x) // 2)), alpha=0.5, label=f"{r['preset']} / {r['backend']} (p50 {np.median(x):.0f} ms)")
+    ax.set_xlabel("acquisition -> verdict at the PLC (ms)")
+    ax.set_ylabel("frames")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_report(rows: list[dict[str, Any]], args: argparse.Namespace, out: Path, seconds: float) -> Path:
+    info = machine()
+    tag = "gpu" if "gpu" in info else "cpu"
+    hist = out / f"latency-{tag}.png"
+    save_histogram(hist, rows, f"End-to-end latency ({tag}, {args.image_size} px, stride {args.small_stride})")
+    lines = [
+        f"# Line latency and throughput ({tag})",
+        "",
+        f"Frames {args.image_size}x{args.image_size}, 32-px patches at stride {args.small_stride}, 64-px at stride 16; "
+        f"memory bank from {args.train_images} images (no coreset); k-NN kernel: the configured default; one "
+        f"inference worker; random weights. Latency: {args.frames} frames through the runtime paced at "
+        f"{100 * args.load:.0f}% of the measured capacity, {args.warmup} warm-up frames excluded. Throughput: "
+        f"the same runtime with the source free-running. `publish` = worker verdict -> received by the PLC "
+        f"stand-in over ZeroMQ; `total` = acquisition -> PLC. Wall time {seconds / 60:.1f} min.",
+        "",
+        "## Summary",
+        "",
+        "| preset | backend | compute ms/frame (p50) | end-to-end p50 / p95 / p99 ms | throughput frames/s | peer ms/frame (p50) | peer / ours |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        t = r["stages_ms"]["total"]
+        peer = r.get("peer_ms", {}).get("frame", {}).get("p50")
+        lines.append(
+            f"| {r['preset']} | {r['backend']} | {r['compute_ms']['frame']['p50']:.1f} | "
+            f"{t['p50']:.1f} / {t['p95']:.1f} / {t['p99']:.1f} | {r['throughput_fps']:.2f} | "
+            f"{_ms(peer)} | {'-' if peer is None else format(r['peer_ratio'], '.1f') + 'x'} |"
+        )
+    for r in rows:
+        lines += ["", f"## {r['preset']} / {r['backend']} (k-NN: {r['knn']}; {r['rate_hz']:.2f} frames/s offered; "
+                  f"verdicts {r['verdicts']} of {r['grabbed']} frames grabbed)", ""]
+        lines += stage_table(r["stages_ms"])
+        if "peer_ms" in r:
+            lines += ["", "In-process compute, ours vs the peer (ms, p50):", "",
+                      "| | embed | k-NN | maps + fuse | frame |", "|---|---:|---:|---:|---:|"]
+            c, p = r["compute_ms"], r["peer_ms"]
+            lines.append(f"| ours | {c['embed']['p50']:.1f} | {c['knn']['p50']:.1f} | {c['fuse']['p50']:.1f} | {c['frame']['p50']:.1f} |")
+            lines.append(f"| peer | {p['embed']['p50']:.1f} | {p['knn']['p50']:.1f} | {p['fuse']['p50']:.1f} | {p['frame']['p50']:.1f} |")
+    lines += ["", f"Histogram: `{hist.name}`", "", "## Machine", "", machine_table(info), ""]
+    path = out / f"latency-{tag}.md"
+    path.write_text("\n".join(lines))
+    slim = [{k: v for k, v in r.items() if k != "total_samples_ms"} for r in rows]
+    (out / f"latency-{tag}.json").write_text(json.dumps({"machine": info, "args": {k: str(v) for k, v in vars(args).items()},
+                                                         "rows": slim}, indent=2))
+    return path
+
+
+def main(argv: list[str] | None = None) -> Path:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--presets", nargs="+", default=["lite", "dense-lite"])
+    ap.add_argument("--backends", nargs="+", default=["auto"], help="auto: every backend usable here")
+    ap.add_argument("--image-size", type=int, default=256)
+    ap.add_argument("--small-stride", type=int, default=4)
+    ap.add_argument("--train-images", type=int, default=20, help="images in the memory bank")
+    ap.add_argument("--replay-images", type=int, default=16, help="distinct synthetic parts the camera replays")
+    ap.add_argument("--frames", type=int, default=30, help="timed frames through the runtime")
+    ap.add_argument("--compute-frames", type=int, default=10, help="timed frames in process")
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--load", type=float, default=0.7, help="offered rate as a fraction of the measured capacity")
+    ap.add_argument("--deadline-ms", type=float, default=30000.0)
+    ap.add_argument("--peer", action=argparse.BooleanOptionalAction, default=True)
+    ap.add_argument("--peer-frames", type=int, default=3)
+    ap.add_argument("--work", type=Path, default=None, help="scratch folder (default: a temporary one)")
+    ap.add_argument("--out", type=Path, default=REPORTS)
+    args = ap.parse_args(argv)
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    args.out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    rows: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        work = args.work or Path(tmp)
+        for preset in args.presets:
+            rows += bench_one(preset, args, work)
+    path = write_report(rows, args, args.out, time.perf_counter() - t0)
+    print(f"report: {path}")
+    return path
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,167 @@
+"""The line as the benchmarks see it: the real edge runtime (processes, shared-memory ring, ZeroMQ) on a
+folder source, with a PLC stand-in that acknowledges every verdict and notes when it arrived.
+
+Shared by the latency and soak benchmarks: a bundle made for timing, a run of the runtime, and the
+per-stage statistics of the verdicts the PLC received.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+#: Stages in pipeline order, as they appear in the verdicts' `latency_ms` (plus `publish`, measured at the PLC).
+STAGES = ("acquire", "queue", "preprocess", "embed", "knn", "fuse", "decide", "publish", "total")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def prepare_bundle(work: Path, cfg: Any, n_train: int, n_replay: int, seed: int = 0) -> tuple[Path, Path]:
+    """A random-weight bundle with its memory bank, ONNX engines and calibrated thresholds, plus a folder
+    of synthetic parts (good and defective) to replay as the camera. Returns (bundle dir, replay dir)."""
+    from sclvi.benchmarks.common import untrained_bundle
+    from sclvi.bundle import load_bundle
+    from sclvi.calib.calibrate import calibrate
+    from sclvi.dataset import read_dataset
+    from sclvi.engines import load_backend
+    from sclvi.engines.export import export_onnx
+    from sclvi.synthetic import DEFECTS, write_synthetic
+
+    size = cfg.geometry.image_size
+    n_defect = max(1, n_replay // 8)  # per defect type: about half the parts are defective
+    data = write_synthetic(work / "data", "object", size=size, n_train=n_train + 4,
+                           n_test_good=max(1, n_replay - len(DEFECTS) * n_defect), n_test_defect=n_defect, seed=seed)
+    ds = read_dataset(data)
+    bundle_dir = work / "bundle"
+    bundle = untrained_bundle(bundle_dir, cfg, ds.train[:n_train], seed)
+    export_onnx(bundle)
+    bundle = load_bundle(bundle_dir)
+    held_out = ds.train[n_train:]  # 4 good images never in the bank
+    calibrate(bundle, load_backend(bundle), held_out, target_frr=0.25)
+    replay = work / "replay"
+    replay.mkdir(exist_ok=True)
+    for i, t in enumerate(ds.test):
+        (replay / f"{i:04d}{t.path.suffix}").write_bytes(t.path.read_bytes())
+    return bundle_dir, replay
+
+
+@dataclass
+class LineRun:
+    """What one run of the runtime delivered to the PLC."""
+
+    frames_grabbed: int
+    verdicts: list[dict[str, Any]]  # unique (camera, seq), each with `t_recv_ns` added
+    duplicates: int  # resends the PLC had already acknowledged
+    totals: dict[str, int]  # the runtime's counters at shutdown
+    wall_s: float
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def by_verdict(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for v in self.verdicts:
+            key = v["verdict"] if v["verdict"] != "NOT_INSPECTED" else f"NOT_INSPECTED ({v['reason']})"
+            out[key] = out.get(key, 0) + 1
+        return out
+
+    def sequence_gaps(self) -> list[int]:
+        """Sequence numbers grabbed but never received (must be empty)."""
+        seqs = {v["seq"] for v in self.verdicts}
+        return [s for s in range(1, self.frames_grabbed + 1) if s not in seqs]
+
+
+class _Plc(threading.Thread):
+    def __init__(self, endpoint: str, expected: int, progress: bool) -> None:
+        super().__init__(daemon=True)
+        from tqdm.auto import tqdm
+
+        from sclvi.edge.listener import VerdictListener
+
+        self.listener = VerdictListener(endpoint)  # bound before the runtime starts
+        self.verdicts: list[dict[str, Any]] = []
+        self.done = threading.Event()
+        self.bar = tqdm(total=expected, desc="verdicts at the PLC", unit="frame", disable=not progress)
+
+    def run(self) -> None:
+        while not self.done.is_set():
+            v = self.listener.receive(50)
+            if v is not None:
+                v["t_recv_ns"] = time.time_ns()
+                self.verdicts.append(v)
+                self.bar.update()
+
+    def finish(self) -> None:
+        self.done.set()
+        self.join(5)
+        self.bar.close()
+        self.listener.close()
+
+
+def run_line(bundle_dir: Path, replay: Path, frames: int, rate_hz: float | None, progress: bool = False,
+             **runtime: Any) -> LineRun:
+    """Replay `frames` frames (looping over the folder) through the runtime; returns what the PLC got.
+    `runtime` holds runtime config keys (workers, deadline_ms, backend, ring_slots, ...)."""
+    from sclvi.edge.config import load_runtime_config
+    from sclvi.edge.supervisor import Runtime
+
+    from PIL import Image
+
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    with Image.open(next(p for p in sorted(replay.iterdir()))) as im:
+        frame_bytes = im.width * im.height * 3  # ring slots sized to the frames, not to a 5 MP camera
+    cfg = load_runtime_config(overrides={
+        "bundle": str(bundle_dir), "verdict_endpoint": endpoint, "telemetry_endpoint": None,
+        "control_endpoint": None, "backend": runtime.pop("backend", "auto"),
+        "cameras": [{"kind": "folder", "camera_id": "bench", "path": str(replay), "rate_hz": rate_hz,
+                     "loop": True, "max_frames": frames,
+                     "max_frame_bytes": frame_bytes}],
+        **runtime,
+    })
+    plc = _Plc(endpoint, frames, progress)
+    plc.start()
+    t0 = time.perf_counter()
+    totals = Runtime(cfg).run()
+    wall = time.perf_counter() - t0
+    time.sleep(0.2)
+    plc.finish()
+    return LineRun(totals["frames_grabbed"], plc.verdicts, plc.listener.duplicates, totals, wall)
+
+
+def stage_samples(verdicts: list[dict[str, Any]]) -> dict[str, np.ndarray]:
+    """Milliseconds per stage over the inspected verdicts; `publish` is worker -> PLC receipt and
+    `total` is acquisition -> PLC receipt (one clock: everything runs on this machine)."""
+    out: dict[str, list[float]] = {s: [] for s in STAGES}
+    for v in verdicts:
+        lat = v.get("latency_ms") or {}
+        if "total" not in lat:  # NOT_INSPECTED: no stages
+            continue
+        for s in STAGES[:-2]:
+            if s in lat:
+                out[s].append(lat[s])
+        decided_ns = v["t_acq_ns"] + lat["total"] * 1e6
+        out["publish"].append((v["t_recv_ns"] - decided_ns) / 1e6)
+        out["total"].append((v["t_recv_ns"] - v["t_acq_ns"]) / 1e6)
+    return {s: np.asarray(x) for s, x in out.items() if x}
+
+
+def percentiles(samples: np.ndarray) -> dict[str, float]:
+    p50, p95, p99 = np.percentile(samples, [50, 95, 99])
+    return {"p50": float(p50), "p95": float(p95), "p99": float(p99), "mean": float(samples.mean()), "n": int(len(samples))}
+
+
+def stage_table(stats: dict[str, dict[str, float]]) -> list[str]:
+    lines = ["| stage | p50 ms | p95 ms | p99 ms |", "|---|---:|---:|---:|"]
+    lines += [f"| {s} | {stats[s]['p50']:.1f} | {stats[s]['p95']:.1f} | {stats[s]['p99']:.1f} |" for s in STAGES if s in stats]
+    return lines

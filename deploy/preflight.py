@@ -1,0 +1,173 @@
+"""Preflight checks of a target machine against a runtime config, before a line goes live.
+
+`sclvi check line.yaml` answers what an integrator asks at commissioning: does the bundle load and is it
+calibrated, which encoder backend and k-NN kernel will run (and can they start here: an engine built for
+another GPU or TensorRT version fails now, not on the first part), is there shared memory for the rings,
+are the cameras there, can the sockets bind, are the cores oversubscribed. Nothing here grabs a frame.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from sclvi.edge.config import RuntimeConfig, SourceConfig
+from sclvi.errors import SclviError
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    ok: bool
+    detail: str
+    fatal: bool = True  # a failed non-fatal check is a warning: the line runs, but not as intended
+
+
+def _python() -> Check:
+    v = sys.version_info
+    return Check("python", v >= (3, 10), f"{v.major}.{v.minor}.{v.micro} (needs >= 3.10)")
+
+
+def _bundle_checks(cfg: RuntimeConfig) -> list[Check]:
+    from sclvi.bundle import load_bundle
+    from sclvi.engines import available_backends, load_backend
+    from sclvi.knn import choose_kernel
+
+    try:
+        bundle = load_bundle(cfg.bundle)
+    except SclviError as exc:
+        return [Check("bundle", False, str(exc))]
+    checks = [Check("bundle", True, f"{cfg.bundle} (preset {bundle.config.preset}, {bundle.config.geometry.image_size} px)")]
+    checks.append(Check("memory bank", bundle.has_bank(),
+                        "present" if bundle.has_bank() else "missing: train the bundle with `sclvi train` (it builds the bank)"))
+    cal = bundle.manifest.get("calibration", {})
+    image = cfg.image_threshold if cfg.image_threshold is not None else cal.get("image_threshold")
+    pixel = cfg.pixel_threshold if cfg.pixel_threshold is not None else cal.get("pixel_threshold")
+    source = "runtime config" if cfg.image_threshold is not None else "bundle calibration"
+    checks.append(Check(
+        "thresholds", image is not None and pixel is not None,
+        f"image {image:.5g}, pixel {pixel:.5g} ({source})" if image is not None and pixel is not None
+        else f"not calibrated: run `sclvi calibrate {cfg.bundle} --good DIR`",
+    ))
+    found = available_backends(bundle)
+    try:
+        backend = load_backend(bundle, cfg.backend, cfg.threads_per_worker)  # really starts it: engines are checked
+        checks.append(Check("encoder backend", True, f"{backend.name} (usable here: {', '.join(found)})"))
+    except SclviError as exc:
+        checks.append(Check("encoder backend", False, str(exc)))
+    if "tensorrt" not in found:
+        checks.append(Check("GPU engines", False, "TensorRT engines not in use: on a GPU target run "
+                            f"`sclvi build-engines {cfg.bundle} --tensorrt`", fatal=False))
+    try:
+        checks.append(Check("k-NN kernel", True, choose_kernel(bundle.config.scoring)))
+    except SclviError as exc:
+        checks.append(Check("k-NN kernel", False, str(exc)))
+    return checks
+
+
+def _shared_memory(cfg: RuntimeConfig, shm: Path) -> Check:
+    need = sum(cfg.ring_slots * c.max_frame_bytes for c in cfg.cameras)
+    try:
+        free = shutil.disk_usage(shm).free
+    except OSError as exc:
+        return Check("shared memory", False, f"cannot read {shm}: {exc}")
+    return Check(
+        "shared memory", need <= free,
+        f"rings need {need / 2**20:.0f} MiB, {shm} has {free / 2**20:.0f} MiB free"
+        + ("" if need <= free else ": lower ring_slots or max_frame_bytes, or enlarge /dev/shm"),
+    )
+
+
+def _camera(src: SourceConfig) -> Check:
+    name = f"camera {src.camera_id}"
+    path = Path(src.path) if src.path else None
+    if src.kind == "folder":
+        ok = path is not None and path.is_dir() and any(path.iterdir())
+        return Check(name, ok, f"folder {path}" + ("" if ok else " does not exist or is empty"))
+    if src.kind == "video":
+        ok = path is not None and path.is_file()
+        return Check(name, ok, f"video {path}" + ("" if ok else " does not exist"))
+    if src.kind == "opencv":
+        return Check(name, True, f"OpenCV device {src.device or 0} (opened at start)", fatal=False)
+    return _genicam(name, src)
+
+
+def _genicam(name: str, src: SourceConfig) -> Check:
+    """List the producer's devices (without opening one) and find the configured camera."""
+    cti = Path(src.path or "")
+    if not cti.is_file():
+        return Check(name, False, f"GenTL producer {cti} does not exist (the .cti file of your camera's SDK)")
+    from harvesters.core import Harvester
+
+    h = Harvester()
+    try:
+        h.add_file(str(cti))
+        h.update()
+        # read out now: the device infos die with the Harvester
+        devices = [f"{d.vendor} {d.model} serial {d.serial_number}" for d in h.device_info_list]
+        serials = [str(d.serial_number) for d in h.device_info_list]
+    except Exception as exc:  # a broken producer: say so, do not crash the check
+        return Check(name, False, f"{cti} failed to enumerate devices: {exc}")
+    finally:
+        h.reset()
+    dev = src.device
+    if not devices:
+        return Check(name, False, f"no camera found through {cti}")
+    if dev is None or (isinstance(dev, int) and 0 <= dev < len(devices)):
+        return Check(name, True, f"{devices[dev or 0]} through {cti.name}")
+    if str(dev) in serials:
+        return Check(name, True, f"{devices[serials.index(str(dev))]} through {cti.name}")
+    return Check(name, False, f"device {dev!r} not found through {cti.name}; present: serials {', '.join(serials)}")
+
+
+def _bindable(name: str, endpoint: str | None) -> Check:
+    if not endpoint:
+        return Check(name, True, "off", fatal=False)
+    import zmq
+
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.PUB)
+    sock.setsockopt(zmq.LINGER, 0)
+    try:
+        sock.bind(endpoint)
+        return Check(name, True, f"{endpoint} can be bound")
+    except zmq.ZMQError as exc:
+        return Check(name, False, f"{endpoint} cannot be bound ({exc}): another runtime running, or a wrong address?")
+    finally:
+        sock.close()
+        ctx.term()
+
+
+def _cores(cfg: RuntimeConfig) -> Check:
+    cores = os.cpu_count() or 1
+    threads = cfg.workers * (cfg.threads_per_worker or max(1, cores // cfg.workers))
+    ok = threads <= cores
+    return Check("cpu threads", ok, f"{cfg.workers} worker(s) x {threads // cfg.workers} thread(s) on {cores} cores"
+                 + ("" if ok else ": oversubscribed, lower threads_per_worker"), fatal=False)
+
+
+def preflight(cfg: RuntimeConfig, shm: Path = Path("/dev/shm")) -> list[Check]:
+    steps: list[Callable[[], list[Check] | Check]] = [
+        _python,
+        lambda: _bundle_checks(cfg),
+        lambda: _shared_memory(cfg, shm),
+        *[(lambda c=c: _camera(c)) for c in cfg.cameras],
+        lambda: _bindable("telemetry endpoint", cfg.telemetry_endpoint),
+        lambda: _bindable("control endpoint", cfg.control_endpoint),
+        lambda: Check("verdict endpoint", cfg.verdict_endpoint.startswith(("tcp://", "ipc://")),
+                      f"{cfg.verdict_endpoint} (the PLC bridge binds it; we connect)"),
+        lambda: _cores(cfg),
+    ]
+    checks: list[Check] = []
+    for step in steps:
+        result = step()
+        checks += result if isinstance(result, list) else [result]
+    return checks
+
+
+def passed(checks: list[Check]) -> bool:
+    return all(c.ok or not c.fatal for c in checks)

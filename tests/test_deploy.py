@@ -1,0 +1,91 @@
+"""Deployment: the example station config is valid, and `sclvi check` finds what would stop a line."""
+
+import socket
+from pathlib import Path
+
+import genicam
+import yaml
+import zmq
+from typer.testing import CliRunner
+
+from sclvi.cli import app
+from sclvi.deploy.preflight import passed, preflight
+from sclvi.edge.config import load_runtime_config
+
+VIKY = str(Path(genicam.__file__).parent / "viky.cti")
+DEPLOY = Path(__file__).parent.parent / "deploy"
+
+
+def free_endpoint() -> str:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"tcp://127.0.0.1:{s.getsockname()[1]}"
+
+
+def station(bundle, folder, **extra):
+    return {
+        "bundle": str(bundle.path), "cameras": [{"kind": "folder", "path": str(folder)}],
+        "image_threshold": 1.0, "pixel_threshold": 1.0, "backend": "torch", "threads_per_worker": 1,
+        "telemetry_endpoint": free_endpoint(), "control_endpoint": free_endpoint(), **extra,
+    }
+
+
+def by_name(checks):
+    return {c.name: c for c in checks}
+
+
+def test_example_station_config_is_valid():
+    cfg = load_runtime_config(DEPLOY / "line.example.yaml")
+    assert cfg.cameras[0].kind == "genicam" and cfg.cameras[0].features["TriggerMode"] == "On"
+    assert cfg.deadline_ms == 500
+
+
+def test_a_ready_station_passes(random_bundle, synthetic_object):
+    checks = preflight(load_runtime_config(overrides=station(random_bundle, synthetic_object / "train" / "good")))
+    assert passed(checks), [c for c in checks if not c.ok]
+    c = by_name(checks)
+    assert c["encoder backend"].detail.startswith("torch") and c["k-NN kernel"].detail == "numba"
+    assert "runtime config" in c["thresholds"].detail
+
+
+def test_preflight_names_each_problem(random_bundle, tmp_path):
+    busy = zmq.Context.instance().socket(zmq.PUB)
+    taken = free_endpoint()
+    busy.bind(taken)
+    try:
+        cfg = station(random_bundle, tmp_path / "no-such-folder", image_threshold=None, pixel_threshold=None,
+                      control_endpoint=taken, ring_slots=4, backend="onnxruntime")
+        cfg["cameras"][0]["max_frame_bytes"] = 2**50  # a petabyte per slot: no machine has that shared memory
+        checks = preflight(load_runtime_config(overrides=cfg))
+    finally:
+        busy.close()
+    c = by_name(checks)
+    assert not passed(checks)
+    assert not c["thresholds"].ok and "sclvi calibrate" in c["thresholds"].detail
+    assert not c["encoder backend"].ok and "onnxruntime" in c["encoder backend"].detail  # no ONNX engines built
+    assert not c["shared memory"].ok and "ring_slots" in c["shared memory"].detail
+    assert not c["camera cam0"].ok and "does not exist" in c["camera cam0"].detail
+    assert not c["control endpoint"].ok and c["telemetry endpoint"].ok
+
+
+def test_genicam_camera_is_found_by_serial_or_listed(random_bundle, tmp_path):
+    cam = {"kind": "genicam", "path": VIKY, "device": "1"}
+    ok = preflight(load_runtime_config(overrides=station(random_bundle, tmp_path, cameras=[cam])))
+    assert by_name(ok)["camera cam0"].ok and "serial 1" in by_name(ok)["camera cam0"].detail
+    cam["device"] = "F0500123"
+    bad = by_name(preflight(load_runtime_config(overrides=station(random_bundle, tmp_path, cameras=[cam]))))["camera cam0"]
+    assert not bad.ok and "serials 0, 1, 2" in bad.detail
+    cam["path"] = str(tmp_path / "missing.cti")
+    gone = by_name(preflight(load_runtime_config(overrides=station(random_bundle, tmp_path, cameras=[cam]))))["camera cam0"]
+    assert not gone.ok and ".cti file" in gone.detail
+
+
+def test_check_command_exit_code(random_bundle, synthetic_object, tmp_path):
+    good = tmp_path / "good.yaml"
+    good.write_text(yaml.safe_dump(station(random_bundle, synthetic_object / "train" / "good")))
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(station(random_bundle, tmp_path / "nowhere")))
+    runner = CliRunner()
+    assert runner.invoke(app, ["check", str(good)]).exit_code == 0
+    result = runner.invoke(app, ["check", str(bad)])
+    assert result.exit_code == 1 and "FAIL" in result.output
