@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+import logging
 import os
 import platform
 import subprocess
@@ -11,6 +13,15 @@ from pathlib import Path
 
 #: Reports go to benchmarks/reports of the checkout the command runs in (the repo root).
 REPORTS = Path("benchmarks") / "reports"
+
+
+def parse_args(ap: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """The tail every benchmark shares: `--out`, timestamped logs, the report folder made."""
+    ap.add_argument("--out", type=Path, default=REPORTS, help="where the report goes")
+    args = ap.parse_args(argv)
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    args.out.mkdir(parents=True, exist_ok=True)
+    return args
 
 
 def machine() -> dict[str, str]:

@@ -20,7 +20,7 @@ from typing import Any, Callable
 import numpy as np
 
 from sclvi.architecture import macs, main_layers, secondary_layers
-from sclvi.benchmarks.common import REPORTS, machine, machine_table, untrained_bundle
+from sclvi.benchmarks.common import machine, machine_table, parse_args, untrained_bundle
 from sclvi.config import Config, build_config
 from sclvi.geometry import TwoScaleGeometry
 
@@ -100,15 +100,13 @@ def main(argv: list[str] | None = None) -> Path:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--presets", nargs="+", default=["paper", "lite"])
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--out", type=Path, default=REPORTS)
-    args = ap.parse_args(argv)
+    args = parse_args(ap, argv)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for preset in args.presets:
             rows += bench_preset(preset, args.repeats, Path(tmp))
     info = machine()
     tag = "gpu" if "gpu" in info else "cpu"
-    args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"encoders-{tag}.json").write_text(json.dumps({"machine": info, "rows": rows}, indent=2))
     lines = [
         f"# Encoder cost per frame ({tag})",

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from sclvi.benchmarks.common import REPORTS, machine, machine_table
+from sclvi.benchmarks.common import machine, machine_table, parse_args
 from sclvi.benchmarks.line import percentiles, prepare_bundle, run_line, stage_samples, stage_table
 from sclvi.config import Config, build_config
 
@@ -268,10 +268,7 @@ def main(argv: list[str] | None = None) -> Path:
     ap.add_argument("--peer", action=argparse.BooleanOptionalAction, default=True)
     ap.add_argument("--peer-frames", type=int, default=3)
     ap.add_argument("--work", type=Path, default=None, help="scratch folder (default: a temporary one)")
-    ap.add_argument("--out", type=Path, default=REPORTS)
-    args = ap.parse_args(argv)
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    args.out.mkdir(parents=True, exist_ok=True)
+    args = parse_args(ap, argv)
     t0 = time.perf_counter()
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp:

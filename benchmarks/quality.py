@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from sclvi.benchmarks.common import REPORTS, machine, machine_table
+from sclvi.benchmarks.common import machine, machine_table, parse_args
 from sclvi.bundle import load_bundle
 from sclvi.config import Config, build_config
 from sclvi.errors import SclviError
@@ -246,12 +246,9 @@ def main(argv: list[str] | None = None) -> Path:
     ap.add_argument("--sets", nargs="+", default=["mvtec_bottle", "magnetic_tile"])
     ap.add_argument("--protocol", choices=sorted(PROTOCOLS), default="cpu")
     ap.add_argument("--work", type=Path, default=Path("/tmp/sclvi-bench"), help="cache of trained bundles")
-    ap.add_argument("--out", type=Path, default=REPORTS)
     ap.add_argument("--families", nargs="+", default=None, metavar="PRESET",
                     help="compare these encoder presets (scl12, eta 10) instead of running the ablation")
-    args = ap.parse_args(argv)
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    args.out.mkdir(parents=True, exist_ok=True)
+    args = parse_args(ap, argv)
     if args.families:
         for name in args.sets:
             path = write_families_report(run_families(name, args.data / name, args.protocol, args.families,

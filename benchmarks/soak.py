@@ -17,7 +17,7 @@ import logging
 import tempfile
 from pathlib import Path
 
-from sclvi.benchmarks.common import REPORTS, machine, machine_table
+from sclvi.benchmarks.common import machine, machine_table, parse_args
 from sclvi.benchmarks.line import LineRun, percentiles, prepare_bundle, run_line, stage_samples, stage_table
 from sclvi.config import build_config
 
@@ -97,10 +97,7 @@ def main(argv: list[str] | None = None) -> Path:
     ap.add_argument("--load", type=float, default=0.7)
     ap.add_argument("--deadline-ms", type=float, default=1000.0)
     ap.add_argument("--work", type=Path, default=None, help="scratch folder (default: a temporary one)")
-    ap.add_argument("--out", type=Path, default=REPORTS)
-    args = ap.parse_args(argv)
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    args.out.mkdir(parents=True, exist_ok=True)
+    args = parse_args(ap, argv)
     with tempfile.TemporaryDirectory() as tmp:
         run, rate = soak(args, args.work or Path(tmp))
     path = write_report(run, rate, args, args.out)

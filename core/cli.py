@@ -188,13 +188,12 @@ def build_engines(
     On a target without torch (a Jetson), `--tensorrt` builds from the ONNX graphs already in the bundle:
     export them on the training machine first."""
     with _user_errors():
-        import importlib.util
-
         from sclvi.bundle import engine_record, load_bundle
         from sclvi.dataset import read_dataset
+        from sclvi.engines import available_backends
 
         b = load_bundle(bundle)
-        if importlib.util.find_spec("torch") is not None:
+        if "torch" in available_backends():
             from sclvi.engines.export import export_onnx
 
             images = read_dataset(check_data, need_test=False).train if check_data else None
@@ -209,10 +208,9 @@ def build_engines(
         else:
             typer.echo("torch is not installed: building TensorRT engines from the bundle's ONNX graphs")
         if tensorrt:
-            from sclvi.engines.device_memory import NumbaCudaMemory
             from sclvi.engines.tensorrt_build import build_tensorrt
 
-            build_tensorrt(load_bundle(bundle), NumbaCudaMemory(), max_frames=max_frames)
+            build_tensorrt(load_bundle(bundle), max_frames=max_frames)
         typer.echo(f"engines: {bundle / 'engines'}")
 
 
@@ -307,44 +305,27 @@ app.add_typer(bench, name="bench")
 _PASS_THROUGH = {"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []}
 
 
-@bench.command("quality", context_settings=_PASS_THROUGH)
-def bench_quality(ctx: typer.Context) -> None:
-    """Detection quality on real data with the paper's ablations (--help for its options)."""
-    from sclvi.benchmarks.quality import main as run
-
-    run(ctx.args)
-
-
-@bench.command("knn", context_settings=_PASS_THROUGH)
-def bench_knn(ctx: typer.Context) -> None:
-    """k-NN + affinity kernels against faiss-cpu (--help for its options)."""
-    from sclvi.benchmarks.knn import main as run
-
-    run(ctx.args)
+#: `sclvi bench NAME ARGS...` runs sclvi.benchmarks.NAME.main(ARGS) (its own --help lists them).
+_BENCHMARKS = {
+    "quality": "Detection quality on real data with the paper's ablations.",
+    "knn": "k-NN + affinity kernels against faiss-cpu.",
+    "encoders": "Encoder ms per frame for each backend and preset.",
+    "latency": "Per-stage latency and throughput of the runtime per backend and preset, against the Patch SVDD peer.",
+    "soak": "10,000 frames through the runtime: verdicts received must equal frames grabbed.",
+}
 
 
-@bench.command("encoders", context_settings=_PASS_THROUGH)
-def bench_encoders(ctx: typer.Context) -> None:
-    """Encoder ms per frame for each backend and preset (--help for its options)."""
-    from sclvi.benchmarks.encoders import main as run
+def _add_benchmark(name: str, text: str) -> None:
+    def run(ctx: typer.Context) -> None:
+        import importlib
 
-    run(ctx.args)
+        importlib.import_module(f"sclvi.benchmarks.{name}").main(ctx.args)
 
-
-@bench.command("latency", context_settings=_PASS_THROUGH)
-def bench_latency(ctx: typer.Context) -> None:
-    """Per-stage latency and throughput of the runtime per backend and preset, against the Patch SVDD peer."""
-    from sclvi.benchmarks.latency import main as run
-
-    run(ctx.args)
+    bench.command(name, context_settings=_PASS_THROUGH, help=f"{text} (--help for its options)")(run)
 
 
-@bench.command("soak", context_settings=_PASS_THROUGH)
-def bench_soak(ctx: typer.Context) -> None:
-    """10,000 frames through the runtime: verdicts received must equal frames grabbed."""
-    from sclvi.benchmarks.soak import main as run
-
-    run(ctx.args)
+for _name, _text in _BENCHMARKS.items():
+    _add_benchmark(_name, _text)
 
 
 @app.command()

@@ -15,6 +15,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from sclvi.errors import BackendError
+
 
 class DeviceMemory(Protocol):
     def empty(self, shape: tuple[int, ...], dtype: Any) -> Any: ...
@@ -38,6 +40,11 @@ class NumbaCudaMemory:
     def __init__(self) -> None:
         from numba import cuda
 
+        if not cuda.is_available():
+            raise BackendError(
+                "no usable CUDA GPU here (numba-cuda sees none): TensorRT engines and the GPU k-NN need one; "
+                "check the NVIDIA driver, or use the onnxruntime backend"
+            )
         self.cuda = cuda
         self.stream = cuda.stream()
 

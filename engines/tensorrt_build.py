@@ -49,10 +49,15 @@ def _trt():
 
 
 def build_tensorrt(
-    bundle: ModelBundle, memory: DeviceMemory, max_frames: int = 1, workspace_mb: int = 1024
+    bundle: ModelBundle, memory: DeviceMemory | None = None, max_frames: int = 1, workspace_mb: int = 1024
 ) -> dict[str, Any]:
-    """Build and store engines/{main,secondary}.plan (+ .json metadata) from the FP16 ONNX graphs."""
+    """Build and store engines/{main,secondary}.plan (+ .json metadata) from the FP16 ONNX graphs.
+    `memory` names the GPU the engines are built for (default: the current CUDA device)."""
     trt = _trt()
+    if memory is None:
+        from sclvi.engines.device_memory import NumbaCudaMemory
+
+        memory = NumbaCudaMemory()
     onnx_record = engine_record(bundle, "onnx")
     if onnx_record is None:
         raise BackendError(f"build the ONNX graphs first: `sclvi build-engines {bundle.path}`")
