@@ -321,7 +321,7 @@ def _add_benchmark(name: str, text: str) -> None:
 
         importlib.import_module(f"sclvi.benchmarks.{name}").main(ctx.args)
 
-    bench.command(name, context_settings=_PASS_THROUGH, help=f"{text} (--help for its options)")(run)
+    bench.command(name, context_settings=_PASS_THROUGH, help=f"{text.rstrip('.')} (--help for its options).")(run)
 
 
 for _name, _text in _BENCHMARKS.items():

@@ -1,1 +1,1 @@
-"""Deployment helpers for Jetson and industrial PCs (built with the engines and edge issues)."""
+"""Putting a station on a Jetson or an industrial PC: preflight checks (`sclvi check`); see deploy/README.md."""

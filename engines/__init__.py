@@ -1,7 +1,7 @@
 """Encoder backends behind one interface (`sclvi.embedding.EncoderBackend`).
 
-The torch reference backend is here now; ONNX Runtime and TensorRT backends join it (engines issue).
-Heavy packages are imported lazily so a CPU-only install never needs them.
+TensorRT (FP16 engines on a GPU) > ONNX Runtime (CPU) > torch (the reference), chosen automatically from
+what is installed and built. Heavy packages are imported lazily so a CPU-only install never needs them.
 """
 
 from __future__ import annotations

@@ -17,6 +17,22 @@ def test_every_subcommand_has_help(cmd, option):
     assert result.exit_code == 0 and option in result.output
 
 
+def test_all_commands_and_benchmarks_answer_help():
+    import typer
+
+    group = typer.main.get_command(app)
+    names = sorted(group.commands)
+    assert {"train", "eval", "demo", "build-engines", "calibrate", "check", "run", "listen", "bench", "synth"} <= set(names)
+    for name in names:
+        result = runner.invoke(app, [name, "--help"])
+        assert result.exit_code == 0 and "Usage" in result.output, name
+    benches = sorted(group.commands["bench"].commands)
+    assert benches == ["encoders", "knn", "latency", "quality", "soak"]
+    for name in benches:  # each benchmark's own argparse help
+        result = runner.invoke(app, ["bench", name, "--help"])
+        assert result.exit_code == 0 and "--out" in result.output, name
+
+
 def test_console_script_is_installed():
     out = subprocess.run([sys.executable, "-m", "sclvi", "--version"], capture_output=True, text=True)
     assert out.returncode == 0 and out.stdout.startswith("sclvi ")
