@@ -108,7 +108,7 @@ def time_peer(bundle: Any, frames: list[np.ndarray], warmup: int, batch_size: in
     model.eval()
     g = TwoScaleGeometry.from_config(cfg.geometry)
     plain_nn = cfg.scoring.model_copy(update={"eta": 1, "knn": "numpy", "position_window": None})
-    nn = {s: make_patch_scorer(bundle.bank_data(s)[0], bundle.bank_data(s)[1], grid.n, plain_nn)
+    nn = {s: make_patch_scorer(*bundle.bank_data(s)[:2], grid.n, plain_nn)
           for s, grid in (("small", g.small), ("large", g.large))}
     embed_fn = {"small": model.embed_small, "large": model.embed_large}
     out: dict[str, list[float]] = {"embed": [], "knn": [], "fuse": [], "frame": []}

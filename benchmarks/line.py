@@ -113,20 +113,18 @@ def run_line(bundle_dir: Path, replay: Path, frames: int, rate_hz: float | None,
              **runtime: Any) -> LineRun:
     """Replay `frames` frames (looping over the folder) through the runtime; returns what the PLC got.
     `runtime` holds runtime config keys (workers, deadline_ms, backend, ring_slots, ...)."""
+    from PIL import Image
+
     from sclvi.edge.config import load_runtime_config
     from sclvi.edge.supervisor import Runtime
 
-    from PIL import Image
-
     endpoint = f"tcp://127.0.0.1:{free_port()}"
-    with Image.open(next(p for p in sorted(replay.iterdir()))) as im:
+    with Image.open(sorted(replay.iterdir())[0]) as im:
         frame_bytes = im.width * im.height * 3  # ring slots sized to the frames, not to a 5 MP camera
     cfg = load_runtime_config(overrides={
-        "bundle": str(bundle_dir), "verdict_endpoint": endpoint, "telemetry_endpoint": None,
-        "control_endpoint": None, "backend": runtime.pop("backend", "auto"),
+        "bundle": str(bundle_dir), "verdict_endpoint": endpoint, "telemetry_endpoint": None, "control_endpoint": None,
         "cameras": [{"kind": "folder", "camera_id": "bench", "path": str(replay), "rate_hz": rate_hz,
-                     "loop": True, "max_frames": frames,
-                     "max_frame_bytes": frame_bytes}],
+                     "loop": True, "max_frames": frames, "max_frame_bytes": frame_bytes}],
         **runtime,
     })
     plc = _Plc(endpoint, frames, progress)
