@@ -59,8 +59,10 @@ def _bundle_checks(cfg: RuntimeConfig) -> list[Check]:
         checks.append(Check("encoder backend", True, f"{backend.name} (usable here: {', '.join(found)})"))
     except SclviError as exc:
         checks.append(Check("encoder backend", False, str(exc)))
-    if "tensorrt" not in found:
-        checks.append(Check("GPU engines", False, "TensorRT engines not in use: on a GPU target run "
+    from sclvi.knn.numba_cuda import cuda_available
+
+    if "tensorrt" not in found and cuda_available():  # a GPU sits idle while the CPU encodes
+        checks.append(Check("GPU engines", False, "this machine has a CUDA GPU but no TensorRT engines in use: run "
                             f"`sclvi build-engines {cfg.bundle} --tensorrt`", fatal=False))
     try:
         checks.append(Check("k-NN kernel", True, choose_kernel(bundle.config.scoring)))
