@@ -173,8 +173,8 @@ def write_families_report(rows: list[dict[str, Any]], protocol: str, out: Path) 
         f"# Detection quality by encoder family, {protocol} protocol",
         "",
         f"Every row: the paper's 12-class task, eta 10, the same budget: geometry {budget['geometry']}, training "
-        f"{budget['train']}, bank {budget['bank']}; widths are each preset's own. GMAC per 256-px frame at the "
-        "protocol's strides (paper/lite: patch by patch; dense: one fully convolutional pass). `train s` is the "
+        f"{budget['train']}, bank {budget['bank']}; widths are each preset's own. GMAC per frame at the protocol's size and "
+        "strides (paper/lite: patch by patch; dense: one fully convolutional pass). `train s` is the "
         "training plus bank time; `embed ms` and `score ms` are per test image on the machine below (best installed "
         "backend, other work may have shared the 2 cores).",
         "",
