@@ -95,3 +95,13 @@ def test_corrupt_missing_and_foreign_engine_files(tmp_path, exported):
     mf.write_text(json.dumps(manifest))
     with pytest.raises(BundleError, match="built from other weights"):
         load_backend(load_bundle(other.path), "onnxruntime")
+
+
+def test_no_gpu_is_a_clear_backend_error():
+    from sclvi.engines.device_memory import NumbaCudaMemory
+    from sclvi.knn.numba_cuda import cuda_available
+
+    if cuda_available():
+        pytest.skip("this machine has a CUDA GPU")
+    with pytest.raises(BackendError, match="no usable CUDA GPU"):
+        NumbaCudaMemory()
