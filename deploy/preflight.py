@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from sclvi.edge.config import RuntimeConfig, SourceConfig
+from sclvi.edge.config import RuntimeConfig, SourceConfig, configured_thresholds
 from sclvi.errors import SclviError
 
 
@@ -44,9 +44,7 @@ def _bundle_checks(cfg: RuntimeConfig) -> list[Check]:
     checks = [Check("bundle", True, f"{cfg.bundle} (preset {bundle.config.preset}, {bundle.config.geometry.image_size} px)")]
     checks.append(Check("memory bank", bundle.has_bank(),
                         "present" if bundle.has_bank() else "missing: train the bundle with `sclvi train` (it builds the bank)"))
-    cal = bundle.manifest.get("calibration", {})
-    image = cfg.image_threshold if cfg.image_threshold is not None else cal.get("image_threshold")
-    pixel = cfg.pixel_threshold if cfg.pixel_threshold is not None else cal.get("pixel_threshold")
+    image, pixel = configured_thresholds(cfg, bundle.manifest.get("calibration", {}))
     source = "runtime config" if cfg.image_threshold is not None else "bundle calibration"
     checks.append(Check(
         "thresholds", image is not None and pixel is not None,

@@ -59,6 +59,13 @@ class RuntimeConfig(_Strict):
     shutdown_timeout_s: float = Field(10.0, gt=0)
 
 
+def configured_thresholds(cfg: RuntimeConfig, calibration: dict[str, Any]) -> tuple[float | None, float | None]:
+    """Image and pixel thresholds: the runtime config's override, else the bundle's calibration (None: neither)."""
+    image = cfg.image_threshold if cfg.image_threshold is not None else calibration.get("image_threshold")
+    pixel = cfg.pixel_threshold if cfg.pixel_threshold is not None else calibration.get("pixel_threshold")
+    return image, pixel
+
+
 def load_runtime_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> RuntimeConfig:
     data: dict[str, Any] = {}
     if path is not None:

@@ -20,7 +20,7 @@ from typing import Any
 
 import zmq
 
-from sclvi.edge.config import RuntimeConfig
+from sclvi.edge.config import RuntimeConfig, configured_thresholds
 from sclvi.edge.messages import Reason
 from sclvi.edge.ring import FREE, PROCESSING, READY, WRITING, SharedRing
 from sclvi.edge.shared import FLUSH, Shared, make_shared
@@ -39,9 +39,7 @@ def _thresholds(cfg: RuntimeConfig) -> tuple[float, float]:
         raise ConfigError(f"bundle {cfg.bundle} has no memory bank: train it with `sclvi train`")
     if not available_backends(bundle):
         raise ConfigError(f"no encoder backend can run {cfg.bundle} here: run `sclvi build-engines {cfg.bundle}`")
-    cal = bundle.manifest.get("calibration", {})
-    image = cfg.image_threshold if cfg.image_threshold is not None else cal.get("image_threshold")
-    pixel = cfg.pixel_threshold if cfg.pixel_threshold is not None else cal.get("pixel_threshold")
+    image, pixel = configured_thresholds(cfg, bundle.manifest.get("calibration", {}))
     if image is None or pixel is None:
         raise ConfigError(
             f"bundle {cfg.bundle} is not calibrated: run `sclvi calibrate {cfg.bundle} --good DIR` "

@@ -4,19 +4,26 @@ import subprocess
 import sys
 import textwrap
 
+#: Prepended to the subprocess code: any import of torch fails, as on a station without it.
+BLOCK_TORCH = textwrap.dedent(
+    """
+    import sys
+
+    class NoTorch:
+        def find_spec(self, name, path=None, target=None):
+            if name == "torch" or name.startswith("torch."):
+                raise ImportError("torch is blocked in this test")
+
+    sys.meta_path.insert(0, NoTorch())
+    """
+)
+
 
 def test_runtime_imports_without_torch(random_bundle):
-    code = textwrap.dedent(
+    code = BLOCK_TORCH + textwrap.dedent(
         f"""
-        import sys
-
-        class NoTorch:
-            def find_spec(self, name, path=None, target=None):
-                if name == "torch" or name.startswith("torch."):
-                    raise ImportError("torch is blocked in this test")
-
-        sys.meta_path.insert(0, NoTorch())
         import sclvi.affinity, sclvi.bundle, sclvi.scorer, sclvi.evaluate, sclvi.memory_bank, sclvi.cli, sclvi.engines
+        import sclvi.deploy.preflight, sclvi.edge.supervisor
         from sclvi.bundle import load_bundle
         from sclvi.errors import BackendError
         import sclvi.engines as engines
@@ -46,16 +53,8 @@ def test_tensorrt_build_on_a_target_without_torch_uses_the_bundle_onnx(random_bu
 
     shutil.copytree(random_bundle.path, bare)
     export_onnx(random_bundle)
-    code = textwrap.dedent(
+    code = BLOCK_TORCH + textwrap.dedent(
         f"""
-        import sys
-
-        class NoTorch:
-            def find_spec(self, name, path=None, target=None):
-                if name == "torch" or name.startswith("torch."):
-                    raise ImportError("torch is blocked in this test")
-
-        sys.meta_path.insert(0, NoTorch())
         import sclvi.engines as engines
         engines._installed = lambda module: module not in ("torch", "tensorrt")
         from typer.testing import CliRunner
