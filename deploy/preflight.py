@@ -36,6 +36,7 @@ def _bundle_checks(cfg: RuntimeConfig) -> list[Check]:
     from sclvi.bundle import load_bundle
     from sclvi.engines import available_backends, load_backend
     from sclvi.knn import choose_kernel
+    from sclvi.knn.numba_cuda import cuda_available
 
     try:
         bundle = load_bundle(cfg.bundle)
@@ -57,8 +58,6 @@ def _bundle_checks(cfg: RuntimeConfig) -> list[Check]:
         checks.append(Check("encoder backend", True, f"{backend.name} (usable here: {', '.join(found)})"))
     except SclviError as exc:
         checks.append(Check("encoder backend", False, str(exc)))
-    from sclvi.knn.numba_cuda import cuda_available
-
     if "tensorrt" not in found and cuda_available():  # a GPU sits idle while the CPU encodes
         checks.append(Check("GPU engines", False, "this machine has a CUDA GPU but no TensorRT engines in use: run "
                             f"`sclvi build-engines {cfg.bundle} --tensorrt`", fatal=False))
