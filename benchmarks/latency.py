@@ -31,16 +31,11 @@ from typing import Any
 import numpy as np
 
 from sclvi.benchmarks.common import machine, machine_table, parse_args
-from sclvi.benchmarks.line import percentiles, prepare_bundle, run_line, stage_samples, stage_table
-from sclvi.config import Config, build_config
+from sclvi.benchmarks.line import bench_config, percentiles, prepare_bundle, run_line, stage_samples, stage_table
 
 log = logging.getLogger(__name__)
 
 COMPUTE_STAGES = ("preprocess", "embed", "knn", "fuse")
-
-
-def bench_config(preset: str, image_size: int, small_stride: int) -> Config:
-    return build_config(preset, {"geometry": {"image_size": image_size, "small_stride": small_stride}})
 
 
 def _frames(replay: Path, size: int, n: int) -> list[np.ndarray]:
@@ -158,8 +153,7 @@ def bench_one(preset: str, args: argparse.Namespace, work: Path) -> list[dict[st
         log.info("%s / %s: runtime free-running, %d frames", preset, name, n)
         free = run_line(bundle_dir, replay, n, None, backend=name, workers=1, ring_slots=n + 1,
                         deadline_ms=max(args.deadline_ms, 4000 * n * service_s))
-        done = sorted(v["t_recv_ns"] for v in free.verdicts if v["seq"] > args.warmup and v["verdict"] != "NOT_INSPECTED")
-        throughput = (len(done) - 1) / ((done[-1] - done[0]) / 1e9) if len(done) > 1 else float("nan")
+        throughput = free.steady_throughput(args.warmup)
         samples = stage_samples(warm)
         rows.append({
             "preset": preset, "backend": name, "knn": choose_kernel(bundle.config.scoring),

@@ -11,7 +11,7 @@ import logging
 import socket
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,13 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def bench_config(preset: str, image_size: int, small_stride: int) -> Any:
+    """A preset at the benchmark's frame size and small-patch stride."""
+    from sclvi.config import build_config
+
+    return build_config(preset, {"geometry": {"image_size": image_size, "small_stride": small_stride}})
 
 
 def prepare_bundle(work: Path, cfg: Any, n_train: int, n_replay: int, seed: int = 0) -> tuple[Path, Path]:
@@ -67,7 +74,6 @@ class LineRun:
     duplicates: int  # resends the PLC had already acknowledged
     totals: dict[str, int]  # the runtime's counters at shutdown
     wall_s: float
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def by_verdict(self) -> dict[str, int]:
         out: dict[str, int] = {}
@@ -75,6 +81,11 @@ class LineRun:
             key = v["verdict"] if v["verdict"] != "NOT_INSPECTED" else f"NOT_INSPECTED ({v['reason']})"
             out[key] = out.get(key, 0) + 1
         return out
+
+    def steady_throughput(self, skip: int) -> float:
+        """Inspected verdicts per second at the PLC after the first `skip` frames (nan if fewer than 2)."""
+        done = sorted(v["t_recv_ns"] for v in self.verdicts if v["seq"] > skip and v["verdict"] != "NOT_INSPECTED")
+        return (len(done) - 1) / ((done[-1] - done[0]) / 1e9) if len(done) > 1 else float("nan")
 
     def sequence_gaps(self) -> list[int]:
         """Sequence numbers grabbed but never received (must be empty)."""

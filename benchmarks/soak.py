@@ -18,21 +18,19 @@ import tempfile
 from pathlib import Path
 
 from sclvi.benchmarks.common import machine, machine_table, parse_args
-from sclvi.benchmarks.line import LineRun, percentiles, prepare_bundle, run_line, stage_samples, stage_table
-from sclvi.config import build_config
+from sclvi.benchmarks.line import LineRun, bench_config, percentiles, prepare_bundle, run_line, stage_samples, stage_table
 
 log = logging.getLogger(__name__)
 
 
 def soak(args: argparse.Namespace, work: Path) -> tuple[LineRun, float]:
-    cfg = build_config(args.preset, {"geometry": {"image_size": args.image_size, "small_stride": args.small_stride}})
+    cfg = bench_config(args.preset, args.image_size, args.small_stride)
     bundle_dir, replay = prepare_bundle(work, cfg, args.train_images, args.replay_images)
     runtime = {"workers": args.workers, "deadline_ms": args.deadline_ms}
     rate = args.rate_hz
     if rate is None:
         probe = run_line(bundle_dir, replay, 40, None, ring_slots=41, **{**runtime, "deadline_ms": 600_000})
-        done = sorted(v["t_recv_ns"] for v in probe.verdicts if v["seq"] > 10)
-        capacity = (len(done) - 1) / ((done[-1] - done[0]) / 1e9)
+        capacity = probe.steady_throughput(10)
         rate = args.load * capacity
         log.info("capacity %.1f frames/s: soaking at %.1f frames/s", capacity, rate)
     log.info("soak: %d frames at %.1f frames/s (about %.0f s)", args.frames, rate, args.frames / rate)

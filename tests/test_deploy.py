@@ -1,6 +1,5 @@
 """Deployment: the example station config is valid, and `sclvi check` finds what would stop a line."""
 
-import socket
 from pathlib import Path
 
 import genicam
@@ -8,6 +7,7 @@ import yaml
 import zmq
 from typer.testing import CliRunner
 
+from sclvi.benchmarks.line import free_port
 from sclvi.cli import app
 from sclvi.deploy.preflight import passed, preflight
 from sclvi.edge.config import load_runtime_config
@@ -17,9 +17,7 @@ DEPLOY = Path(__file__).parent.parent / "deploy"
 
 
 def free_endpoint() -> str:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return f"tcp://127.0.0.1:{s.getsockname()[1]}"
+    return f"tcp://127.0.0.1:{free_port()}"
 
 
 def station(bundle, folder, **extra):

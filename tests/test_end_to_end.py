@@ -3,14 +3,12 @@ runtime, fed the same parts from a folder, calls them OK / NG as the offline eva
 
 import json
 import shutil
-import socket
-import threading
-import time
 
 import pytest
 import yaml
 from typer.testing import CliRunner
 
+from sclvi.benchmarks.line import run_line
 from sclvi.cli import app
 from sclvi.synthetic import write_synthetic
 
@@ -51,7 +49,9 @@ def test_train_then_eval_reaches_auroc_0_9(tmp_path):
     replay.mkdir()
     for i, s in enumerate(scored):
         shutil.copy(s["path"], replay / f"{i:03d}.png")
-    verdicts = _run_line(tmp_path / "bundle", replay, threshold)
+    line = run_line(tmp_path / "bundle", replay, len(scored), None, backend="onnxruntime", image_threshold=threshold,
+                    pixel_threshold=threshold, deadline_ms=60000, ring_slots=32)
+    verdicts = {v["seq"]: v for v in line.verdicts}
     assert sorted(verdicts) == list(range(1, 25))
     for seq, v in verdicts.items():
         expected = scored[seq - 1]
@@ -71,38 +71,3 @@ def _best_threshold(scores, labels):
         if acc > best[1] and b - a > 1e-3 * b:  # far enough from both scores for FP32 backend differences
             best = (t, acc)
     return best
-
-
-def _run_line(bundle, replay, threshold):
-    from sclvi.edge.config import load_runtime_config
-    from sclvi.edge.listener import VerdictListener
-    from sclvi.edge.supervisor import Runtime
-
-    def endpoint():
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            return f"tcp://127.0.0.1:{s.getsockname()[1]}"
-
-    verdict_endpoint = endpoint()
-    plc = VerdictListener(verdict_endpoint)  # the PLC: acknowledges while the line runs
-    verdicts, done = {}, threading.Event()
-
-    def listen():
-        while not done.is_set():
-            v = plc.receive(100)
-            if v is not None:
-                verdicts[v["seq"]] = v
-
-    thread = threading.Thread(target=listen)
-    thread.start()
-    cfg = load_runtime_config(overrides={
-        "bundle": str(bundle), "backend": "onnxruntime", "image_threshold": threshold, "pixel_threshold": threshold,
-        "deadline_ms": 60000, "ring_slots": 32, "verdict_endpoint": verdict_endpoint, "telemetry_endpoint": None,
-        "control_endpoint": endpoint(), "cameras": [{"kind": "folder", "path": str(replay)}],
-    })
-    Runtime(cfg).run()
-    time.sleep(0.3)
-    done.set()
-    thread.join()
-    plc.close()
-    return verdicts
