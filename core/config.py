@@ -91,9 +91,20 @@ class TrainConfig(_Strict):
     jitter_frac: float = Field(0.25, ge=0, le=0.5, description="max jitter of each grid cell, fraction of patch")
     gray_shift: float = Field(0.05, ge=0, description="max |gray shift| per patch, in normalised units")
     svdd_shift_frac: float = Field(1 / 32, ge=0, le=0.25, description="max shift of the SVDD twin, fraction of patch")
+    schedule: Literal["constant", "cosine"] = Field(
+        "cosine", description="learning rate over the steps: constant, or cosine decay to 5 % of lr"
+    )
     seed: int = 0
     checkpoint_every: int = Field(500, ge=1)
     threads: int = Field(0, ge=0, description="torch CPU threads, 0 = leave torch's default")
+    holdout_frac: float = Field(
+        0.1, ge=0, lt=1, description="training images kept out of the pretext task to measure held-out pretext accuracy"
+    )
+    eval_every: int = Field(50, ge=1, description="steps between held-out pretext evaluations")
+    early_stop_patience: int = Field(
+        6, ge=0, description="stop after this many evaluations without held-out pretext gain (0 = never)"
+    )
+    early_stop_min_delta: float = Field(0.01, ge=0, description="held-out accuracy gain that counts as progress")
 
 
 class ScoringConfig(_Strict):

@@ -48,3 +48,46 @@ def save_roc(path: Path, curves: dict[str, tuple[np.ndarray, np.ndarray, float]]
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def save_training_curve(
+    path: Path, history: list[dict[str, float]], evals: list[dict[str, float]], chance: float | None, title: str
+) -> None:
+    """Loss per step and pretext accuracy (training batches smoothed, held-out at each evaluation)
+    against chance: the picture that says whether the encoder learned anything."""
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(9, 3.6))
+    steps = np.arange(1, len(history) + 1)
+    if history:
+        loss = np.array([h["loss"] for h in history])
+        ax_loss.plot(steps, loss, lw=0.5, alpha=0.4, color="C0")
+        ax_loss.plot(steps, _smooth(loss), color="C0")
+    ax_loss.set_xlabel("step")
+    ax_loss.set_ylabel("loss")
+    for i, k in enumerate((32, 64)):
+        acc = np.array([h.get(f"acc{k}", np.nan) for h in history], dtype=float)
+        if np.isfinite(acc).any():
+            ax_acc.plot(steps, _smooth(acc), color=f"C{i}", lw=1, alpha=0.7, label=f"train {k} px")
+        held = [(e["step"], e[f"heldout_acc{k}"]) for e in evals if f"heldout_acc{k}" in e]
+        if held:
+            ax_acc.plot(*zip(*held), "o-", color=f"C{i}", ms=3, label=f"held-out {k} px")
+    if chance is not None:
+        ax_acc.axhline(chance, color="k", ls=":", lw=0.8, label="chance")
+    ax_acc.set_xlabel("step")
+    ax_acc.set_ylabel("pretext accuracy")
+    ax_acc.set_ylim(0, 1)
+    ax_acc.legend(fontsize=7)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def _smooth(x: np.ndarray, window: int = 25) -> np.ndarray:
+    """Moving average that ignores NaN (steps without a pretext task)."""
+    ok = np.isfinite(x)
+    w = np.ones(min(window, max(1, len(x))))
+    num = np.convolve(np.where(ok, x, 0.0), w, "same")
+    den = np.convolve(ok.astype(float), w, "same")
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return num / den

@@ -42,6 +42,13 @@ def test_grid_pairs_are_inside_the_image_and_match_their_label(patch):
     assert offsets.min() == -s.jitter(patch) and offsets.max() == s.jitter(patch)
 
 
+def test_scl12_classes_are_drawn_uniformly():
+    # Drawing the 36 pairs uniformly gave a 6:1 class prior (majority guess 1/6, not the 1/12 reported as chance).
+    pairs = PretextSampler(5, 256, 0.25, 1 / 32, seed=1).grid_pairs("scl12", 32, 24000)
+    counts = np.bincount(pairs.label, minlength=12)
+    assert counts.min() > 1800 and counts.max() < 2200, counts
+
+
 def test_jigsaw8_pairs_the_centre_with_a_neighbour():
     s = PretextSampler(5, 256, 0.25, 1 / 32, seed=0)
     pairs = s.grid_pairs("jigsaw8", 32, 500)

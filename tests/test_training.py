@@ -16,11 +16,13 @@ def data176(tmp_path_factory):
     return write_synthetic(tmp_path_factory.mktemp("d"), "texture", size=176, n_train=4, n_test_good=1, n_test_defect=1)
 
 
-def _cfg(steps, task="scl12"):
-    return tiny_config(176, train={"steps": steps, "batch_size": 4, "checkpoint_every": 2, "task": task, "threads": 1})
+def _cfg(steps, task="scl12", schedule="constant"):
+    return tiny_config(176, train={"steps": steps, "batch_size": 4, "checkpoint_every": 2, "task": task, "threads": 1,
+                                   "schedule": schedule})
 
 
 def test_resume_continues_exactly_where_it_stopped(tmp_path, data176):
+    # constant schedule: a cosine schedule is stretched over the new step budget, by design
     straight = train(_cfg(6), data176, tmp_path / "straight")
     train(_cfg(4), data176, tmp_path / "resumed")
     resumed = train(_cfg(6), data176, tmp_path / "resumed", resume=True)
@@ -52,3 +54,56 @@ def test_images_too_small_for_the_large_grid_are_refused(tmp_path, data176):
     cfg = tiny_config(128, train={"steps": 1, "batch_size": 2})
     with pytest.raises(ValueError, match="raise geometry.image_size"):
         train(cfg, data176, tmp_path / "b")
+
+
+def test_holdout_split_keeps_images_out_of_the_pretext_task():
+    from sclvi.train.trainer import split_holdout
+
+    fit, held = split_holdout(20, 0.1, seed=0)
+    assert len(held) == 2 and len(fit) == 18 and not set(fit) & set(held) and set(fit) | set(held) == set(range(20))
+    assert len(split_holdout(3, 0.5, 0)[1]) == 1  # at least 2 images stay for training
+    assert len(split_holdout(10, 0.0, 0)[1]) == 0
+    assert (split_holdout(20, 0.1, 0)[1] == held).all()  # seeded
+
+
+def test_early_stop_waits_for_patience_evaluations_without_gain():
+    from sclvi.train.monitor import EarlyStop
+
+    stop = EarlyStop(patience=2, min_delta=0.01)
+    assert [stop.update(v) for v in (0.10, 0.20, 0.205, 0.30, 0.305, 0.309)] == [False, False, False, False, False, True]
+    assert stop.best == 0.30
+    never = EarlyStop(patience=0, min_delta=0.01)
+    assert not any(never.update(0.1) for _ in range(10))
+
+
+def test_code_statistics_tell_collapsed_codes_from_healthy_ones():
+    from sclvi.train.monitor import collapsed, describe_codes
+
+    rng = np.random.default_rng(0)
+    healthy = describe_codes(rng.normal(size=(400, 16)))
+    assert healthy["effective_rank"] > 12 and healthy["dim_std"] > 0.9
+    line = np.outer(rng.normal(size=400), rng.normal(size=16)) + 1e-3 * rng.normal(size=(400, 16))
+    assert describe_codes(line)["effective_rank"] < 1.1
+    assert collapsed({"32": describe_codes(line), "64": healthy}) == ["32"]
+
+
+def test_training_records_pretext_accuracy_codes_and_a_curve(tmp_path, data176):
+    cfg = tiny_config(176, train={"steps": 4, "batch_size": 4, "threads": 1, "eval_every": 2, "holdout_frac": 0.25})
+    bundle = train(cfg, data176, tmp_path / "b")
+    t = bundle.manifest["training"]
+    assert t["n_heldout"] == 1 and [e["step"] for e in t["evals"]] == [2, 4]
+    assert t["pretext"]["chance"] == pytest.approx(1 / 12)
+    for key in ("heldout_acc32", "heldout_acc64", "train_acc32", "train_acc64"):
+        assert 0.0 <= t["pretext"][key] <= 1.0
+    assert set(t["codes"]) == {"32", "64"} and t["codes"]["32"]["effective_rank"] > 0
+    png = bundle.path / "training_curve.png"
+    assert png.is_file() and png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_training_stops_early_on_a_pretext_plateau(tmp_path, data176):
+    # lr 0: the held-out accuracy cannot change, so it plateaus after the first evaluation
+    cfg = tiny_config(176, train={"steps": 50, "batch_size": 4, "threads": 1, "eval_every": 1, "lr": 1e-12,
+                                  "early_stop_patience": 2, "schedule": "constant"})
+    bundle = train(cfg, data176, tmp_path / "b")
+    assert bundle.manifest["training"]["stopped_early"] is True
+    assert bundle.manifest["training"]["steps"] == 3

@@ -25,13 +25,18 @@ from sclvi.dataset import read_dataset
 from sclvi.errors import ConfigError, DataError
 from sclvi.images import mean_image, read_rgb
 from sclvi.model import SCLVINet, build_model, state_to_numpy
+from sclvi.plots import save_training_curve
 from sclvi.train.heads import PositionClassifier
+from sclvi.train.monitor import EarlyStop, HeldOutPretext, chance_accuracy, code_statistics, collapsed, crop
 from sclvi.train.pretext import N_CLASSES, PatchPairs, PretextSampler
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT = "checkpoint.pt"
+CURVE = "training_curve.png"
 SCALES = (32, 64)
+#: Held-out pretext pairs per scale at each evaluation.
+HELD_OUT_PAIRS = 256
 
 
 @dataclass
@@ -41,10 +46,25 @@ class TrainState:
     optimizer: torch.optim.Optimizer
     sampler: PretextSampler
     step: int = 0
+    history: list[dict[str, float]] | None = None  # one entry per step
+    evals: list[dict[str, float]] | None = None  # one entry per held-out evaluation
 
 
-def _crop(images: torch.Tensor, pairs_image: np.ndarray, corners: np.ndarray, size: int) -> torch.Tensor:
-    return torch.stack([images[i, :, y : y + size, x : x + size] for i, (y, x) in zip(pairs_image, corners)])
+def learning_rate(cfg: Config, step: int) -> float:
+    """The schedule: constant, or cosine from lr down to 5 % of lr at the last step."""
+    tc = cfg.train
+    if tc.schedule == "constant":
+        return tc.lr
+    t = min(1.0, step / max(1, tc.steps))
+    return tc.lr * (0.05 + 0.95 * 0.5 * (1 + np.cos(np.pi * t)))
+
+
+def split_holdout(n: int, frac: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(training, held-out) image indices: a seeded `frac` of the images, at least 1 when frac > 0 and
+    at least 2 images stay for training."""
+    n_out = min(max(1, int(round(n * frac))), n - 2) if frac > 0 else 0
+    order = np.random.default_rng(seed).permutation(n)
+    return np.sort(order[n_out:]), np.sort(order[:n_out])
 
 
 def _new_state(cfg: Config, n_images: int) -> TrainState:
@@ -61,7 +81,7 @@ def _new_state(cfg: Config, n_images: int) -> TrainState:
     for k in SCALES:
         if n_cls:
             sampler.check_fits(k)
-    return TrainState(model, heads, optimizer, sampler)
+    return TrainState(model, heads, optimizer, sampler, history=[], evals=[])
 
 
 def _save_checkpoint(path: Path, cfg: Config, state: TrainState) -> None:
@@ -74,6 +94,8 @@ def _save_checkpoint(path: Path, cfg: Config, state: TrainState) -> None:
             "heads": state.heads.state_dict(),
             "optimizer": state.optimizer.state_dict(),
             "sampler_rng": state.sampler.rng.bit_generator.state,
+            "history": state.history,
+            "evals": state.evals,
             "torch_rng": torch.get_rng_state(),
         },
         tmp,
@@ -94,6 +116,8 @@ def _load_checkpoint(path: Path, cfg: Config, n_images: int) -> TrainState:
     state.sampler.rng.bit_generator.state = ckpt["sampler_rng"]
     torch.set_rng_state(ckpt["torch_rng"])
     state.step = ckpt["step"]
+    state.history = ckpt.get("history") or []
+    state.evals = ckpt.get("evals") or []
     return state
 
 
@@ -102,13 +126,13 @@ def _scale_loss(cfg: Config, state: TrainState, images: torch.Tensor, k: int) ->
     tc = cfg.train
     b = tc.batch_size
     twins: PatchPairs = state.sampler.svdd_twins(k, b)
-    crops = [_crop(images, twins.image, twins.first, k), _crop(images, twins.image, twins.second, k)]
+    crops = [crop(images, twins.image, twins.first, k), crop(images, twins.image, twins.second, k)]
     pretext = None
     if tc.task != "none":
         pretext = state.sampler.grid_pairs(tc.task, k, b)
         for corners in (pretext.first, pretext.second):
             shift = torch.from_numpy(state.sampler.gray_shift(b, tc.gray_shift))
-            crops.append(_crop(images, pretext.image, corners, k) + shift)
+            crops.append(crop(images, pretext.image, corners, k) + shift)
     codes = state.model.embed(torch.cat(crops)).split(b)
     svdd = (codes[0] - codes[1]).norm(dim=1).mean()
     loss = tc.alpha * svdd
@@ -126,8 +150,27 @@ def _mean_or_none(values: list[float]) -> float | None:
     return float(np.mean(finite)) if finite else None
 
 
+def _evaluate(state: TrainState, held: HeldOutPretext | None, window: list[dict[str, float]]) -> dict[str, float]:
+    """Training accuracy over the steps since the last evaluation, and held-out accuracy now."""
+    row: dict[str, float] = {"step": state.step}
+    for k in SCALES:
+        row[f"train_acc{k}"] = float(np.nanmean([h[f"acc{k}"] for h in window])) if window and held else float("nan")
+    if held is not None:
+        acc = held.accuracy(state.model, state.heads)
+        for k in SCALES:
+            row[f"heldout_acc{k}"] = acc[k]
+        row["heldout_acc"] = float(np.mean(list(acc.values())))
+    return row
+
+
 def train(cfg: Config, data_root: str | Path, out: str | Path, resume: bool = False) -> ModelBundle:
-    """Train on the defect-free images of `data_root` (train/good) and write a bundle to `out`."""
+    """Train on the defect-free images of `data_root` (train/good) and write a bundle to `out`.
+
+    A seeded `train.holdout_frac` of the images is kept out of the pretext task: every
+    `train.eval_every` steps the pretext accuracy on them is logged, and training stops early once it
+    has not improved for `train.early_stop_patience` evaluations. The bundle records the curve
+    (training_curve.png), the final accuracies and the code statistics.
+    """
     out = Path(out)
     tc = cfg.train
     if tc.threads:
@@ -139,8 +182,14 @@ def train(cfg: Config, data_root: str | Path, out: str | Path, resume: bool = Fa
     if len(frames) < 2:
         raise DataError(f"{data_root}/train/good has {len(frames)} image(s); training needs at least 2")
     mean = mean_image(frames)
-    images = torch.from_numpy(((frames.astype(np.float32) - mean) / 255.0).transpose(0, 3, 1, 2).copy())
+    all_images = torch.from_numpy(((frames.astype(np.float32) - mean) / 255.0).transpose(0, 3, 1, 2).copy())
     del frames
+    fit, held_idx = split_holdout(len(all_images), tc.holdout_frac if N_CLASSES[tc.task] else 0.0, tc.seed)
+    images = all_images[fit]
+    held = HeldOutPretext.sample(tc.task, all_images[held_idx], SCALES, tc.jitter_frac, HELD_OUT_PAIRS, tc.seed + 1)
+    chance = chance_accuracy(tc.task)
+    if held is not None:
+        log.info("pretext task on %d images, %d held out to measure it (chance accuracy %.3f)", len(fit), len(held_idx), chance)
 
     out.mkdir(parents=True, exist_ok=True)
     ckpt_path = out / CHECKPOINT
@@ -151,12 +200,19 @@ def train(cfg: Config, data_root: str | Path, out: str | Path, resume: bool = Fa
         log.info("resumed from %s at step %d", ckpt_path, state.step)
     else:
         state = _new_state(cfg, len(images))
+    assert state.history is not None and state.evals is not None
+    stopper = EarlyStop(tc.early_stop_patience, tc.early_stop_min_delta)
+    for e in state.evals:
+        if "heldout_acc" in e:
+            stopper.update(e["heldout_acc"])
 
     state.model.train()
     t0 = time.perf_counter()
-    history: list[dict[str, float]] = []
+    stopped_early = False
     bar = tqdm(total=tc.steps, initial=state.step, desc="train", unit="step")
     while state.step < tc.steps:
+        for group in state.optimizer.param_groups:
+            group["lr"] = learning_rate(cfg, state.step)
         state.optimizer.zero_grad(set_to_none=True)
         total = torch.zeros(())
         stats: dict[str, float] = {}
@@ -168,25 +224,57 @@ def train(cfg: Config, data_root: str | Path, out: str | Path, resume: bool = Fa
         state.optimizer.step()
         state.step += 1
         stats["loss"] = total.item()
-        history.append(stats)
+        state.history.append(stats)
         bar.update(1)
         bar.set_postfix(loss=f"{stats['loss']:.3f}", acc32=f"{stats['acc32']:.2f}", acc64=f"{stats['acc64']:.2f}")
-        if state.step % tc.checkpoint_every == 0 or state.step == tc.steps:
+        if state.step % tc.eval_every == 0 or state.step == tc.steps:
+            row = _evaluate(state, held, state.history[-tc.eval_every :])
+            state.evals.append(row)
+            if held is not None:
+                log.info(
+                    "step %d: pretext accuracy train %.3f / %.3f, held-out %.3f / %.3f (32 / 64 px; chance %.3f)",
+                    state.step, row["train_acc32"], row["train_acc64"], row["heldout_acc32"], row["heldout_acc64"], chance,
+                )
+                if stopper.update(row["heldout_acc"]) and state.step < tc.steps:
+                    log.info("early stop at step %d: held-out pretext accuracy has not gained %.3f in %d evaluations "
+                             "(best %.3f)", state.step, tc.early_stop_min_delta, tc.early_stop_patience, stopper.best)
+                    stopped_early = True
+        if state.step % tc.checkpoint_every == 0 or state.step == tc.steps or stopped_early:
             _save_checkpoint(ckpt_path, cfg, state)
+        if stopped_early:
+            break
     bar.close()
     seconds = time.perf_counter() - t0
+    history = state.history
     tail = history[-max(1, len(history) // 10) :] if history else []
+    codes = code_statistics(state.model, all_images[held_idx] if len(held_idx) else images, seed=tc.seed)
+    if collapsed(codes):
+        log.warning("the codes of scale(s) %s have collapsed (effective rank < 2): distances in the memory bank "
+                    "will say little; check the training data and config", ", ".join(collapsed(codes)))
+    last = state.evals[-1] if state.evals else {}
     training: dict[str, Any] = {
         "data": str(Path(data_root).resolve()),
-        "n_images": len(images),
+        "n_images": len(all_images),
+        "n_heldout": int(len(held_idx)),
         "steps": state.step,
+        "stopped_early": stopped_early,
         "seconds_this_run": round(seconds, 1),
         "final": {k: _mean_or_none([h[k] for h in tail]) for k in (tail[0] if tail else {})},
+        "pretext": {
+            "chance": chance,
+            **{k: (None if not np.isfinite(v) else round(v, 4)) for k, v in last.items() if k != "step"},
+        },
+        "evals": state.evals,
+        "codes": codes,
         "torch": torch.__version__,
         "python": platform.python_version(),
         "machine": platform.machine(),
         "sclvi": __version__,
     }
     save_bundle(out, cfg, state_to_numpy(state.model), mean, training)
+    save_training_curve(out / CURVE, history, state.evals, chance, f"{Path(data_root).name}: {cfg.preset}, {tc.task}")
+    if held is not None:
+        log.info("pretext accuracy at the end: held-out %.3f (32 px) / %.3f (64 px), chance %.3f; curve: %s",
+                 last["heldout_acc32"], last["heldout_acc64"], chance, out / CURVE)
     log.info("bundle written to %s (%d steps, %.1f s)", out, state.step, seconds)
     return load_bundle(out)

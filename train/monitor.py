@@ -1,0 +1,118 @@
+"""Is the encoder learning? Held-out pretext accuracy, code statistics and the early stop.
+
+The pretext accuracy on images the task never trained on is the one number that says whether the
+self-supervised task taught the encoder anything; the code statistics say whether its output has
+collapsed (all patches mapped to nearly one point, which makes every k-NN distance meaningless).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from sclvi.train.pretext import N_CLASSES, PatchPairs, PretextSampler
+
+#: Effective rank below which the codes are reported as collapsed.
+COLLAPSED_RANK = 2.0
+
+
+def crop(images: torch.Tensor, which: np.ndarray, corners: np.ndarray, size: int) -> torch.Tensor:
+    return torch.stack([images[i, :, y : y + size, x : x + size] for i, (y, x) in zip(which, corners)])
+
+
+def chance_accuracy(task: str) -> float | None:
+    """The accuracy of guessing (classes are drawn uniformly), None without a pretext task."""
+    n = N_CLASSES[task]
+    return 1.0 / n if n else None
+
+
+@dataclass
+class HeldOutPretext:
+    """A fixed set of pretext pairs from held-out images, so successive evaluations compare like with like."""
+
+    task: str
+    images: torch.Tensor
+    pairs: dict[int, PatchPairs]
+
+    @classmethod
+    def sample(cls, task: str, images: torch.Tensor, scales: tuple[int, ...], jitter_frac: float, n: int, seed: int) -> "HeldOutPretext | None":
+        if N_CLASSES[task] == 0 or len(images) == 0:
+            return None
+        sampler = PretextSampler(len(images), images.shape[-1], jitter_frac, 1 / 32, seed)
+        return cls(task, images, {k: sampler.grid_pairs(task, k, n) for k in scales})
+
+    @torch.no_grad()
+    def accuracy(self, model: torch.nn.Module, heads: torch.nn.ModuleDict) -> dict[int, float]:
+        """Pretext accuracy per patch scale, model in eval mode (restored afterwards)."""
+        was_training = model.training
+        model.eval()
+        heads.eval()
+        out = {}
+        for k, p in self.pairs.items():
+            h1 = model.embed(crop(self.images, p.image, p.first, k))
+            h2 = model.embed(crop(self.images, p.image, p.second, k))
+            pred = heads[str(k)](h1, h2).argmax(1).numpy()
+            out[k] = float((pred == p.label).mean())
+        model.train(was_training)
+        heads.train(was_training)
+        return out
+
+
+@torch.no_grad()
+def code_statistics(model: torch.nn.Module, images: torch.Tensor, n: int = 512, seed: int = 0) -> dict[str, dict[str, float]]:
+    """Per scale: mean per-dimension std, the spread of the codes, their effective rank, and
+    the mean nearest-neighbour distance among random patches (what the k-NN sees)."""
+    rng = np.random.default_rng(seed)
+    was_training = model.training
+    model.eval()
+    stats = {}
+    size = images.shape[-1]
+    for k in (32, 64):
+        which = rng.integers(0, len(images), n)
+        corners = rng.integers(0, size - k + 1, (n, 2))
+        z = model.embed(crop(images, which, corners, k)).double().numpy()
+        stats[str(k)] = describe_codes(z)
+    model.train(was_training)
+    return stats
+
+
+def describe_codes(z: np.ndarray) -> dict[str, float]:
+    """Statistics of a (N, D) code sample; effective rank = (sum eig)^2 / sum eig^2 of the covariance."""
+    centred = z - z.mean(axis=0)
+    eig = np.clip(np.linalg.eigvalsh(centred.T @ centred / max(1, len(z) - 1)), 0, None)
+    rank = float(eig.sum() ** 2 / (eig**2).sum()) if eig.sum() > 0 else 0.0
+    d2 = (z * z).sum(1)[:, None] + (z * z).sum(1)[None] - 2 * z @ z.T
+    np.fill_diagonal(d2, np.inf)
+    return {
+        "dim_std": float(z.std(axis=0).mean()),
+        "spread": float(np.sqrt((centred**2).sum(axis=1)).mean()),
+        "effective_rank": rank,
+        "nn_distance": float(np.sqrt(np.clip(d2.min(axis=1), 0, None)).mean()),
+    }
+
+
+def collapsed(stats: dict[str, dict[str, float]]) -> list[str]:
+    """The scales whose codes have collapsed (effective rank under COLLAPSED_RANK)."""
+    return [k for k, s in stats.items() if s["effective_rank"] < COLLAPSED_RANK]
+
+
+@dataclass
+class EarlyStop:
+    """Stop when held-out pretext accuracy has not gained `min_delta` over its best for `patience` evaluations."""
+
+    patience: int
+    min_delta: float
+    best: float = -np.inf
+    since_best: int = 0
+    history: list[float] = field(default_factory=list)
+
+    def update(self, value: float) -> bool:
+        """Record one evaluation; True when training should stop."""
+        self.history.append(value)
+        if value >= self.best + self.min_delta:
+            self.best, self.since_best = value, 0
+        else:
+            self.since_best += 1
+        return self.patience > 0 and self.since_best >= self.patience
