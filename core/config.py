@@ -88,6 +88,10 @@ class TrainConfig(_Strict):
     batch_size: int = Field(64, ge=2)
     lr: float = Field(1e-4, gt=0)
     alpha: float = Field(1e-4, ge=0, description="weight of the patch-SVDD loss")
+    spread_weight: float = Field(
+        1.0, ge=0, description="weight of the anti-collapse term (code std hinge + decorrelation); 0 = the paper's loss"
+    )
+    spread_target: float = Field(0.25, gt=0, description="per-dimension code std the anti-collapse hinge asks for")
     jitter_frac: float = Field(0.25, ge=0, le=0.5, description="max jitter of each grid cell, fraction of patch")
     gray_shift: float = Field(0.05, ge=0, description="max |gray shift| per patch, in normalised units")
     svdd_shift_frac: float = Field(1 / 32, ge=0, le=0.25, description="max shift of the SVDD twin, fraction of patch")
@@ -117,6 +121,9 @@ class ScoringConfig(_Strict):
         description="paper: ||E(p) - sum beta_i p_i||; authors: sum w_i d_i (their released code)",
     )
     scale_fusion: Literal["product", "sum"] = "product"
+    map_sigma: float = Field(
+        0.0, ge=0, description="Gaussian smoothing (px) of the fused map before the image score; 0 = the paper (none)"
+    )
     knn: Literal["auto", "numpy", "numba", "cuda"] = Field(
         "auto", description="k-NN + affinity kernel: numpy (exact reference), numba (CPU), cuda (GPU-resident bank)"
     )

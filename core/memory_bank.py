@@ -20,6 +20,14 @@ from sclvi.knn.coreset import greedy_coreset
 log = logging.getLogger(__name__)
 
 
+def bank_images(images: Sequence[Path], max_images: int | None, seed: int) -> list[Path]:
+    """The images a bank is built from: all, or a seeded subset of `max_images` (order kept)."""
+    if max_images is None or len(images) <= max_images:
+        return list(images)
+    pick = np.sort(np.random.default_rng(seed).choice(len(images), max_images, replace=False))
+    return [images[i] for i in pick]
+
+
 def build_memory_bank(
     bundle: ModelBundle, backend: EncoderBackend, images: Sequence[Path], batch: int = 4
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -27,8 +35,7 @@ def build_memory_bank(
     cfg = bundle.config
     bc = cfg.bank
     if bc.max_images is not None and len(images) > bc.max_images:
-        pick = np.sort(np.random.default_rng(bc.seed).choice(len(images), bc.max_images, replace=False))
-        images = [images[i] for i in pick]
+        images = bank_images(images, bc.max_images, bc.seed)
         log.info("memory bank from a seeded subset of %d images", len(images))
     geometry = TwoScaleGeometry.from_config(cfg.geometry)
     embedder = FrameEmbedder(backend, geometry)

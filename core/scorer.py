@@ -14,7 +14,7 @@ from sclvi.geometry import TwoScaleGeometry
 from sclvi.images import check_frame, normalise
 from sclvi.knn import PatchScorer, make_patch_scorer
 from sclvi.knn.buckets import grid_positions
-from sclvi.maps import fuse_maps, image_score, pixel_map
+from sclvi.maps import fuse_maps, image_score, pixel_map, smooth_map
 
 
 @dataclass(frozen=True)
@@ -72,7 +72,7 @@ class AnomalyScorer:
                  for scale, c in (("small", small), ("large", large))}
         t1 = time.perf_counter()
         maps = {scale: pixel_map(self.grids[scale], p.reshape(self.grids[scale].n, -1)) for scale, p in patch.items()}
-        fused = fuse_maps(maps["small"], maps["large"], self.scoring.scale_fusion)
+        fused = smooth_map(fuse_maps(maps["small"], maps["large"], self.scoring.scale_fusion), self.scoring.map_sigma)
         if timings is not None:
             timings["knn"] = 1000 * (t1 - t0)
             timings["fuse"] = 1000 * (time.perf_counter() - t1)

@@ -5,16 +5,38 @@ import json
 from sclvi.synthetic import write_synthetic
 
 
-def test_quality_benchmark_smoke(tmp_path):
+def test_quality_benchmark_rows_stand_next_to_the_floors_over_seeds(tmp_path):
+    from sclvi.benchmarks.quality import main
+
+    write_synthetic(tmp_path / "data", "object", size=176, n_train=6, n_test_good=3, n_test_defect=2, seed=0)
+    report = main(["--data", str(tmp_path / "data"), "--sets", "object", "--protocol", "smoke", "--seeds", "0", "1",
+                   "--tasks", "scl12", "none", "--work", str(tmp_path / "work"), "--out", str(tmp_path / "out")])
+    data = json.loads((tmp_path / "out" / "quality-smoke.json").read_text())
+    kinds = [(r["kind"], r["task"], r["seed"]) for r in data["rows"]]
+    assert kinds == [("floor: raw pixels", None, None), ("floor: untrained encoder", None, 0),
+                     ("trained", "scl12", 0), ("trained", "scl12", 1), ("trained", "none", 0), ("trained", "none", 1)]
+    scl12 = [r for r in data["rows"] if r["task"] == "scl12"]
+    assert all(0.0 <= r["pretext_acc"] <= 1.0 and r["code_rank32"] > 0 for r in scl12)
+    assert all(r["pretext_acc"] is None for r in data["rows"] if r["task"] == "none")
+    (summary,) = [e for e in data["summary"] if e["task"] == "scl12"]
+    assert summary["n"] == 2 and summary["image_auroc"] == sum(r["image_auroc"] for r in scl12) / 2
+    floor = max(r["image_auroc"] for r in data["rows"] if r["kind"].startswith("floor"))
+    assert abs(summary["over_best_floor"] - (summary["image_auroc"] - floor)) < 1e-12
+    text = report.read_text()
+    assert "| floor: raw pixels |" in text and "| trained, scl12 (2 seeds) |" in text
+    assert (tmp_path / "out" / "training-curve-smoke-object.png").stat().st_size > 1000
+
+
+def test_quality_ablation_smoke(tmp_path):
     from sclvi.benchmarks.quality import ETAS, main
 
     write_synthetic(tmp_path / "data", "object", size=176, n_train=6, n_test_good=3, n_test_defect=2, seed=0)
-    report = main(["--data", str(tmp_path / "data"), "--sets", "object", "--protocol", "smoke",
+    report = main(["--data", str(tmp_path / "data"), "--sets", "object", "--protocol", "smoke", "--ablation",
                    "--work", str(tmp_path / "work"), "--out", str(tmp_path / "out")])
     text = report.read_text()
     for row in ("none, eta 10", "jigsaw8, eta 10", *(f"scl12, eta {e}" for e in ETAS), "coreset 0.01", "window +-2"):
         assert row in text
-    rows = json.loads((tmp_path / "out" / "quality-smoke.json").read_text())["results"][0]["rows"]
+    rows = json.loads((tmp_path / "out" / "quality-ablation-smoke.json").read_text())["results"][0]["rows"]
     assert all(0.0 <= r["image_auroc"] <= 1.0 and 0.0 <= r["pro"] <= 1.0 for r in rows if "error" not in r)
     assert (tmp_path / "out" / "roc-smoke-object.png").stat().st_size > 1000
     assert len(list((tmp_path / "out" / "heatmaps-smoke-object").glob("*.png"))) == 6

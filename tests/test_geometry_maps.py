@@ -68,3 +68,15 @@ def test_fusion_and_image_score():
         fuse_maps(a, b[:2])
     with pytest.raises(ValueError, match="fusion"):
         fuse_maps(a, b, "max")
+
+
+def test_map_smoothing_keeps_a_defect_and_damps_a_single_noisy_pixel():
+    from sclvi.maps import smooth_map
+
+    m = np.zeros((64, 64), np.float32)
+    m[10, 10] = 1.0  # one noisy pixel
+    m[40:52, 40:52] = 0.5  # a defect spanning several patches
+    s = smooth_map(m, 4.0)
+    assert s.dtype == np.float32 and s.shape == m.shape
+    assert s[46, 46] > s[10, 10]  # the defect now sets the image score, not the speck
+    assert smooth_map(m, 0.0) is m

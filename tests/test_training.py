@@ -107,3 +107,19 @@ def test_training_stops_early_on_a_pretext_plateau(tmp_path, data176):
     bundle = train(cfg, data176, tmp_path / "b")
     assert bundle.manifest["training"]["stopped_early"] is True
     assert bundle.manifest["training"]["steps"] == 3
+
+
+def test_spread_loss_penalises_collapsed_codes_and_pushes_them_apart():
+    from sclvi.train.trainer import spread_loss
+
+    gen = torch.Generator().manual_seed(0)
+    healthy = 0.4 * torch.randn(256, 16, generator=gen)
+    line = torch.randn(256, 1, generator=gen) * torch.randn(1, 16, generator=gen) * 0.4  # rank 1
+    tiny = 0.01 * torch.randn(256, 16, generator=gen)
+    assert spread_loss(healthy, 0.25) < 0.2
+    assert spread_loss(line, 0.25) > 5 * spread_loss(healthy, 0.25)
+    assert spread_loss(tiny, 0.25) > 0.2
+    z = tiny.clone().requires_grad_(True)
+    spread_loss(z, 0.25).backward()
+    with torch.no_grad():
+        assert (z - 0.1 * z.grad).std(dim=0).mean() > z.std(dim=0).mean()  # a gradient step spreads the codes

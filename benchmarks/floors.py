@@ -1,0 +1,65 @@
+"""The floors every quality claim stands next to: what the product's geometry and scoring get with no
+learning at all.
+
+- raw-pixel: each 32-px patch (stride `geometry.small_stride`) averaged down to 8x8 pixels minus the
+  training mean image, plain nearest-neighbour distance to the training patches, map = mean over the
+  covering patches (smoothed as `scoring.map_sigma` says, like the product's map), image score = max.
+  No network, no training.
+- untrained: the preset's encoder at its random initialisation, with the same bank and scoring as the
+  trained model (see `common.untrained_bundle`).
+
+A trained encoder that does not beat both has learned nothing the line needs.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from sclvi.config import Config, ScoringConfig
+from sclvi.dataset import MVTecDataset
+from sclvi.geometry import PatchGrid
+from sclvi.images import mean_image, read_rgb
+from sclvi.knn import make_patch_scorer
+from sclvi.knn.buckets import grid_positions
+from sclvi.maps import image_score, pixel_map, smooth_map
+
+#: Side of the downsampled patch (a 32-px patch becomes 8x8 pixels).
+CELL = 8
+
+
+def raw_pixel_codes(frame: np.ndarray, mean: np.ndarray, patch: int, stride: int) -> np.ndarray:
+    """(S, S, 3) uint8 -> (n, n, 3 * CELL * CELL): every strided patch, block-averaged to CELL x CELL."""
+    f = (frame.astype(np.float32) - mean) / 255.0
+    s = f.shape[0]
+    block = patch // CELL
+    if patch % CELL or stride % block or s % block:
+        raise ValueError(f"patch {patch} / stride {stride} / size {s} do not fall on {block}-px blocks")
+    small = f.reshape(s // block, block, s // block, block, 3).mean(axis=(1, 3)).transpose(2, 0, 1)
+    views = PatchGrid(s // block, CELL, stride // block).patches(np.ascontiguousarray(small))
+    n = views.shape[0]
+    return np.ascontiguousarray(views.reshape(n, n, -1))
+
+
+def raw_pixel_floor(cfg: Config, dataset: MVTecDataset, bank_images: list) -> tuple[np.ndarray, np.ndarray, float]:
+    """(image scores, maps, seconds per test image) of the raw-pixel floor at the config's geometry."""
+    g = cfg.geometry
+    size, patch, stride = g.image_size, g.small_patch, g.small_stride
+    frames = np.stack([read_rgb(p, size) for p in bank_images])
+    mean = mean_image(frames)
+    bank = np.concatenate([raw_pixel_codes(f, mean, patch, stride).reshape(-1, 3 * CELL * CELL)
+                           for f in tqdm(frames, desc="raw-pixel bank", unit="img")])
+    grid = PatchGrid(size, patch, stride)
+    positions = grid_positions(grid.n)
+    scorer = make_patch_scorer(bank, np.tile(positions, (len(frames), 1)), grid.n,
+                               ScoringConfig(eta=1, formula="authors", knn="numba"))  # eta 1: plain 1-NN distance
+    scores = np.empty(len(dataset.test))
+    maps = np.empty((len(dataset.test), size, size), dtype=np.float32)
+    t0 = time.perf_counter()
+    for i, item in enumerate(tqdm(dataset.test, desc="raw-pixel floor", unit="img")):
+        q = raw_pixel_codes(read_rgb(item.path, size), mean, patch, stride).reshape(-1, 3 * CELL * CELL)
+        maps[i] = smooth_map(pixel_map(grid, scorer.score(q, positions).reshape(grid.n, grid.n)), cfg.scoring.map_sigma)
+        scores[i] = image_score(maps[i])
+    return scores, maps, (time.perf_counter() - t0) / max(1, len(dataset.test))
