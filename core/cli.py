@@ -90,9 +90,11 @@ def _root(
 def train(
     data: Path = typer.Argument(..., help="Data set folder in MVTec AD layout (uses train/good)."),
     out: Path = typer.Option(..., "--out", "-o", help="Bundle directory to write."),
-    preset: Optional[Preset] = typer.Option(None, help="Model preset (default: paper, or the config file's)."),
+    preset: Optional[Preset] = typer.Option(
+        None, help="Model preset (default: the config file's, else paper on a CUDA GPU and dense-lite on a CPU)."
+    ),
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config file (overrides the preset)."),
-    steps: Optional[int] = typer.Option(None, help="Training steps."),
+    steps: Optional[int] = typer.Option(None, help="Training steps (at most: training stops early on a pretext plateau)."),
     batch_size: Optional[int] = typer.Option(None, help="Batch size."),
     lr: Optional[float] = typer.Option(None, help="Adam learning rate."),
     task: Optional[Task] = typer.Option(None, help="Pretext task: scl12 (paper), jigsaw8 (Patch SVDD), none."),
@@ -112,8 +114,20 @@ def train(
                 "geometry": {"image_size": image_size},
             }
         )
-        cfg = load_config(config, preset.value if preset else None, overrides)
+        cfg = load_config(config, preset.value if preset else None, overrides, default_preset=default_preset())
+        log.info("preset %s", cfg.preset)
         _train_and_bank(cfg, data, out, resume, bank)
+
+
+def default_preset() -> str:
+    """paper on a CUDA GPU; dense-lite on a CPU box, where the paper's widths train and embed ~10x slower
+    (benchmarks/reports/quality-families-cpu.md) for no better detection."""
+    try:
+        import torch
+
+        return "paper" if torch.cuda.is_available() else "dense-lite"
+    except ImportError:
+        return "dense-lite"
 
 
 def _train_and_bank(cfg: Any, data: Path, out: Path, resume: bool = False, bank: bool = True) -> Any:

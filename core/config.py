@@ -198,9 +198,13 @@ def build_config(preset: str = "paper", overrides: dict[str, Any] | None = None)
 
 
 def load_config(
-    path: str | Path | None = None, preset: str | None = None, overrides: dict[str, Any] | None = None
+    path: str | Path | None = None,
+    preset: str | None = None,
+    overrides: dict[str, Any] | None = None,
+    default_preset: str = "paper",
 ) -> Config:
-    """A preset, then a YAML config file (its optional `preset:` key picks the base), then overrides."""
+    """A preset, then a YAML config file (its optional `preset:` key picks the base), then overrides;
+    `default_preset` when neither names one."""
     extra = overrides or {}
     overrides = {}
     if path is not None:
@@ -214,7 +218,7 @@ def load_config(
         if not isinstance(loaded, dict):
             raise ConfigError(f"config file {path} must hold a mapping at the top level")
         overrides = loaded
-    chosen = preset or overrides.pop("preset", None) or "paper"
+    chosen = preset or overrides.pop("preset", None) or default_preset
     overrides.pop("preset", None)
     return build_config(chosen, _deep_merge(overrides, extra))
 

@@ -52,8 +52,8 @@ class RuntimeConfig(_Strict):
     ack_timeout_ms: float = Field(250.0, gt=0, description="resend a verdict not acknowledged by then")
     max_pending: int = Field(10000, ge=1, description="unacknowledged verdicts kept for resending")
     heartbeat_s: float = Field(1.0, gt=0)
-    image_threshold: float | None = Field(None, description="overrides the bundle's calibration")
-    pixel_threshold: float | None = None
+    image_threshold: float | None = Field(None, allow_inf_nan=False, description="overrides the bundle's calibration")
+    pixel_threshold: float | None = Field(None, allow_inf_nan=False)
     record_dir: str | None = Field(None, description="keep NG / NOT_INSPECTED frames and heatmaps here")
     record_max_mb: float = Field(500.0, gt=0)
     shutdown_timeout_s: float = Field(10.0, gt=0)

@@ -8,13 +8,14 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from sclvi.edge.messages import Verdict
+from sclvi.edge.messages import Reason, Verdict
 
 
 @dataclass(frozen=True)
 class Decision:
     verdict: Verdict
     regions: list[dict[str, Any]]
+    reason: Reason | None = None
 
 
 def defect_regions(anomaly_map: np.ndarray, pixel_threshold: float, frame_hw: tuple[int, int], max_regions: int = 32) -> list[dict[str, Any]]:
@@ -40,6 +41,11 @@ def defect_regions(anomaly_map: np.ndarray, pixel_threshold: float, frame_hw: tu
 
 
 def decide(score: float, anomaly_map: np.ndarray, image_threshold: float, pixel_threshold: float, frame_hw: tuple[int, int]) -> Decision:
+    """OK / NG, fail-closed: `NaN > threshold` is False, so a NaN anywhere (score, map, either threshold)
+    would pass the part; it is NOT_INSPECTED (invalid_score) instead, which the PLC rejects."""
+    if not (np.isfinite(score) and np.isfinite(image_threshold) and np.isfinite(pixel_threshold)
+            and np.isfinite(anomaly_map).all()):
+        return Decision(Verdict.NOT_INSPECTED, [], Reason.INVALID_SCORE)
     verdict = Verdict.NG if score > image_threshold else Verdict.OK
     regions = defect_regions(anomaly_map, pixel_threshold, frame_hw) if verdict is Verdict.NG else []
     return Decision(verdict, regions)

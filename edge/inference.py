@@ -96,7 +96,8 @@ def worker_main(cfg: RuntimeConfig, w: int, shared: Shared) -> None:
                 lat.update(preprocess=1000 * (t1 - t0), embed=1000 * (t2 - t1), decide=1000 * (time.perf_counter() - t3))
                 lat["total"] = (time.time_ns() - t_acq) / 1e6
                 msg = verdict_message(shared.camera_ids[cam], seq, frame_id, t_acq, decision.verdict, trigger=trigger,
-                                      score=result.score, threshold=it, regions=decision.regions, latency_ms=lat)
+                                      score=result.score, threshold=it, regions=decision.regions, latency_ms=lat,
+                                      reason=decision.reason)
             except Exception:
                 log.exception("worker %d: inference failed on %s seq %d", w, shared.camera_ids[cam], seq)
                 shared.counters.add(row, "inference_errors")

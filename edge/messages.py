@@ -33,6 +33,7 @@ class Reason(str, Enum):
     PAUSED = "paused"
     SHUTDOWN = "shutdown"
     FRAME_TOO_LARGE = "frame_too_large"
+    INVALID_SCORE = "invalid_score"  # NaN/inf score, map or threshold: never a silent OK
 
 
 def verdict_message(

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import signal
 import threading
 import time
@@ -165,10 +166,19 @@ class Runtime:
         if cmd == "stats":
             return s.counters.totals()
         if cmd == "set_threshold":
-            if "image" in request:
-                s.image_threshold.value = float(request["image"])
-            if "pixel" in request:
-                s.pixel_threshold.value = float(request["pixel"])
+            new = {}
+            for key in ("image", "pixel"):
+                if key in request:
+                    try:
+                        new[key] = float(request[key])
+                    except (TypeError, ValueError):
+                        new[key] = float("nan")
+                    if not math.isfinite(new[key]):
+                        return {"ok": False, "error": f"{key} threshold must be a finite number, got {request[key]!r}"}
+            if "image" in new:  # all validated first: a bad pixel value leaves the image threshold alone
+                s.image_threshold.value = new["image"]
+            if "pixel" in new:
+                s.pixel_threshold.value = new["pixel"]
             log.info("thresholds set to image %.5g, pixel %.5g", s.image_threshold.value, s.pixel_threshold.value)
             return {"ok": True, "thresholds": {"image": s.image_threshold.value, "pixel": s.pixel_threshold.value}}
         if cmd in ("pause", "resume"):

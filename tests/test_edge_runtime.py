@@ -185,6 +185,10 @@ def test_control_socket_pause_threshold_reload(random_bundle, replay):
 
     wait_for(2)
     assert ask(cmd="set_threshold", image=1e9)["thresholds"]["image"] == 1e9
+    for bad in ("nan", "Infinity", "x", None):  # refused whole: a bad pixel value leaves the image threshold alone
+        reply = ask(cmd="set_threshold", image=5.0, pixel=bad)
+        assert reply["ok"] is False and "finite" in reply["error"]
+    assert ask(cmd="status")["thresholds"]["image"] == 1e9
     wait_for(len(plc.verdicts) + 3)
     assert ask(cmd="pause")["paused"] is True
     wait_for(len(plc.verdicts) + 3)

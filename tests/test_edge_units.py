@@ -87,6 +87,26 @@ def test_regions_in_frame_pixels():
     assert decide(3.0, m, 4.0, 1.0, (128, 256)).verdict is Verdict.OK
 
 
+@pytest.mark.parametrize("score, image_t, pixel_t, bad_pixel", [
+    (float("nan"), 4.0, 1.0, None), (5.0, float("nan"), 1.0, None), (5.0, 4.0, float("nan"), None),
+    (3.0, float("inf"), 1.0, None), (3.0, 4.0, 1.0, float("nan")), (3.0, 4.0, 1.0, float("-inf")),
+])
+def test_a_nan_anywhere_is_not_inspected_never_ok(score, image_t, pixel_t, bad_pixel):
+    m = np.zeros((64, 64), np.float32)
+    if bad_pixel is not None:
+        m[3, 3] = bad_pixel
+    d = decide(score, m, image_t, pixel_t, (64, 64))
+    assert d.verdict is Verdict.NOT_INSPECTED and d.reason is Reason.INVALID_SCORE
+
+
+def test_runtime_config_refuses_non_finite_thresholds(tmp_path):
+    for value in (".nan", ".inf", "-.inf"):
+        f = tmp_path / "rt.yaml"
+        f.write_text(f"bundle: b\nimage_threshold: {value}\ncameras:\n  - {{kind: folder, path: x}}\n")
+        with pytest.raises(ConfigError, match="image_threshold"):
+            load_runtime_config(f)
+
+
 def test_runtime_config_errors(tmp_path):
     f = tmp_path / "rt.yaml"
     f.write_text("bundle: b\ncameras:\n  - {kind: folder, path: x, fps: 3}\n")
