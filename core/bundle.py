@@ -155,6 +155,14 @@ def add_bank(bundle: ModelBundle, codes: np.ndarray, positions: np.ndarray, head
     bundle._banks.pop(header.scale, None)
 
 
+def record(bundle: ModelBundle, key: str, value: Any) -> None:
+    """Store one top-level manifest entry (e.g. the measured alignment) next to the rest."""
+    manifest = _read_manifest(bundle.path)
+    manifest[key] = value
+    _write_json_atomic(bundle.path / MANIFEST, manifest)
+    bundle.manifest = manifest
+
+
 def register_files(bundle: ModelBundle, files: list[str], engines: dict[str, Any]) -> None:
     """Record new files (checksummed like the weights) and engine metadata in the manifest."""
     manifest = _read_manifest(bundle.path)

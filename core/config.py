@@ -127,10 +127,24 @@ class ScoringConfig(_Strict):
     knn: Literal["auto", "numpy", "numba", "cuda"] = Field(
         "auto", description="k-NN + affinity kernel: numpy (exact reference), numba (CPU), cuda (GPU-resident bank)"
     )
-    position_window: int | None = Field(
-        None, ge=0, description="aligned parts: search only bank codes within this many grid cells of the query"
+    position_window: int | Literal["auto"] | None = Field(
+        "auto",
+        description="aligned parts: search only bank codes within this many grid cells of the query; auto: the "
+        "window the memory bank measured (bundle.json `alignment`), none when the part is not aligned",
     )
     gpu_bank_dtype: Literal["float32", "float16"] = Field("float32", description="bank storage on the GPU")
+
+    @property
+    def window(self) -> int | None:
+        """The window the k-NN kernels use: `auto` not resolved against a bundle (see
+        scorer.resolve_scoring) means no measured alignment, so the whole bank."""
+        return None if self.position_window == "auto" else self.position_window
+
+    @model_validator(mode="after")
+    def _check_window(self) -> "ScoringConfig":
+        if isinstance(self.position_window, int) and self.position_window < 0:
+            raise ValueError("position_window must be >= 0 cells, auto or null")
+        return self
     query_block: int = Field(1024, ge=1, description="queries per k-NN block (memory bound)")
 
 

@@ -10,7 +10,8 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from sclvi.bank_file import BankHeader
-from sclvi.bundle import ModelBundle, add_bank
+from sclvi.alignment import measure_alignment
+from sclvi.bundle import ModelBundle, add_bank, record
 from sclvi.embedding import EncoderBackend, FrameEmbedder
 from sclvi.geometry import TwoScaleGeometry
 from sclvi.images import normalise, read_rgb
@@ -52,6 +53,14 @@ def build_memory_bank(
             small[start * geometry.small.count : (start + n) * geometry.small.count] = codes.small.reshape(-1, dim)
             large[start * geometry.large.count : (start + n) * geometry.large.count] = codes.large.reshape(-1, dim)
             bar.update(n)
+    measured = {scale: measure_alignment(codes.reshape(len(images), grid.n, grid.n, dim), seed=bc.seed)
+                for scale, grid, codes in (("small", geometry.small, small), ("large", geometry.large, large))}
+    aligned = all(a.window is not None for a in measured.values())
+    window = measured["small"].window if aligned else None
+    record(bundle, "alignment", {"window": window, **{s: a.as_dict() for s, a in measured.items()}})
+    log.info("alignment: windowed / global nearest-neighbour distance %.3f (32 px), %.3f (64 px) -> %s",
+             measured["small"].ratio, measured["large"].ratio,
+             f"aligned part, position window +-{window} cells" if aligned else "not aligned, whole-bank search")
     for scale, grid, codes in (("small", geometry.small, small), ("large", geometry.large, large)):
         positions = np.tile(grid_positions(grid.n), (len(images), 1))
         if bc.coreset_ratio < 1:

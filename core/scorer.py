@@ -25,6 +25,15 @@ class FrameScore:
     large_map: np.ndarray  # (S, S) 64-px scale
 
 
+def resolve_scoring(scoring: ScoringConfig, bundle: ModelBundle) -> ScoringConfig:
+    """`position_window: auto` -> the window the bundle's memory bank measured (None if not aligned or
+    never measured)."""
+    if scoring.position_window != "auto":
+        return scoring
+    window = bundle.manifest.get("alignment", {}).get("window")
+    return scoring.model_copy(update={"position_window": window})
+
+
 class AnomalyScorer:
     """The exact reference scoring path; faster k-NN kernels plug in behind the same outputs."""
 
@@ -37,7 +46,7 @@ class AnomalyScorer:
     ) -> None:
         """`banks` overrides the bundle's (codes, positions) per scale, e.g. a coreset under study."""
         self.bundle = bundle
-        self.scoring = scoring or bundle.config.scoring
+        self.scoring = resolve_scoring(scoring or bundle.config.scoring, bundle)
         self.geometry = TwoScaleGeometry.from_config(bundle.config.geometry)
         self.embedder = FrameEmbedder(backend, self.geometry) if backend is not None else None
         self.size = bundle.config.geometry.image_size

@@ -27,6 +27,8 @@ def test_train_then_eval_reaches_auroc_0_9(tmp_path):
     assert result.exit_code == 0, result.output
     manifest = json.loads((tmp_path / "bundle" / "bundle.json").read_text())
     assert manifest["training"]["steps"] == 40 and set(manifest["banks"]) == {"small", "large"}
+    # the synthetic disc sits at the same place in every image (+-3 px): the bank measures it as aligned
+    assert manifest["alignment"]["window"] == 2 and manifest["alignment"]["small"]["ratio"] < 1.15
 
     result = runner.invoke(app, ["eval", str(tmp_path / "bundle"), str(data), "--out", str(tmp_path / "report")])
     assert result.exit_code == 0, result.output

@@ -35,7 +35,7 @@ def choose_kernel(scoring: ScoringConfig) -> str:
         return scoring.knn
     from sclvi.knn.numba_cuda import cuda_available
 
-    if scoring.position_window is None and cuda_available():
+    if scoring.window is None and cuda_available():
         return "cuda"
     return "numba"
 

@@ -140,7 +140,7 @@ class NumbaPatchScorer:
         self.bank_block = bank_block
         self.threads = threads or os.cpu_count() or 1
         self.pool = ThreadPoolExecutor(self.threads)  # made once: this runs for every frame
-        self.buckets = CellBuckets.build(np.asarray(positions), grid) if scoring.position_window is not None else None
+        self.buckets = CellBuckets.build(np.asarray(positions), grid) if scoring.window is not None else None
 
     def candidates(self, queries: np.ndarray) -> np.ndarray:
         """(Q, eta + margin) bank indices of the float32 pre-selection (-1 where the bank is smaller)."""
@@ -177,7 +177,7 @@ class NumbaPatchScorer:
         short = np.zeros(len(q), dtype=np.uint8)
         b = self.buckets
         _windowed(q, np.asarray(positions, dtype=np.int64), self.codes, b.order, b.offsets, self.grid,
-                  s.position_window, s.eta, s.lam, authors, out, short)
+                  s.window, s.eta, s.lam, authors, out, short)
         if short.any():
             raise ValueError(f"fewer than eta={s.eta} bank codes in some position windows: widen the window or lower eta")
         return out

@@ -142,7 +142,7 @@ class CudaPatchScorer:
     name = "cuda"
 
     def __init__(self, codes: np.ndarray, scoring: ScoringConfig, splits: int = 0) -> None:
-        if scoring.position_window is not None:
+        if scoring.window is not None:
             raise BackendError("position windows run on the numba or numpy k-NN kernel, not on cuda")
         if not cuda_available():
             raise BackendError("no CUDA device for the cuda k-NN kernel (install sclvi[gpu] on a GPU machine)")

@@ -15,7 +15,7 @@ class NumpyPatchScorer:
     def __init__(self, codes: np.ndarray, positions: np.ndarray, grid: int, scoring: ScoringConfig) -> None:
         self.codes = np.asarray(codes, dtype=np.float32)
         self.scoring = scoring
-        self.buckets = CellBuckets.build(np.asarray(positions), grid) if scoring.position_window is not None else None
+        self.buckets = CellBuckets.build(np.asarray(positions), grid) if scoring.window is not None else None
 
     def search(self, queries: np.ndarray, positions: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(distances, bank indices) of each query's eta nearest codes, ascending, ties by index."""
@@ -28,7 +28,7 @@ class NumpyPatchScorer:
         dist = np.full((len(queries), k), np.inf)
         index = np.full((len(queries), k), -1, dtype=np.int64)
         for i, (q, (r, c)) in enumerate(zip(queries, positions)):
-            cand = self.buckets.candidates(int(r), int(c), s.position_window)
+            cand = self.buckets.candidates(int(r), int(c), s.window)
             d, j = knn_exact(q[None], self.codes[cand], k)
             dist[i, : d.shape[1]], index[i, : d.shape[1]] = d[0], cand[j[0]]
         if (index < 0).any():
