@@ -174,6 +174,7 @@ def run_quality(name: str, root: Path, protocol: str, tasks: list[str], seeds: l
     from sclvi.engines import load_backend
     from sclvi.evaluate import embed_test_set, metrics_report, score_test_set, test_masks, write_overlays
     from sclvi.memory_bank import bank_images
+    from sclvi.scorer import AnomalyScorer
 
     ds = read_dataset(root)
     preset = PROTOCOLS[protocol]["preset"]
@@ -188,19 +189,30 @@ def run_quality(name: str, root: Path, protocol: str, tasks: list[str], seeds: l
                      "seed": seed, "train_s": train_s, "embed_ms": 1000 * embed_s, "score_ms": 1000 * score_s, **facts, **m})
         log.info("%s | %s %s seed %s: image AUROC %.3f", name, kind, task or "", seed, m["image_auroc"])
 
-    scores, maps, score_s = raw_pixel_floor(base, ds, bank_images(ds.train, base.bank.max_images, base.bank.seed))
-    row("floor: raw pixels", None, None, scores, maps, 0.0, score_s, None, {})
-    bundle = untrained_bundle(work / name / "untrained", base, bank_images(ds.train, base.bank.max_images, base.bank.seed))
-    codes, embed_s = embed_test_set(bundle, ds, load_backend(bundle))
-    scores, maps, score_s = score_test_set(bundle, codes, base.scoring)
-    row("floor: untrained encoder", None, 0, scores, maps, embed_s, score_s, None, {})
+    # The floors depend only on the geometry, bank, scoring and preset: cached beside the bundles.
+    cache = work / name / "floors.json"
+    key = json.dumps({k: base.model_dump(mode="json")[k] for k in ("preset", "encoder", "geometry", "bank", "scoring")})
+    cached = json.loads(cache.read_text()) if cache.is_file() else {}
+    if cached.get("key") == key:
+        rows += cached["rows"]
+        log.info("%s: floors reused from %s", name, cache)
+    else:
+        scores, maps, score_s = raw_pixel_floor(base, ds, bank_images(ds.train, base.bank.max_images, base.bank.seed))
+        row("floor: raw pixels", None, None, scores, maps, 0.0, score_s, None, {})
+        bundle = untrained_bundle(work / name / "untrained", base, bank_images(ds.train, base.bank.max_images, base.bank.seed))
+        codes, embed_s = embed_test_set(bundle, ds, load_backend(bundle))
+        scores, maps, score_s = score_test_set(bundle, codes, base.scoring)
+        row("floor: untrained encoder", None, 0, scores, maps, embed_s, score_s, None,
+            {"window": AnomalyScorer(bundle, None).scoring.window})
+        cache.write_text(json.dumps({"key": key, "rows": rows}, default=str))
     for task in tasks:
         for seed in seeds:
             cfg = protocol_config(protocol, task, seed=seed)
             bundle, train_s = _trained_bundle(cfg, root, work / name / f"{task}-seed{seed}")
             codes, embed_s = embed_test_set(bundle, ds, load_backend(bundle))
             scores, maps, score_s = score_test_set(bundle, codes, cfg.scoring)
-            row("trained", task, seed, scores, maps, embed_s, score_s, train_s, _model_facts(bundle))
+            row("trained", task, seed, scores, maps, embed_s, score_s, train_s,
+                {**_model_facts(bundle), "window": AnomalyScorer(bundle, None).scoring.window})
             if seed == seeds[0] and task == tasks[0]:
                 write_overlays(out / f"heatmaps-{protocol}-{name}", ds.test, maps, scores, cfg.geometry.image_size, 6, masks)
                 curve = bundle.path / "training_curve.png"
@@ -238,7 +250,8 @@ def write_quality_report(rows: list[dict[str, Any]], protocol: str, out: Path, s
         f"Preset `{budget['preset']}`, geometry {budget['geometry']}, bank {budget['bank']}; training "
         f"{cfg.train.model_dump(exclude={'task', 'seed', 'threads', 'checkpoint_every'})} (the product default where "
         f"the protocol sets nothing); scoring eta {cfg.scoring.eta}, lambda {cfg.scoring.lam}, map smoothing sigma "
-        f"{cfg.scoring.map_sigma} px. Total wall time {seconds / 60:.0f} min on the machine below.",
+        f"{cfg.scoring.map_sigma} px, position window {cfg.scoring.position_window} (`auto`: the window the bank measured "
+        "on an aligned part, none otherwise; the `window` column). Total wall time {seconds / 60:.0f} min on the machine below.",
         "Floors: `raw pixels` = each 32-px patch averaged to 8x8 minus the mean image, plain 1-NN, no network; "
         "`untrained encoder` = the preset's random initialisation with the same bank and scoring. "
         "`pretext` = held-out pretext accuracy (images never trained on; chance 1/12 for scl12, 1/8 for jigsaw8).",
@@ -253,14 +266,16 @@ def write_quality_report(rows: list[dict[str, Any]], protocol: str, out: Path, s
             lines.append(f"| {label} | {_pm(e, 'image_auroc')} | {_pm(e, 'pixel_auroc')} | {_pm(e, 'pro')} | {adds} "
                          f"| {_pm(e, 'pretext_acc', pct=False)} |")
         lines += ["", "Every row:", "", "| kind | task | seed | image AUROC | pixel AUROC | PRO | pretext held-out / train "
-                  "| code rank 32 / 64 px | steps | train s | embed ms | score ms |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+                  "| code rank 32 / 64 px | window | steps | train s | embed ms | score ms |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for r in (r for r in rows if r["set"] == name):
             pre = "-" if r.get("pretext_acc") is None else f"{r['pretext_acc']:.3f} / {r['pretext_acc_train']:.3f}"
             rank = "-" if r.get("code_rank32") is None else f"{r['code_rank32']:.1f} / {r['code_rank64']:.1f}"
             steps = "-" if r.get("steps") is None else f"{r['steps']}{' (early stop)' if r.get('stopped_early') else ''}"
             train = "-" if r.get("train_s") is None else f"{r['train_s']:.0f}"
+            win = "-" if r.get("window") is None else f"+-{r['window']}"
             lines.append(f"| {r['kind']} | {r['task'] or '-'} | {'-' if r['seed'] is None else r['seed']} | {_pct(r['image_auroc'])} "
-                         f"| {_pct(r.get('pixel_auroc'))} | {_pct(r.get('pro'))} | {pre} | {rank} | {steps} | {train} "
+                         f"| {_pct(r.get('pixel_auroc'))} | {_pct(r.get('pro'))} | {pre} | {rank} "
+                         f"| {win} | {steps} | {train} "
                          f"| {r['embed_ms']:.0f} | {r['score_ms']:.0f} |")
         lines += ["", f"Heatmaps: `heatmaps-{protocol}-{name}/`; training curve of the first model: "
                   f"`training-curve-{protocol}-{name}.png`", ""]
@@ -388,7 +403,7 @@ def main(argv: list[str] | None = None) -> Path:
     ap.add_argument("--sets", nargs="+", default=["mvtec_bottle", "magnetic_tile"])
     ap.add_argument("--protocol", choices=sorted(PROTOCOLS), default="cpu")
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="training seeds per task")
-    ap.add_argument("--tasks", nargs="+", choices=TASKS, default=["scl12"], help="pretext tasks to train (the paper's ordering: none jigsaw8 scl12)")
+    ap.add_argument("--tasks", nargs="*", choices=TASKS, default=["scl12"], help="pretext tasks to train (the paper's ordering: none jigsaw8 scl12)")
     ap.add_argument("--work", type=Path, default=Path("/tmp/sclvi-bench"), help="cache of trained bundles")
     ap.add_argument("--ablation", action="store_true", help="the paper's ablations (eta sweep, formula, coresets, windows)")
     ap.add_argument("--families", nargs="+", default=None, metavar="PRESET",
