@@ -251,7 +251,7 @@ def write_quality_report(rows: list[dict[str, Any]], protocol: str, out: Path, s
         f"{cfg.train.model_dump(exclude={'task', 'seed', 'threads', 'checkpoint_every'})} (the product default where "
         f"the protocol sets nothing); scoring eta {cfg.scoring.eta}, lambda {cfg.scoring.lam}, map smoothing sigma "
         f"{cfg.scoring.map_sigma} px, position window {cfg.scoring.position_window} (`auto`: the window the bank measured "
-        "on an aligned part, none otherwise; the `window` column). Total wall time {seconds / 60:.0f} min on the machine below.",
+        f"on an aligned part, none otherwise; the `window` column). Total wall time {seconds / 60:.0f} min on the machine below.",
         "Floors: `raw pixels` = each 32-px patch averaged to 8x8 minus the mean image, plain 1-NN, no network; "
         "`untrained encoder` = the preset's random initialisation with the same bank and scoring. "
         "`pretext` = held-out pretext accuracy (images never trained on; chance 1/12 for scl12, 1/8 for jigsaw8).",

@@ -84,12 +84,12 @@ class TrainConfig(_Strict):
     task: Literal["scl12", "jigsaw8", "none"] = Field(
         "scl12", description="scl12: the paper's 12-class task; jigsaw8: Patch SVDD 8-neighbour; none: no SSL"
     )
-    steps: int = Field(2000, ge=1)
-    batch_size: int = Field(64, ge=2)
-    lr: float = Field(1e-4, gt=0)
+    steps: int = Field(300, ge=1, description="at most: training stops early on a held-out pretext plateau")
+    batch_size: int = Field(32, ge=2)
+    lr: float = Field(1e-3, gt=0)
     alpha: float = Field(1e-4, ge=0, description="weight of the patch-SVDD loss")
     spread_weight: float = Field(
-        1.0, ge=0, description="weight of the anti-collapse term (code std hinge + decorrelation); 0 = the paper's loss"
+        0.0, ge=0, description="weight of the anti-collapse term (code std hinge + decorrelation); 0 = the paper's loss"
     )
     spread_target: float = Field(0.25, gt=0, description="per-dimension code std the anti-collapse hinge asks for")
     jitter_frac: float = Field(0.25, ge=0, le=0.5, description="max jitter of each grid cell, fraction of patch")
@@ -106,7 +106,7 @@ class TrainConfig(_Strict):
     )
     eval_every: int = Field(50, ge=1, description="steps between held-out pretext evaluations")
     early_stop_patience: int = Field(
-        6, ge=0, description="stop after this many evaluations without held-out pretext gain (0 = never)"
+        3, ge=0, description="stop after this many evaluations without held-out pretext gain (0 = never)"
     )
     early_stop_min_delta: float = Field(0.01, ge=0, description="held-out accuracy gain that counts as progress")
 
