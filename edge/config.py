@@ -49,6 +49,11 @@ class RuntimeConfig(_Strict):
     verdict_endpoint: str = Field("tcp://127.0.0.1:5555", description="the PLC bridge's ROUTER (we connect)")
     telemetry_endpoint: str | None = Field("tcp://127.0.0.1:5556", description="PUB for heartbeats (we bind)")
     control_endpoint: str | None = Field("tcp://127.0.0.1:5557", description="REP for commands (we bind)")
+    control_token: str | None = Field(
+        None, min_length=16,
+        description="shared secret that commands changing the line (set_threshold, pause, resume, reload) must carry "
+        "as `token`; without one those commands are refused (status and stats stay open)",
+    )
     ack_timeout_ms: float = Field(250.0, gt=0, description="resend a verdict not acknowledged by then")
     max_pending: int = Field(10000, ge=1, description="unacknowledged verdicts kept for resending")
     heartbeat_s: float = Field(1.0, gt=0)

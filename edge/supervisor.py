@@ -11,6 +11,7 @@ let in-flight frames finish or time out, flush verdicts, exit.
 
 from __future__ import annotations
 
+import hmac
 import json
 import logging
 import math
@@ -28,6 +29,10 @@ from sclvi.edge.shared import FLUSH, Shared, make_shared
 from sclvi.errors import ConfigError
 
 log = logging.getLogger("sclvi.edge")
+#: Control commands that change the line: they need the configured token.
+MUTATING = frozenset({"set_threshold", "pause", "resume", "reload"})
+#: Largest control message accepted (zmq drops the connection of a larger one).
+MAX_CONTROL_BYTES = 64 * 1024
 
 
 def _thresholds(cfg: RuntimeConfig) -> tuple[float, float]:
@@ -68,6 +73,7 @@ class Runtime:
         if cfg.control_endpoint:
             self.control = self.zmq.socket(zmq.REP)
             self.control.setsockopt(zmq.LINGER, 0)
+            self.control.setsockopt(zmq.MAXMSGSIZE, MAX_CONTROL_BYTES)  # a larger message drops its sender
             self.control.bind(cfg.control_endpoint)
 
     # -- processes -------------------------------------------------------------------------------
@@ -158,8 +164,18 @@ class Runtime:
         }
 
     def handle(self, request: dict[str, Any]) -> dict[str, Any]:
-        """Control commands: status, stats, set_threshold, pause, resume, reload."""
+        """Control commands: status, stats, set_threshold, pause, resume, reload (the last four need the token)."""
+        if not isinstance(request, dict):
+            return {"ok": False, "error": "bad request: expected a JSON object such as {\"cmd\": \"status\"}"}
         cmd = request.get("cmd")
+        if cmd in MUTATING:
+            token = self.cfg.control_token
+            if token is None:
+                return {"ok": False, "error": f"{cmd} is disabled: set control_token in the runtime config"}
+            given = request.get("token")
+            if not isinstance(given, str) or not hmac.compare_digest(given.encode(), token.encode()):
+                log.warning("control: %s refused (missing or wrong token)", cmd)
+                return {"ok": False, "error": f"{cmd} refused: missing or wrong token"}
         s = self.shared
         if cmd == "status":
             return self.status()
@@ -200,11 +216,16 @@ class Runtime:
         if self.control is None:
             return
         while self.control.poll(0, zmq.POLLIN):
-            raw = self.control.recv()
+            parts = self.control.recv_multipart()
             try:
-                reply = self.handle(json.loads(raw))
-            except (json.JSONDecodeError, TypeError, ValueError) as exc:
+                if len(parts) != 1:
+                    raise ValueError(f"expected one message part, got {len(parts)}")
+                reply = self.handle(json.loads(parts[0]))
+            except (json.JSONDecodeError, TypeError, ValueError, UnicodeDecodeError) as exc:
                 reply = {"ok": False, "error": f"bad request: {exc}"}
+            except Exception:  # a control message must never take the line down
+                log.exception("control: request failed")
+                reply = {"ok": False, "error": "internal error (logged)"}
             self.control.send(json.dumps(reply).encode())
 
     def _idle(self) -> bool:

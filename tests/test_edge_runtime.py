@@ -167,8 +167,12 @@ def test_crashed_worker_is_restarted_and_no_frame_is_lost(random_bundle, replay)
     assert len(crashed) == result["nis_worker_crash"] <= 1  # the frame it held, if any
 
 
+TOKEN = "s3cret-token-for-tests"
+
+
 def test_control_socket_pause_threshold_reload(random_bundle, replay):
-    cfg = runtime_config(random_bundle, [{"kind": "folder", "path": str(replay), "rate_hz": 5, "loop": True, "max_frames": 20}])
+    cfg = runtime_config(random_bundle, [{"kind": "folder", "path": str(replay), "rate_hz": 5, "loop": True, "max_frames": 20}],
+                         control_token=TOKEN)
     plc = Collector(cfg["verdict_endpoint"])
     plc.start()
     t, _ = _start(cfg)
@@ -176,7 +180,7 @@ def test_control_socket_pause_threshold_reload(random_bundle, replay):
     req.connect(cfg["control_endpoint"])
 
     def ask(**kw):
-        return _ask(req, **kw)
+        return _ask(req, token=TOKEN, **kw)
 
     def wait_for(n):
         end = time.time() + 60
@@ -196,12 +200,36 @@ def test_control_socket_pause_threshold_reload(random_bundle, replay):
     assert ask(cmd="reload") == {"ok": True, "generation": 1}
     assert ask(cmd="status")["thresholds"]["image"] == 1.0  # reload re-read the configured threshold
     assert "unknown command" in ask(cmd="dance")["error"]
+    # a local process without the token, or with a wrong one, changes nothing; hostile messages get an error
+    # reply and the line goes on
+    assert "wrong token" in _ask(req, cmd="pause")["error"] and "wrong token" in _ask(req, cmd="pause", token="x" * 20)["error"]
+    for raw in (b"[1]", b"1", b'"x"', b"\xff\xfe", b"{"):
+        req.send(raw)
+        assert json.loads(req.recv())["ok"] is False
+    req.send_multipart([b'{"cmd": "pause"}', b"more"])
+    assert "one message part" in json.loads(req.recv())["error"]
+    assert ask(cmd="status")["paused"] is False
     t.join(120)
     req.close()
     verdicts = plc.finish()
     assert sorted(v["seq"] for v in verdicts) == list(range(1, 21))
     assert any(v.get("reason") == "paused" for v in verdicts)
     assert any(v["verdict"] == "OK" and v["threshold"] == 1e9 for v in verdicts)
+
+
+def test_line_changing_commands_are_refused_without_a_configured_token(random_bundle, replay):
+    cfg = runtime_config(random_bundle, [{"kind": "folder", "path": str(replay), "rate_hz": 5, "max_frames": 6}])
+    plc = Collector(cfg["verdict_endpoint"])
+    plc.start()
+    t, _ = _start(cfg)
+    req = zmq.Context.instance().socket(zmq.REQ)
+    req.connect(cfg["control_endpoint"])
+    for cmd in ("set_threshold", "pause", "resume", "reload"):
+        assert "set control_token" in _ask(req, cmd=cmd, image=0.0)["error"]
+    assert _ask(req, cmd="status")["thresholds"]["image"] == 1.0  # read-only commands stay open
+    t.join(120)
+    req.close()
+    assert len(plc.finish()) == 6
 
 
 def test_unacknowledged_verdicts_are_resent_and_alarmed(random_bundle, replay):
