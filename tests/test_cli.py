@@ -62,3 +62,21 @@ def test_synth_writes_the_layout(tmp_path):
     assert result.exit_code == 0
     assert len(list((tmp_path / "texture" / "train" / "good").glob("*.png"))) == 2
     assert len(list((tmp_path / "texture" / "ground_truth").glob("*/*_mask.png"))) == 4
+
+
+def test_train_without_a_preset_picks_the_cpu_preset_here(tmp_path):
+    import json
+
+    from sclvi.cli import default_preset
+    from sclvi.synthetic import write_synthetic
+
+    assert default_preset() == "dense-lite"  # no CUDA GPU on this machine / CI
+    data = write_synthetic(tmp_path / "d", "texture", size=176, n_train=4, n_test_good=1, n_test_defect=1, seed=0)
+    small = runner.invoke(app, ["train", str(data), "--out", str(tmp_path / "b"), "--steps", "1", "--image-size", "128"])
+    assert small.exit_code == 2 and "raise geometry.image_size" in small.output  # a user error, not a traceback
+    result = runner.invoke(app, ["train", str(data), "--out", str(tmp_path / "b"), "--steps", "1", "--image-size", "176",
+                                 "--threads", "1"])
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((tmp_path / "b" / "bundle.json").read_text())
+    assert manifest["config"]["preset"] == "dense-lite" and manifest["config"]["encoder"]["family"] == "dense"
+    assert manifest["training"]["pretext"]["chance"] == 1 / 12

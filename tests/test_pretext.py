@@ -5,6 +5,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
+from sclvi.errors import ConfigError
 from sclvi.train.pretext import JIGSAW8_CLASSES, SCL12_CLASSES, PretextSampler, scl12_pair_table
 
 
@@ -71,5 +72,5 @@ def test_same_seed_same_samples_and_too_small_images_are_refused():
     a = PretextSampler(4, 256, 0.25, 1 / 32, seed=7).grid_pairs("scl12", 64, 50)
     b = PretextSampler(4, 256, 0.25, 1 / 32, seed=7).grid_pairs("scl12", 64, 50)
     assert (a.first == b.first).all() and (a.label == b.label).all()
-    with pytest.raises(ValueError, match="raise geometry.image_size"):
+    with pytest.raises(ConfigError, match="raise geometry.image_size"):
         PretextSampler(4, 128, 0.25, 1 / 32, seed=0).grid_pairs("scl12", 64, 4)

@@ -16,6 +16,8 @@ from itertools import combinations
 
 import numpy as np
 
+from sclvi.errors import ConfigError
+
 #: Displacement (drow, dcol) of the later cell relative to the earlier one -> class, in the order of
 #: the authors' released code. Cells 0..8 are numbered row by row.
 SCL12_CLASSES: dict[tuple[int, int], int] = {
@@ -79,7 +81,7 @@ class PretextSampler:
 
     def check_fits(self, patch: int) -> None:
         if self.grid_span(patch) > self.image_size:
-            raise ValueError(
+            raise ConfigError(
                 f"a 3x3 grid of {patch}-px patches spans {self.grid_span(patch)} px, more than the "
                 f"{self.image_size}-px images: raise geometry.image_size or lower train.jitter_frac"
             )
