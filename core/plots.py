@@ -75,7 +75,8 @@ def save_training_curve(
     ax_acc.set_xlabel("step")
     ax_acc.set_ylabel("pretext accuracy")
     ax_acc.set_ylim(0, 1)
-    ax_acc.legend(fontsize=7)
+    if ax_acc.get_legend_handles_labels()[0]:  # nothing to label without a pretext task
+        ax_acc.legend(fontsize=7)
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
