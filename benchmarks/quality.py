@@ -254,7 +254,9 @@ def write_quality_report(rows: list[dict[str, Any]], protocol: str, out: Path, s
         f"on an aligned part, none otherwise; the `window` column). Total wall time {seconds / 60:.0f} min on the machine below.",
         "Floors: `raw pixels` = each 32-px patch averaged to 8x8 minus the mean image, plain 1-NN, no network; "
         "`untrained encoder` = the preset's random initialisation with the same bank and scoring. "
-        "`pretext` = held-out pretext accuracy (images never trained on; chance 1/12 for scl12, 1/8 for jigsaw8).",
+        "`pretext` = pretext accuracy, mean of the 32-px and 64-px heads, on held-out images never trained on "
+        "(and on the training batches); chance 1/12 for scl12, 1/8 for jigsaw8. Each model's curve is in its bundle "
+        "(training_curve.png).",
         "",
     ]
     for name in dict.fromkeys(r["set"] for r in rows):
