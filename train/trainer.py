@@ -174,9 +174,9 @@ def _mean_or_none(values: list[float]) -> float | None:
 def _evaluate(state: TrainState, held: HeldOutPretext | None, window: list[dict[str, float]]) -> dict[str, float]:
     """Training accuracy over the steps since the last evaluation, and held-out accuracy now."""
     row: dict[str, float] = {"step": state.step}
-    for k in SCALES:
-        row[f"train_acc{k}"] = float(np.nanmean([h[f"acc{k}"] for h in window])) if window and held else float("nan")
-    if held is not None:
+    if held is not None:  # no pretext task (or no held-out images): nothing to measure, and no NaN in bundle.json
+        for k in SCALES:
+            row[f"train_acc{k}"] = float(np.nanmean([h[f"acc{k}"] for h in window]))
         acc = held.accuracy(state.model, state.heads)
         for k in SCALES:
             row[f"heldout_acc{k}"] = acc[k]
