@@ -174,7 +174,7 @@ def run_quality(name: str, root: Path, protocol: str, tasks: list[str], seeds: l
     from sclvi.engines import load_backend
     from sclvi.evaluate import embed_test_set, metrics_report, score_test_set, test_masks, write_overlays
     from sclvi.memory_bank import bank_images
-    from sclvi.scorer import AnomalyScorer
+    from sclvi.scorer import resolve_scoring
 
     ds = read_dataset(root)
     preset = PROTOCOLS[protocol]["preset"]
@@ -197,13 +197,14 @@ def run_quality(name: str, root: Path, protocol: str, tasks: list[str], seeds: l
         rows += cached["rows"]
         log.info("%s: floors reused from %s", name, cache)
     else:
-        scores, maps, score_s = raw_pixel_floor(base, ds, bank_images(ds.train, base.bank.max_images, base.bank.seed))
+        chosen = bank_images(ds.train, base.bank.max_images, base.bank.seed)
+        scores, maps, score_s = raw_pixel_floor(base, ds, chosen)
         row("floor: raw pixels", None, None, scores, maps, 0.0, score_s, None, {})
-        bundle = untrained_bundle(work / name / "untrained", base, bank_images(ds.train, base.bank.max_images, base.bank.seed))
+        bundle = untrained_bundle(work / name / "untrained", base, chosen)
         codes, embed_s = embed_test_set(bundle, ds, load_backend(bundle))
         scores, maps, score_s = score_test_set(bundle, codes, base.scoring)
         row("floor: untrained encoder", None, 0, scores, maps, embed_s, score_s, None,
-            {"window": AnomalyScorer(bundle, None).scoring.window})
+            {"window": resolve_scoring(base.scoring, bundle).window})
         cache.write_text(json.dumps({"key": key, "rows": rows}, default=str))
     for task in tasks:
         for seed in seeds:
@@ -212,7 +213,7 @@ def run_quality(name: str, root: Path, protocol: str, tasks: list[str], seeds: l
             codes, embed_s = embed_test_set(bundle, ds, load_backend(bundle))
             scores, maps, score_s = score_test_set(bundle, codes, cfg.scoring)
             row("trained", task, seed, scores, maps, embed_s, score_s, train_s,
-                {**_model_facts(bundle), "window": AnomalyScorer(bundle, None).scoring.window})
+                {**_model_facts(bundle), "window": resolve_scoring(cfg.scoring, bundle).window})
             if seed == seeds[0] and task == tasks[0]:
                 write_overlays(out / f"heatmaps-{protocol}-{name}", ds.test, maps, scores, cfg.geometry.image_size, 6, masks)
                 curve = bundle.path / "training_curve.png"

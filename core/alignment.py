@@ -14,6 +14,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from sclvi.affinity import knn_exact
+
 #: Window (grid cells) the test measures and recommends.
 WINDOW = 2
 #: Largest windowed / global nearest-neighbour distance ratio at which the window is recommended.
@@ -45,9 +47,7 @@ def measure_alignment(codes: np.ndarray, window: int = WINDOW, max_ratio: float 
         rest = rest if len(rest) <= others else rng.choice(rest, others, replace=False)
         q = codes[p].astype(np.float64)  # (n, n, D)
         bank = codes[rest].astype(np.float64)  # (r, n, n, D)
-        flat = bank.reshape(-1, d)
-        d2 = (q.reshape(-1, d) ** 2).sum(1)[:, None] + (flat**2).sum(1)[None] - 2 * q.reshape(-1, d) @ flat.T
-        glob.append(np.sqrt(np.clip(d2.min(axis=1), 0, None)))
+        glob.append(knn_exact(q.reshape(-1, d), bank.reshape(-1, d), 1)[0][:, 0])
         best = np.full((n, n), np.inf)
         for dr in range(-window, window + 1):
             for dc in range(-window, window + 1):

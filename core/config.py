@@ -133,6 +133,7 @@ class ScoringConfig(_Strict):
         "window the memory bank measured (bundle.json `alignment`), none when the part is not aligned",
     )
     gpu_bank_dtype: Literal["float32", "float16"] = Field("float32", description="bank storage on the GPU")
+    query_block: int = Field(1024, ge=1, description="queries per k-NN block (memory bound)")
 
     @property
     def window(self) -> int | None:
@@ -145,7 +146,6 @@ class ScoringConfig(_Strict):
         if isinstance(self.position_window, int) and self.position_window < 0:
             raise ValueError("position_window must be >= 0 cells, auto or null")
         return self
-    query_block: int = Field(1024, ge=1, description="queries per k-NN block (memory bound)")
 
 
 class BankConfig(_Strict):

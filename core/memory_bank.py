@@ -35,9 +35,10 @@ def build_memory_bank(
     """Embed the training images and store both banks in the bundle; returns (small, large)."""
     cfg = bundle.config
     bc = cfg.bank
-    if bc.max_images is not None and len(images) > bc.max_images:
-        images = bank_images(images, bc.max_images, bc.seed)
-        log.info("memory bank from a seeded subset of %d images", len(images))
+    chosen = bank_images(images, bc.max_images, bc.seed)
+    if len(chosen) < len(images):
+        log.info("memory bank from a seeded subset of %d images", len(chosen))
+    images = chosen
     geometry = TwoScaleGeometry.from_config(cfg.geometry)
     embedder = FrameEmbedder(backend, geometry)
     dim = cfg.encoder.embed_dim
@@ -53,15 +54,16 @@ def build_memory_bank(
             small[start * geometry.small.count : (start + n) * geometry.small.count] = codes.small.reshape(-1, dim)
             large[start * geometry.large.count : (start + n) * geometry.large.count] = codes.large.reshape(-1, dim)
             bar.update(n)
+    scales = (("small", geometry.small, small), ("large", geometry.large, large))
     measured = {scale: measure_alignment(codes.reshape(len(images), grid.n, grid.n, dim), seed=bc.seed)
-                for scale, grid, codes in (("small", geometry.small, small), ("large", geometry.large, large))}
+                for scale, grid, codes in scales}
     aligned = all(a.window is not None for a in measured.values())
     window = measured["small"].window if aligned else None
     record(bundle, "alignment", {"window": window, **{s: a.as_dict() for s, a in measured.items()}})
     log.info("alignment: windowed / global nearest-neighbour distance %.3f (32 px), %.3f (64 px) -> %s",
              measured["small"].ratio, measured["large"].ratio,
              f"aligned part, position window +-{window} cells" if aligned else "not aligned, whole-bank search")
-    for scale, grid, codes in (("small", geometry.small, small), ("large", geometry.large, large)):
+    for scale, grid, codes in scales:
         positions = np.tile(grid_positions(grid.n), (len(images), 1))
         if bc.coreset_ratio < 1:
             keep = greedy_coreset(codes, bc.coreset_ratio, bc.projection_dim, bc.seed)

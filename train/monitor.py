@@ -32,7 +32,6 @@ def chance_accuracy(task: str) -> float | None:
 class HeldOutPretext:
     """A fixed set of pretext pairs from held-out images, so successive evaluations compare like with like."""
 
-    task: str
     images: torch.Tensor
     pairs: dict[int, PatchPairs]
 
@@ -41,7 +40,7 @@ class HeldOutPretext:
         if N_CLASSES[task] == 0 or len(images) == 0:
             return None
         sampler = PretextSampler(len(images), images.shape[-1], jitter_frac, 1 / 32, seed)
-        return cls(task, images, {k: sampler.grid_pairs(task, k, n) for k in scales})
+        return cls(images, {k: sampler.grid_pairs(task, k, n) for k in scales})
 
     @torch.no_grad()
     def accuracy(self, model: torch.nn.Module, heads: torch.nn.ModuleDict) -> dict[int, float]:

@@ -9,7 +9,7 @@ import logging
 import os
 import platform
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -46,8 +46,8 @@ class TrainState:
     optimizer: torch.optim.Optimizer
     sampler: PretextSampler
     step: int = 0
-    history: list[dict[str, float]] | None = None  # one entry per step
-    evals: list[dict[str, float]] | None = None  # one entry per held-out evaluation
+    history: list[dict[str, float]] = field(default_factory=list)  # one entry per step
+    evals: list[dict[str, float]] = field(default_factory=list)  # one entry per held-out evaluation
 
 
 def learning_rate(cfg: Config, step: int) -> float:
@@ -81,7 +81,7 @@ def _new_state(cfg: Config, n_images: int) -> TrainState:
     for k in SCALES:
         if n_cls:
             sampler.check_fits(k)
-    return TrainState(model, heads, optimizer, sampler, history=[], evals=[])
+    return TrainState(model, heads, optimizer, sampler)
 
 
 def _save_checkpoint(path: Path, cfg: Config, state: TrainState) -> None:
@@ -221,7 +221,6 @@ def train(cfg: Config, data_root: str | Path, out: str | Path, resume: bool = Fa
         log.info("resumed from %s at step %d", ckpt_path, state.step)
     else:
         state = _new_state(cfg, len(images))
-    assert state.history is not None and state.evals is not None
     stopper = EarlyStop(tc.early_stop_patience, tc.early_stop_min_delta)
     for e in state.evals:
         if "heldout_acc" in e:
