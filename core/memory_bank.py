@@ -16,7 +16,7 @@ from sclvi.embedding import EncoderBackend, FrameEmbedder
 from sclvi.geometry import TwoScaleGeometry
 from sclvi.images import normalise, read_rgb
 from sclvi.knn.buckets import grid_positions
-from sclvi.knn.coreset import greedy_coreset
+from sclvi.knn.coreset import cell_coreset, greedy_coreset
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,11 @@ def build_memory_bank(
     for scale, grid, codes in scales:
         positions = np.tile(grid_positions(grid.n), (len(images), 1))
         if bc.coreset_ratio < 1:
-            keep = greedy_coreset(codes, bc.coreset_ratio, bc.projection_dim, bc.seed)
+            if window is not None:  # aligned: thin every cell alike, so every window keeps its share
+                keep = cell_coreset(codes, positions, grid.n, bc.coreset_ratio, cfg.scoring.eta, bc.projection_dim,
+                                    bc.seed)
+            else:
+                keep = greedy_coreset(codes, bc.coreset_ratio, bc.projection_dim, bc.seed)
             codes, positions = codes[keep], positions[keep]
         header = BankHeader(scale, grid.patch, grid.stride, grid.n, dim, len(codes), "float32", bc.coreset_ratio)
         add_bank(bundle, codes, positions, header)

@@ -45,9 +45,12 @@ def test_quality_ablation_smoke(tmp_path):
 def test_knn_benchmark_smoke(tmp_path):
     from sclvi.benchmarks.knn import main
 
-    main(["--sizes", "3000", "--queries", "64", "--kernels", "numpy", "numba", "--repeats", "1", "--out", str(tmp_path)])
+    main(["--sizes", "3000", "--queries", "64", "--kernels", "numpy", "numba", "window1", "--repeats", "1",
+          "--out", str(tmp_path)])
     rows = json.loads((tmp_path / "knn-cpu.json").read_text())["rows"]
-    assert {r["kernel"] for r in rows} == {"numpy", "numba"} and all(r["ms"] > 0 for r in rows)
+    assert {r["kernel"] for r in rows} == {"numpy", "numba", "window1"} and all(r["ms"] > 0 for r in rows)
+    window = next(r for r in rows if r["kernel"] == "window1")
+    assert window["speedup_vs_full"] > 0
     assert "| numba | 3,000 |" in (tmp_path / "knn-cpu.md").read_text()
 
 

@@ -8,7 +8,7 @@ from sclvi.config import ScoringConfig
 from sclvi.errors import BackendError
 from sclvi.knn import choose_kernel, make_patch_scorer
 from sclvi.knn.buckets import CellBuckets, grid_positions
-from sclvi.knn.coreset import greedy_coreset
+from sclvi.knn.coreset import cell_coreset, greedy_coreset
 from sclvi.knn.numba_cpu import NumbaPatchScorer
 from sclvi.knn.reference import NumpyPatchScorer
 
@@ -36,17 +36,32 @@ def test_eta_larger_than_the_bank():
     np.testing.assert_allclose(NumbaPatchScorer(bank, pos, 1, s).score(q), NumpyPatchScorer(bank, pos, 1, s).score(q), atol=TOL)
 
 
+@pytest.mark.parametrize("tile", [(1, 1), (2, 3), (4, 4)])
 @pytest.mark.parametrize("window", [0, 1, 2])
-def test_position_windows_equal_reference_and_restrict_the_search(window):
-    name, q, bank, pos, grid = cases(n_queries=25)[0]
-    qpos = grid_positions(grid)
+@pytest.mark.parametrize("case", range(4), ids=[c[0] for c in cases()])
+def test_position_windows_equal_reference_and_restrict_the_search(window, tile, case):
+    name, q, bank, pos, grid = cases(n_queries=75)[case]
+    # three frames' queries in a shuffled order: the blocked kernel sorts them by tile and back
+    qpos = np.tile(grid_positions(grid), (3, 1))
+    perm = np.random.default_rng(window).permutation(len(q))
+    q, qpos = q[perm], qpos[perm]
     s = ScoringConfig(position_window=window, eta=5)
     ref = NumpyPatchScorer(bank, pos, grid, s)
-    np.testing.assert_allclose(NumbaPatchScorer(bank, pos, grid, s).score(q, qpos), ref.score(q, qpos), atol=TOL)
+    fast = NumbaPatchScorer(bank, pos, grid, s, tile=tile)
+    np.testing.assert_allclose(fast.score(q, qpos), ref.score(q, qpos), atol=TOL)
     _, idx = ref.search(q, qpos)
     assert (np.abs(pos[idx].astype(int) - qpos[:, None, :]).max(axis=2) <= window).all()
     with pytest.raises(ValueError, match="grid positions"):
         ref.score(q)
+
+
+def test_cell_coreset_thins_every_cell_alike():
+    name, q, bank, pos, grid = cases(n_bank=2500)[0]  # 100 codes per cell
+    keep = cell_coreset(bank, pos, grid, 0.2, min_per_cell=5, projection_dim=0)
+    per_cell = np.bincount(pos[keep, 0].astype(int) * grid + pos[keep, 1], minlength=grid * grid)
+    assert (per_cell == 20).all() and (np.diff(keep) > 0).all()
+    few = cell_coreset(bank, pos, grid, 0.01, min_per_cell=5, projection_dim=0)  # 1 per cell < eta floor
+    assert (np.bincount(pos[few, 0].astype(int) * grid + pos[few, 1], minlength=grid * grid) == 5).all()
 
 
 def test_position_window_too_narrow_for_eta():

@@ -44,3 +44,24 @@ def greedy_coreset(codes: np.ndarray, ratio: float, projection_dim: int = 32, se
         picked[k] = nxt
         nxt = _update_min(x, x[nxt], mind)
     return np.sort(picked)
+
+
+def cell_coreset(
+    codes: np.ndarray, positions: np.ndarray, grid: int, ratio: float, min_per_cell: int, projection_dim: int = 32,
+    seed: int = 0,
+) -> np.ndarray:
+    """Sorted indices of a greedy coreset taken inside every grid cell (aligned parts).
+
+    With position windows a query only meets the codes of nearby cells, so a global coreset would
+    thin the cells unevenly; here each cell keeps `ratio` of its own codes (at least `min_per_cell`)."""
+    from sclvi.knn.buckets import CellBuckets
+
+    buckets = CellBuckets.build(np.asarray(positions), grid)
+    keep = []
+    for cell in range(grid * grid):
+        idx = buckets.order[buckets.offsets[cell] : buckets.offsets[cell + 1]]
+        if len(idx) == 0:
+            continue
+        r = min(1.0, max(ratio, min_per_cell / len(idx)))
+        keep.append(idx[greedy_coreset(codes[idx], r, projection_dim, seed + cell, progress=False)])
+    return np.sort(np.concatenate(keep)) if keep else np.empty(0, np.int64)

@@ -98,27 +98,49 @@ def _finish(queries, bank, cand, k, lam, authors, out):
         out[r] = _affinity_score(queries[r], bank, cand[r], k, lam, authors)
 
 
-@njit(parallel=True, cache=True)
-def _windowed(queries, qpos, bank, order, offsets, grid, window, k, lam, authors, out, short):
-    """Position-aware scoring: candidates are the codes of cells within `window` of the query's cell."""
-    for r in prange(queries.shape[0]):
-        row, col = qpos[r, 0], qpos[r, 1]
-        n = 0
-        for rr in range(max(0, row - window), min(grid, row + window + 1)):
-            for cc in range(max(0, col - window), min(grid, col + window + 1)):
-                n += offsets[rr * grid + cc + 1] - offsets[rr * grid + cc]
-        if n < k:
-            short[r] = 1
-            out[r] = np.nan
+#: Reassociation only (vectorised float32 sums); no finite-math flags: the top-k lists start at +inf.
+_REASSOC = {"reassoc", "contract"}
+
+
+@njit(parallel=True, cache=True, fastmath=_REASSOC)
+def _windowed(q, qrow, qcol, tile_start, sbank, sbank_sq, offsets, order, bank, grid, window, keep, k, lam,
+              authors, out, short):
+    """Position windows without candidate lists (queries sorted by tile, then row, then column).
+
+    The bank is stored sorted by cell, so each bank row of a query's window is one contiguous run of
+    codes. A tile's queries walk each bank row of their union together, so the run is read from memory
+    once and from cache by the others (the loop is memory bound otherwise: 1.3 MB of codes per query at
+    +-2 cells and 200 images). Float32 pre-selection, then an exact re-rank on the original bank."""
+    dim = q.shape[1]
+    for t in prange(tile_start.shape[0] - 1):
+        a, b = tile_start[t], tile_start[t + 1]
+        if b == a:
             continue
-        cand = np.empty(n, dtype=np.int64)
-        n = 0
-        for rr in range(max(0, row - window), min(grid, row + window + 1)):
-            for cc in range(max(0, col - window), min(grid, col + window + 1)):
-                for t in range(offsets[rr * grid + cc], offsets[rr * grid + cc + 1]):
-                    cand[n] = order[t]
-                    n += 1
-        out[r] = _affinity_score(queries[r], bank, cand, k, lam, authors)
+        best_d = np.full((b - a, keep), np.inf, dtype=np.float32)
+        best_i = np.full((b - a, keep), -1, dtype=np.int64)
+        for br in range(max(0, qrow[a] - window), min(grid, qrow[b - 1] + window + 1)):
+            for r in range(a, b):
+                if abs(qrow[r] - br) > window:
+                    continue
+                bd = best_d[r - a]
+                bi = best_i[r - a]
+                worst = bd[keep - 1]
+                j0 = offsets[br * grid + max(0, qcol[r] - window)]
+                j1 = offsets[br * grid + min(grid, qcol[r] + window + 1)]
+                for j in range(j0, j1):
+                    dot = np.float32(0.0)
+                    for c in range(dim):
+                        dot += q[r, c] * sbank[j, c]
+                    d = sbank_sq[j] - np.float32(2.0) * dot
+                    if d < worst:  # ties go to the lower original index, as in the reference
+                        _insert(bd, bi, d, order[j])
+                        worst = bd[keep - 1]
+        for r in range(a, b):
+            if best_i[r - a, k - 1] < 0:
+                short[r] = 1
+                out[r] = np.nan
+                continue
+            out[r] = _affinity_score(q[r], bank, best_i[r - a], k, lam, authors)
 
 
 class NumbaPatchScorer:
@@ -132,6 +154,7 @@ class NumbaPatchScorer:
         scoring: ScoringConfig,
         bank_block: int = 4096,
         threads: int = 0,
+        tile: tuple[int, int] = (4, 4),
     ) -> None:
         self.codes = np.ascontiguousarray(codes, dtype=np.float32)
         self.bank_sq = np.einsum("nd,nd->n", self.codes, self.codes)
@@ -141,6 +164,11 @@ class NumbaPatchScorer:
         self.threads = threads or os.cpu_count() or 1
         self.pool = ThreadPoolExecutor(self.threads)  # made once: this runs for every frame
         self.buckets = CellBuckets.build(np.asarray(positions), grid) if scoring.window is not None else None
+        self.tile = tile
+        if self.buckets is not None:
+            # the bank sorted by cell: a bank row of any window is then one contiguous block
+            self.sorted_codes = np.ascontiguousarray(self.codes[self.buckets.order])
+            self.sorted_sq = self.bank_sq[self.buckets.order]
 
     def candidates(self, queries: np.ndarray) -> np.ndarray:
         """(Q, eta + margin) bank indices of the float32 pre-selection (-1 where the bank is smaller)."""
@@ -175,9 +203,17 @@ class NumbaPatchScorer:
         if positions is None:
             raise ValueError("position-aware search needs the queries' grid positions")
         short = np.zeros(len(q), dtype=np.uint8)
+        pos = np.asarray(positions, dtype=np.int64)
+        tr, tc = self.tile
+        tiles = (pos[:, 0] // tr) * (-(-self.grid // tc)) + pos[:, 1] // tc
+        perm = np.lexsort((pos[:, 1], pos[:, 0], tiles))
+        tile_start = np.zeros(int(tiles.max()) + 2, dtype=np.int64)
+        np.cumsum(np.bincount(tiles, minlength=len(tile_start) - 1), out=tile_start[1:])
+        sorted_out = np.empty(len(q), dtype=np.float64)
         b = self.buckets
-        _windowed(q, np.asarray(positions, dtype=np.int64), self.codes, b.order, b.offsets, self.grid,
-                  s.window, s.eta, s.lam, authors, out, short)
+        _windowed(q[perm], pos[perm, 0], pos[perm, 1], tile_start, self.sorted_codes, self.sorted_sq, b.offsets,
+                  b.order, self.codes, self.grid, s.window, s.eta + MARGIN, s.eta, s.lam, authors, sorted_out, short)
+        out[perm] = sorted_out
         if short.any():
             raise ValueError(f"fewer than eta={s.eta} bank codes in some position windows: widen the window or lower eta")
         return out
