@@ -261,6 +261,9 @@ def run(
 
         totals = Runtime(load_runtime_config(config)).run()
         typer.echo(json.dumps({k: v for k, v in totals.items() if v}))
+    if totals.get("pending"):
+        typer.secho(f"error: {totals['pending']} verdicts were never acknowledged by the PLC bridge", fg=typer.colors.RED, err=True)
+        raise typer.Exit(1)
 
 
 @app.command()

@@ -63,6 +63,34 @@ class RuntimeConfig(_Strict):
     record_max_mb: float = Field(500.0, gt=0)
     shutdown_timeout_s: float = Field(10.0, gt=0)
 
+    @model_validator(mode="after")
+    def _check(self) -> "RuntimeConfig":
+        ids = [c.camera_id for c in self.cameras]
+        if len(set(ids)) != len(ids):
+            dup = sorted({i for i in ids if ids.count(i) > 1})
+            raise ValueError(f"camera_id must be unique (verdicts are told apart by it): {', '.join(dup)} repeated")
+        named = {"verdict_endpoint": self.verdict_endpoint, "telemetry_endpoint": self.telemetry_endpoint,
+                 "control_endpoint": self.control_endpoint}
+        for name, endpoint in named.items():
+            if endpoint is not None:
+                check_endpoint(name, endpoint)
+        used = [e for e in named.values() if e is not None]
+        if len(set(used)) != len(used):
+            raise ValueError("verdict_endpoint, telemetry_endpoint and control_endpoint must all differ")
+        return self
+
+
+def check_endpoint(name: str, endpoint: str) -> None:
+    """tcp://host:port (port 1-65535) or ipc://path: caught at load, not when a socket fails to bind."""
+    scheme, sep, rest = endpoint.partition("://")
+    if scheme == "ipc" and sep and rest:
+        return
+    if scheme == "tcp" and sep:
+        host, colon, port = rest.rpartition(":")
+        if host and colon and port.isdigit() and 1 <= int(port) <= 65535:
+            return
+    raise ValueError(f"{name} {endpoint!r} is not tcp://HOST:PORT (port 1-65535) or ipc://PATH")
+
 
 def configured_thresholds(cfg: RuntimeConfig, calibration: dict[str, Any]) -> tuple[float | None, float | None]:
     """Image and pixel thresholds: the runtime config's override, else the bundle's calibration (None: neither)."""

@@ -7,11 +7,13 @@ from typing import Any
 
 import numpy as np
 
+from sclvi.edge.messages import Reason
+
 NAMES = (
     "frames_grabbed", "fetch_timeouts", "incomplete_buffers", "camera_reconnects", "ring_full",
-    "verdict_ok", "verdict_ng", "not_inspected", "nis_deadline", "nis_ring_full", "nis_error", "nis_worker_crash",
-    "nis_paused", "nis_shutdown", "nis_frame_too_large", "late_results", "inference_errors",
-    "sent", "send_failures", "resends", "acks", "pending", "worker_restarts", "acquisition_restarts",
+    "verdict_ok", "verdict_ng", "not_inspected", *(f"nis_{r.value}" for r in Reason), "late_results",
+    "inference_errors", "sent", "send_failures", "resends", "acks", "bad_acks", "late_verdicts", "pending",
+    "worker_restarts", "acquisition_restarts", "publisher_restarts",
 )
 INDEX = {n: i for i, n in enumerate(NAMES)}
 

@@ -1,7 +1,7 @@
 """The PLC side of the verdict channel: a ROUTER that receives verdicts and acknowledges each one.
 
 `sclvi listen` runs it to watch a line; tests and the demo use it as the PLC. A real PLC bridge does the
-same: bind, receive (topic, msgpack body), reply (b"ack", {camera, seq}), de-duplicate on (camera, seq).
+same: bind, receive (topic, msgpack body), reply (b"ack", {run, camera, seq}), de-duplicate on (run, camera, seq).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ class VerdictListener:
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.bind(endpoint)
         self.ack = ack
-        self.seen: set[tuple[str, int]] = set()
+        self.seen: set[tuple[str | None, str, int]] = set()
         self.duplicates = 0
 
     def receive(self, timeout_ms: int = 1000) -> dict[str, Any] | None:
@@ -31,9 +31,9 @@ class VerdictListener:
             topic, body = unpack(frames)
             if topic != TOPIC_VERDICT:
                 continue
-            key = (body["camera"], body["seq"])
+            key = (body.get("run"), body["camera"], body["seq"])  # seq restarts with every run
             if self.ack:
-                self.sock.send_multipart([ident, TOPIC_ACK, msgpack.packb({"camera": key[0], "seq": key[1]})])
+                self.sock.send_multipart([ident, TOPIC_ACK, msgpack.packb({"run": key[0], "camera": key[1], "seq": key[2]})])
             if key in self.seen:
                 self.duplicates += 1
                 continue

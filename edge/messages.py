@@ -1,9 +1,10 @@
 """The versioned message schema of the verdict channel and telemetry (multipart: topic, msgpack).
 
-Verdict fields: schema, camera, seq (per camera, no gaps), frame_id (the camera's), t_acq_ns, trigger
+Verdict fields: schema, run (this runtime start: seq restarts at 1 with a new run), camera, seq (per
+camera and run, no gaps), frame_id (the camera's), t_acq_ns, trigger
 (camera counter, when it has one), verdict (OK / NG / NOT_INSPECTED), reason (why NOT_INSPECTED),
 score, threshold, regions [{box: [x0, y0, x1, y1] in frame pixels, area, peak}], latency_ms per stage.
-Acknowledgement (PLC -> runtime): topic b"ack", {camera, seq}.
+Acknowledgement (PLC -> runtime): topic b"ack", {run, camera, seq}. De-duplicate on (run, camera, seq).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ class Reason(str, Enum):
     SHUTDOWN = "shutdown"
     FRAME_TOO_LARGE = "frame_too_large"
     INVALID_SCORE = "invalid_score"  # NaN/inf score, map or threshold: never a silent OK
+    LOST = "lost"  # a sequence number whose verdict never reached the publisher
 
 
 def verdict_message(
@@ -56,6 +58,8 @@ def unpack(frames: list[bytes]) -> tuple[bytes, dict[str, Any]]:
     if len(frames) != 2:
         raise ValueError(f"expected a 2-part message (topic, body), got {len(frames)} parts")
     body = msgpack.unpackb(frames[1], raw=False)
+    if not isinstance(body, dict):
+        raise ValueError(f"message body must be a map, got {type(body).__name__}")
     if body.get("schema", SCHEMA) != SCHEMA:
         raise ValueError(f"message schema {body.get('schema')} is not {SCHEMA}")
     return frames[0], body

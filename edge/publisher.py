@@ -20,10 +20,23 @@ import msgpack
 import zmq
 
 from sclvi.edge.config import RuntimeConfig
-from sclvi.edge.messages import SCHEMA, TOPIC_ACK, TOPIC_HEARTBEAT, TOPIC_VERDICT, pack, unpack
+from sclvi.edge.journal import SeqGaps, VerdictJournal
+from sclvi.edge.messages import (
+    SCHEMA, TOPIC_ACK, TOPIC_HEARTBEAT, TOPIC_VERDICT, Reason, Verdict, pack, unpack, verdict_message,
+)
 from sclvi.edge.shared import Shared
 
 log = logging.getLogger("sclvi.edge.publisher")
+
+
+def _ack_key(body: Any, run_id: str) -> tuple[str, int] | None:
+    """(camera, seq) of a well-formed ack for this run; None for anything else (logged, never fatal)."""
+    if not isinstance(body, dict):
+        return None
+    camera, seq, run = body.get("camera"), body.get("seq"), body.get("run", run_id)
+    if not isinstance(camera, str) or not isinstance(seq, int) or isinstance(seq, bool) or run != run_id:
+        return None
+    return camera, seq
 
 
 def publisher_main(cfg: RuntimeConfig, shared: Shared, row: int) -> None:
@@ -33,26 +46,45 @@ def publisher_main(cfg: RuntimeConfig, shared: Shared, row: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     ctx = zmq.Context()
-    dealer = ctx.socket(zmq.DEALER)
-    dealer.setsockopt(zmq.LINGER, 0)
-    dealer.setsockopt(zmq.IMMEDIATE, 1)  # no queueing towards a peer that is not connected
-    dealer.connect(cfg.verdict_endpoint)
-    pull = ctx.socket(zmq.PULL)  # verdicts from acquisition, workers and the supervisor
-    pull.setsockopt(zmq.LINGER, 0)
-    pull.bind(shared.results_endpoint)
+    journal = VerdictJournal(shared.journal_path)
+    sockets: list[zmq.Socket] = []
+    try:
+        dealer = ctx.socket(zmq.DEALER)
+        sockets.append(dealer)
+        dealer.setsockopt(zmq.LINGER, 0)
+        dealer.setsockopt(zmq.IMMEDIATE, 1)  # no queueing towards a peer that is not connected
+        dealer.connect(cfg.verdict_endpoint)
+        pull = ctx.socket(zmq.PULL)  # verdicts from acquisition, workers and the supervisor
+        sockets.append(pull)
+        pull.setsockopt(zmq.LINGER, 0)
+        pull.bind(shared.results_endpoint)
+        pub = None
+        if cfg.telemetry_endpoint:
+            pub = ctx.socket(zmq.PUB)
+            sockets.append(pub)
+            pub.setsockopt(zmq.LINGER, 0)
+            pub.bind(cfg.telemetry_endpoint)
+        _serve(cfg, shared, row, dealer, pull, pub, journal)
+    finally:
+        for sock in sockets:
+            sock.close()
+        ctx.term()
+
+
+def _serve(cfg: RuntimeConfig, shared: Shared, row: int, dealer: zmq.Socket, pull: zmq.Socket, pub: zmq.Socket | None,
+           journal: VerdictJournal) -> None:
     poller = zmq.Poller()
     poller.register(dealer, zmq.POLLIN)
     poller.register(pull, zmq.POLLIN)
-    pub = None
-    if cfg.telemetry_endpoint:
-        pub = ctx.socket(zmq.PUB)
-        pub.setsockopt(zmq.LINGER, 0)
-        pub.bind(cfg.telemetry_endpoint)
     count = shared.counters
+    replayed, high = journal.replay()  # what a killed predecessor still owed the PLC
+    gaps = SeqGaps(high)
+    grace_s = cfg.deadline_ms / 1000 + max(2.0, 4 * cfg.ack_timeout_ms / 1000)
     pending: OrderedDict[tuple[str, int], list[Any]] = OrderedDict()
     ack_timeout = cfg.ack_timeout_ms / 1000
     next_beat = time.monotonic()
     flushing_since: float | None = None
+    drained_since: float | None = None
 
     def send(key: tuple[str, int], frames: list[bytes], first: bool) -> None:
         try:
@@ -62,50 +94,75 @@ def publisher_main(cfg: RuntimeConfig, shared: Shared, row: int) -> None:
             count.add(row, "send_failures")
         pending[key][1] = time.monotonic()
 
-    try:
-        while True:
-            events = dict(poller.poll(5))
-            while pull in events and pull.poll(0):  # drain new verdicts
-                msg = msgpack.unpackb(pull.recv(), raw=False)
-                if msg.get("flush"):
-                    flushing_since = flushing_since or time.monotonic()
-                    continue
-                msg["t_sent_ns"] = time.time_ns()
-                key = (msg["camera"], msg["seq"])
-                frames = pack(TOPIC_VERDICT, msg)
-                pending[key] = [frames, 0.0, time.monotonic()]  # frames, last sent, first sent
-                send(key, frames, first=True)
-                while len(pending) > cfg.max_pending:
-                    lost, _ = pending.popitem(last=False)
-                    count.add(row, "send_failures")
-                    log.error("verdict channel: dropping unacknowledged verdict %s (more than %d pending)", lost, cfg.max_pending)
-            while dealer.poll(0, zmq.POLLIN):
-                try:
-                    topic, body = unpack(dealer.recv_multipart())
-                except ValueError as exc:
-                    log.warning("ignoring a malformed message from the PLC bridge: %s", exc)
-                    continue
-                if topic == TOPIC_ACK and pending.pop((body.get("camera"), body.get("seq")), None) is not None:
-                    count.add(row, "acks")
-            now = time.monotonic()
-            for key, item in list(pending.items()):
-                if now - item[1] > ack_timeout:
-                    send(key, item[0], first=False)
-            count.set(row, "pending", len(pending))
-            if pub is not None and now >= next_beat:
-                next_beat = now + cfg.heartbeat_s
-                pub.send_multipart(pack(TOPIC_HEARTBEAT, heartbeat(shared, pending, ack_timeout)))
-            if flushing_since is not None and not pull.poll(0):
-                if not pending or now - flushing_since > max(4 * ack_timeout, 1.0):
-                    if pending:
-                        log.error("shutdown: %d verdicts were never acknowledged by the PLC bridge", len(pending))
-                    return
-    finally:
-        pull.close()
-        dealer.close()
-        if pub is not None:
-            pub.close()
-        ctx.term()
+    def publish(msg: dict[str, Any], journaled: bool = False) -> None:
+        key = (msg["camera"], msg["seq"])
+        if not journaled:
+            msg["run"] = shared.run_id
+            msg["t_sent_ns"] = time.time_ns()
+            journal.verdict(msg)  # on disk (page cache) before it can be sent
+        frames = pack(TOPIC_VERDICT, msg)
+        pending[key] = [frames, 0.0, time.monotonic()]  # frames, last sent, first sent
+        send(key, frames, first=not journaled)
+        while len(pending) > cfg.max_pending:
+            lost, _ = pending.popitem(last=False)
+            count.add(row, "send_failures")
+            log.error("verdict channel: dropping unacknowledged verdict %s (more than %d pending)", lost, cfg.max_pending)
+
+    if replayed:
+        log.warning("publisher restarted: resending %d unacknowledged verdicts from the journal", len(replayed))
+    for msg in replayed.values():
+        publish(msg, journaled=True)
+    while True:
+        events = dict(poller.poll(5))
+        while pull in events and pull.poll(0):  # drain new verdicts
+            msg = msgpack.unpackb(pull.recv(), raw=False)
+            if msg.get("flush"):
+                flushing_since = flushing_since or time.monotonic()
+                continue
+            if not gaps.seen(msg["camera"], msg["seq"]):
+                log.error("late verdict for %s seq %d dropped: it was already sent as NOT_INSPECTED (lost)",
+                          msg["camera"], msg["seq"])
+                count.add(row, "late_verdicts")
+                continue
+            publish(msg)
+        while dealer.poll(0, zmq.POLLIN):
+            try:
+                topic, body = unpack(dealer.recv_multipart())
+                key = _ack_key(body, shared.run_id) if topic == TOPIC_ACK else None
+                if key is None:
+                    raise ValueError(f"not an ack of this run: {str(body)[:120]}")
+            except Exception as exc:  # whatever the bridge sends, the publisher keeps going
+                count.add(row, "bad_acks")
+                log.warning("ignoring a malformed message from the PLC bridge: %s", exc)
+                continue
+            if pending.pop(key, None) is not None:
+                journal.ack(*key)
+                count.add(row, "acks")
+        now = time.monotonic()
+        drained = flushing_since is not None and not pull.poll(0)
+        drained_since = (drained_since or now) if drained else None
+        for cam, counter in zip(shared.camera_ids, shared.seq):
+            gaps.expect(cam, counter.value, now)
+        # after the flush every verdict has arrived: whatever is still missing is lost
+        for cam, seq in gaps.overdue(0.2 if drained_since and now - drained_since > 0.2 else grace_s, now):
+            log.error("no verdict for %s seq %d reached the publisher: sending NOT_INSPECTED (lost)", cam, seq)
+            count.add(row, "not_inspected")
+            count.add(row, f"nis_{Reason.LOST.value}")
+            publish(verdict_message(cam, seq, -1, 0, Verdict.NOT_INSPECTED, reason=Reason.LOST))
+        for key, item in list(pending.items()):
+            if now - item[1] > ack_timeout:
+                send(key, item[0], first=False)
+        count.set(row, "pending", len(pending))
+        journal.maybe_compact(pending, gaps.high)
+        if pub is not None and now >= next_beat:
+            next_beat = now + cfg.heartbeat_s
+            pub.send_multipart(pack(TOPIC_HEARTBEAT, heartbeat(shared, pending, ack_timeout)))
+        if drained_since is not None and not gaps.missing:
+            if not pending or now - flushing_since > max(4 * ack_timeout, 1.0):
+                if pending:
+                    log.error("shutdown: %d verdicts were never acknowledged by the PLC bridge", len(pending))
+                journal.close(remove=not pending)
+                return
 
 
 def heartbeat(shared: Shared, pending: OrderedDict, ack_timeout: float) -> dict[str, Any]:

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import secrets
 import tempfile
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,6 +25,8 @@ FLUSH = {"flush": True}  # tells the publisher to send what is pending and stop
 class Shared:
     rings: list[RingSpec]
     results_endpoint: str  # ipc:// PULL socket of the publisher
+    journal_path: str  # the publisher's verdict journal (survives a killed publisher)
+    run_id: str  # stamped on every verdict: sequence numbers restart with each run
     counters: Counters
     stop: Any  # Event: stop grabbing
     stop_workers: Any  # Event: workers exit when the rings are empty
@@ -83,6 +87,8 @@ def make_shared(camera_ids: list[str], slots: int, slot_bytes: list[int], worker
     rings = [RingSpec(f"{tag}-{i}", slots, b, ctx.Lock()) for i, b in enumerate(slot_bytes)]
     return Shared(
         rings=rings, results_endpoint=f"ipc://{tempfile.gettempdir()}/{tag}.results",
+        journal_path=f"{tempfile.gettempdir()}/{tag}.journal",
+        run_id=f"{time.strftime('%Y%m%dT%H%M%S')}-{secrets.token_hex(4)}",
         counters=Counters(2 + len(rings) + workers, ctx),
         stop=ctx.Event(), stop_workers=ctx.Event(), paused=ctx.Event(), image_threshold=ctx.Value("d", thresholds[0]),
         pixel_threshold=ctx.Value("d", thresholds[1]), generation=ctx.Value("i", 0),

@@ -54,6 +54,15 @@ def _thresholds(cfg: RuntimeConfig) -> tuple[float, float]:
     return float(image), float(pixel)
 
 
+def _stop(p: Any, timeout_s: float) -> None:
+    """Join a child; SIGKILL it if it does not exit (children ignore SIGTERM: the supervisor coordinates)."""
+    p.join(timeout=timeout_s)
+    if p.is_alive():
+        log.error("%s did not exit within %.0f s: killing it", p.name, timeout_s)
+        p.kill()
+        p.join(timeout=5)
+
+
 class Runtime:
     def __init__(self, cfg: RuntimeConfig) -> None:
         self.cfg = cfg
@@ -67,6 +76,7 @@ class Runtime:
         self.acquisition: list[Any] = [None] * len(cfg.cameras)
         self.workers: list[Any] = [None] * cfg.workers
         self.publisher: Any = None
+        self._publisher_starts: list[float] = []
         self.stopping = False
         self.zmq = zmq.Context()
         self.control = None
@@ -91,13 +101,17 @@ class Runtime:
         p.start()
         self.workers[w] = p
 
-    def start(self) -> None:
+    def _start_publisher(self) -> None:
         from sclvi.edge.publisher import publisher_main
 
         self.publisher = self.ctx.Process(
             target=publisher_main, args=(self.cfg, self.shared, self.shared.row_publisher(self.cfg.workers)), name="publisher", daemon=True
         )
         self.publisher.start()
+        self._publisher_starts.append(time.monotonic())
+
+    def start(self) -> None:
+        self._start_publisher()
         for w in range(self.cfg.workers):
             self._start_worker(w)
         self._wait_for_workers()
@@ -140,6 +154,8 @@ class Runtime:
                         self.shared.not_inspected(0, cam, *meta[:3], reason, None if meta[3] < 0 else meta[3])
                     if crashed:
                         ring.release(slot)
+        if self.publisher is not None and not self.publisher.is_alive() and not self.stopping:
+            self._restart_publisher()
         for w in dead:
             if not self.stopping:
                 log.error("worker %d died (exit code %s): restarting", w, self.workers[w].exitcode)
@@ -151,13 +167,29 @@ class Runtime:
                 self.shared.counters.add(0, "acquisition_restarts")
                 self._start_acquisition(cam)
 
+    def _restart_publisher(self) -> None:
+        """Its journal holds every verdict not yet acknowledged: a new publisher resends them. One that
+        keeps dying (a socket it cannot bind) stops the runtime instead of running with no way out."""
+        recent = [t for t in self._publisher_starts if time.monotonic() - t < 30]
+        if len(recent) >= 3:
+            raise ConfigError(
+                f"the verdict publisher died {len(recent)} times in 30 s (last exit code {self.publisher.exitcode}): "
+                "check verdict_endpoint and telemetry_endpoint (its log above says why)"
+            )
+        log.error("verdict publisher died (exit code %s): restarting it; it resends what the PLC has not acknowledged",
+                  self.publisher.exitcode)
+        self.shared.counters.add(0, "publisher_restarts")
+        self._start_publisher()
+
     def status(self) -> dict[str, Any]:
         s = self.shared
         return {
             "running": not self.stopping,
             "paused": s.paused.is_set(),
             "thresholds": {"image": s.image_threshold.value, "pixel": s.pixel_threshold.value},
-            "workers": [{"pid": p.pid, "alive": p.is_alive()} for p in self.workers],
+            "run": s.run_id,
+            "publisher": {"pid": self.publisher.pid, "alive": self.publisher.is_alive()} if self.publisher else None,
+            "workers": [{"pid": p.pid, "alive": p.is_alive()} for p in self.workers if p is not None],
             "cameras": [{"id": c.camera_id, "alive": p.is_alive() if p else False, "ended": bool(s.acq_done[i]),
                          "pid": p.pid if p else None, "seq": s.seq[i].value} for i, (c, p) in enumerate(zip(self.cfg.cameras, self.acquisition))],
             "counters": s.counters.totals(),
@@ -243,8 +275,8 @@ class Runtime:
         # and call shutdown() themselves).
         main = threading.current_thread() is threading.main_thread()
         old = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)} if main else {}
-        self.start()
         try:
+            self.start()  # inside the try: a worker that cannot start must not leave the others running
             while not stop["now"]:
                 self.watchdog()
                 self._serve_control()
@@ -271,9 +303,8 @@ class Runtime:
             time.sleep(0.005)
         s.stop_workers.set()
         for p in self.workers:
-            p.join(timeout=5)
-            if p.is_alive():
-                p.terminate()
+            if p is not None:
+                _stop(p, 5)
         for cam, ring in enumerate(self.rings):  # anything still held gets its verdict
             for slot in range(len(ring.header)):
                 h = ring.header[slot]
@@ -282,9 +313,14 @@ class Runtime:
         s.send(FLUSH)
         s.close_sender()
         if self.publisher is not None:
-            self.publisher.join(timeout=self.cfg.shutdown_timeout_s)
-            if self.publisher.is_alive():
-                self.publisher.terminate()
+            if not self.publisher.is_alive() and self.publisher.exitcode != 0:
+                self._start_publisher()  # it died during the shutdown: a new one flushes its journal
+                s.send(FLUSH)
+                s.close_sender()
+            _stop(self.publisher, self.cfg.shutdown_timeout_s)
+        for p in self.acquisition:
+            if p is not None:
+                _stop(p, 1)
         totals = s.counters.totals()
         if self.control is not None:
             self.control.close()

@@ -41,6 +41,24 @@ def test_resume_refuses_a_different_config(tmp_path, data176):
         train(_cfg(2), data176, tmp_path / "fresh", resume=True)
 
 
+class _Payload:
+    """A pickled object whose loading would run code: what a crafted checkpoint.pt carries."""
+
+    def __reduce__(self):
+        return (exec, ("import pathlib; pathlib.Path('PWNED').write_text('x')",))
+
+
+def test_resume_never_runs_code_from_a_crafted_checkpoint(tmp_path, data176, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    train(_cfg(2), data176, tmp_path / "b")
+    ckpt = torch.load(tmp_path / "b" / CHECKPOINT, weights_only=True)
+    ckpt["history"] = _Payload()
+    torch.save(ckpt, tmp_path / "b" / CHECKPOINT)
+    with pytest.raises(ConfigError, match="not a checkpoint written by `sclvi train`"):
+        train(_cfg(4), data176, tmp_path / "b", resume=True)
+    assert not (tmp_path / "PWNED").exists()
+
+
 @pytest.mark.parametrize("task, n_classes", [("jigsaw8", 8), ("none", 0)])
 def test_ablation_tasks(tmp_path, data176, task, n_classes):
     bundle = train(_cfg(2, task), data176, tmp_path / task)

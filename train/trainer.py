@@ -104,7 +104,13 @@ def _save_checkpoint(path: Path, cfg: Config, state: TrainState) -> None:
 
 
 def _load_checkpoint(path: Path, cfg: Config, n_images: int) -> TrainState:
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)  # never unpickle code from a file
+    except Exception as exc:
+        raise ConfigError(
+            f"{path} is not a checkpoint written by `sclvi train` (refused to load: {str(exc).splitlines()[0][:200]}); "
+            "delete it to train from scratch"
+        ) from None
     saved = config_from_dict(ckpt["config"])
     # Only the step budget may change on resume; anything else would silently mix two trainings.
     if saved.model_copy(update={"train": saved.train.model_copy(update={"steps": cfg.train.steps})}) != cfg:
