@@ -7,7 +7,6 @@ reopened with exponential back-off; the sequence number keeps counting across re
 from __future__ import annotations
 
 import logging
-import signal
 
 from sclvi.edge.config import RuntimeConfig
 from sclvi.edge.messages import Reason
@@ -19,11 +18,9 @@ log = logging.getLogger("sclvi.edge.acquisition")
 
 
 def acquisition_main(cfg: RuntimeConfig, cam: int, shared: Shared) -> None:
-    from sclvi.edge.logs import setup_child_logging
+    from sclvi.edge.logs import child_process_setup
 
-    setup_child_logging()
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor coordinates shutdown
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    child_process_setup()
     src_cfg = cfg.cameras[cam]
     ring = SharedRing(shared.rings[cam])
     row = shared.row_acquisition(cam)
@@ -55,6 +52,10 @@ def acquisition_main(cfg: RuntimeConfig, cam: int, shared: Shared) -> None:
                     count.add(row, "frames_grabbed")
                     if shared.paused.is_set():
                         shared.not_inspected(row, cam, seq, frame.frame_id, frame.t_acq_ns, Reason.PAUSED, frame.trigger)
+                        continue
+                    if frame.image is None:
+                        count.add(row, "incomplete_buffers")
+                        shared.not_inspected(row, cam, seq, frame.frame_id, frame.t_acq_ns, Reason.BAD_FRAME, frame.trigger)
                         continue
                     if frame.image.nbytes > ring.spec.slot_bytes:
                         log.error("camera %s: %d-byte frame exceeds max_frame_bytes", src_cfg.camera_id, frame.image.nbytes)

@@ -20,7 +20,10 @@ class SourceConfig(_Strict):
     """One camera (or a stand-in for one)."""
 
     kind: Literal["genicam", "folder", "video", "opencv"]
-    camera_id: str = "cam0"
+    camera_id: str = Field(
+        "cam0", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$",
+        description="letters, digits, _ . - (it names recorder files and travels in every verdict)",
+    )
     path: str | None = Field(None, description="genicam: the .cti producer; folder: image folder; video: file")
     device: str | int | None = Field(None, description="genicam: serial number or index; opencv: device index")
     features: dict[str, Any] = Field(default_factory=dict, description="GenICam features, e.g. PixelFormat, TriggerMode")

@@ -5,7 +5,6 @@ watchdog race for it through the ring's `claim_verdict`; the loser's result is c
 from __future__ import annotations
 
 import logging
-import signal
 import time
 from typing import Any
 
@@ -41,12 +40,10 @@ def _load(cfg: RuntimeConfig) -> Any:
 
 
 def worker_main(cfg: RuntimeConfig, w: int, shared: Shared) -> None:
-    from sclvi.edge.logs import setup_child_logging
+    from sclvi.edge.logs import child_process_setup
     from sclvi.edge.recorder import Recorder
 
-    setup_child_logging()
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    child_process_setup()
     row = shared.row_worker(w)
     rings = [SharedRing(spec) for spec in shared.rings]
     generation = shared.generation.value

@@ -35,6 +35,7 @@ class Reason(str, Enum):
     SHUTDOWN = "shutdown"
     FRAME_TOO_LARGE = "frame_too_large"
     INVALID_SCORE = "invalid_score"  # NaN/inf score, map or threshold: never a silent OK
+    BAD_FRAME = "bad_frame"  # a buffer with no image or a pixel format we cannot read
     LOST = "lost"  # a sequence number whose verdict never reached the publisher
 
 

@@ -11,7 +11,6 @@ Telemetry (heartbeats with counters, queue depths, alarms) goes out on a PUB soc
 from __future__ import annotations
 
 import logging
-import signal
 import time
 from collections import OrderedDict
 from typing import Any
@@ -40,11 +39,9 @@ def _ack_key(body: Any, run_id: str) -> tuple[str, int] | None:
 
 
 def publisher_main(cfg: RuntimeConfig, shared: Shared, row: int) -> None:
-    from sclvi.edge.logs import setup_child_logging
+    from sclvi.edge.logs import child_process_setup
 
-    setup_child_logging()
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    child_process_setup()
     ctx = zmq.Context()
     journal = VerdictJournal(shared.journal_path)
     sockets: list[zmq.Socket] = []

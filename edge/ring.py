@@ -107,6 +107,15 @@ class SharedRing:
             self.header[slot]["state"] = FREE
             self.header[slot]["owner"] = -1
 
+    def reclaim_writing(self) -> list[int]:
+        """Free the slots a dead acquisition process left half-written; returns their seqs (0 if the
+        number was not written yet). Their verdict comes from the publisher's lost-seq check."""
+        with self.spec.lock:
+            slots = np.flatnonzero(self.header["state"] == WRITING)
+            seqs = [int(self.header[s]["seq"]) for s in slots]
+            self.header["state"][slots] = FREE
+            return seqs
+
     def busy(self) -> bool:
         return bool((self.header["state"] != FREE).any())
 

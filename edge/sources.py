@@ -28,7 +28,7 @@ class SourceEnded(Exception):
 
 @dataclass
 class Frame:
-    image: np.ndarray  # (H, W) gray or (H, W, 3) RGB, uint8, owned (not a camera buffer)
+    image: np.ndarray | None  # (H, W) gray or (H, W, 3) RGB, uint8, owned; None: a buffer we could not read
     frame_id: int
     t_acq_ns: int
     trigger: int | None = None
@@ -84,9 +84,13 @@ class FolderSource(_Paced):
             self.index = 0
         path = self.files[self.index]
         self.index += 1
-        with Image.open(path) as im:
-            img = np.asarray(im.convert("L") if im.mode in ("L", "I;16", "I") else im.convert("RGB"))
         self.count += 1
+        try:
+            with Image.open(path) as im:
+                img = np.asarray(im.convert("L") if im.mode in ("L", "I;16", "I") else im.convert("RGB"))
+        except (OSError, ValueError) as exc:  # a corrupt file is one bad part, not a lost camera
+            log.warning("unreadable image %s (%s)", path, exc)
+            img = None
         return Frame(img, self.count, time.time_ns(), None, path.name)
 
     def close(self) -> None:
@@ -171,22 +175,23 @@ class GenICamSource:
             return None
         with buffer:
             t = time.time_ns()
-            comps = buffer.payload.components if buffer.payload is not None else []
-            if not comps:
-                self.incomplete += 1
-                return None
-            c = comps[0]
-            try:
-                # to_array views the camera's buffer: copy before the buffer goes back to the producer
-                image = np.array(to_array(c.data, c.width, c.height, c.data_format))
-            except DataError as exc:
-                self.incomplete += 1
-                log.warning("camera %s: dropped buffer (%s)", self.cfg.camera_id, exc)
-                return None
             try:
                 frame_id = int(buffer.frame_id)
             except Exception:
                 frame_id = self.count + 1
+            comps = buffer.payload.components if buffer.payload is not None else []
+            image = None
+            if not comps:
+                log.warning("camera %s: buffer %d has no image component", self.cfg.camera_id, frame_id)
+            else:
+                c = comps[0]
+                try:
+                    # to_array views the camera's buffer: copy before the buffer goes back to the producer
+                    image = np.array(to_array(c.data, c.width, c.height, c.data_format))
+                except DataError as exc:
+                    log.warning("camera %s: unreadable buffer %d (%s)", self.cfg.camera_id, frame_id, exc)
+            if image is None:
+                self.incomplete += 1  # still a part on the line: it gets a seq and NOT_INSPECTED (bad_frame)
         self.count += 1
         return Frame(image, frame_id, t, None)
 

@@ -164,6 +164,9 @@ class Runtime:
         for cam, p in enumerate(self.acquisition):
             if p is not None and not p.is_alive() and not self.shared.acq_done[cam] and not self.stopping:
                 log.error("acquisition %s died (exit code %s): restarting", self.cfg.cameras[cam].camera_id, p.exitcode)
+                if self.rings[cam].reclaim_writing():
+                    log.error("acquisition %s died mid-write: its slot is free again, the frame gets NOT_INSPECTED (lost)",
+                              self.cfg.cameras[cam].camera_id)
                 self.shared.counters.add(0, "acquisition_restarts")
                 self._start_acquisition(cam)
 

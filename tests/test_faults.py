@@ -20,7 +20,7 @@ from sclvi.edge.config import load_runtime_config
 from sclvi.edge.journal import SeqGaps, VerdictJournal
 from sclvi.edge.messages import TOPIC_ACK, TOPIC_VERDICT, unpack
 from sclvi.errors import ConfigError
-from test_edge_runtime import Collector, _ask, _start, replay, runtime_config  # noqa: F401 (fixture)
+from test_edge_runtime import Collector, _ask, _run, _start, replay, runtime_config  # noqa: F401 (fixture)
 
 
 def _folder(replay, n, rate=4, camera="cam0"):
@@ -163,3 +163,83 @@ def test_skipped_sequence_numbers_are_declared_lost_once_and_late_ones_dropped()
     assert gaps.overdue(2.0, now=10.0) == [("c", 5), ("c", 6)]
     assert gaps.overdue(0.0, now=11.0) == []  # each only once
     assert not gaps.seen("c", 5, now=12.0)  # already sent as lost: the late verdict is dropped
+
+
+def test_an_unreadable_frame_gets_a_seq_and_not_inspected(random_bundle, replay):
+    (replay / "03_corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
+    cfg = runtime_config(random_bundle, [{"kind": "folder", "path": str(replay), "rate_hz": 10}])
+    totals, verdicts = _run(cfg)
+    assert sorted(v["seq"] for v in verdicts) == list(range(1, 8))  # 6 good files + the corrupt one
+    bad = [v for v in verdicts if v["reason"] == "bad_frame"]
+    assert len(bad) == 1 and bad[0]["verdict"] == "NOT_INSPECTED" and totals["nis_bad_frame"] == 1
+
+
+def test_slots_of_an_acquisition_killed_mid_write_are_reclaimed(tmp_path):
+    import multiprocessing as mp
+
+    from sclvi.edge.ring import FREE, WRITING, RingSpec, SharedRing
+
+    ring = SharedRing(RingSpec(f"sclvi-test-{os.getpid()}", 3, 64, mp.get_context("spawn").Lock()), create=True)
+    try:
+        slot = ring.acquire_free()  # the acquisition died right after this
+        assert ring.busy() and ring.header[slot]["state"] == WRITING
+        assert len(ring.reclaim_writing()) == 1
+        assert not ring.busy() and ring.header[slot]["state"] == FREE
+    finally:
+        ring.close(unlink=True)
+
+
+def test_recorder_names_are_confined_and_it_trims_only_its_own_files(tmp_path):
+    import numpy as np
+
+    from sclvi.edge.config import SourceConfig
+    from sclvi.edge.recorder import Recorder
+
+    for bad in ("../x", "/abs/x", "a/b", ""):
+        with pytest.raises(ValueError):
+            SourceConfig(kind="folder", path="x", camera_id=bad)
+    folder = tmp_path / "rec"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("the operator's file" * 1000)
+    (folder / "sub").mkdir()
+    rec = Recorder(folder, max_mb=0.05)
+    frame = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)  # ~10 kB as JPEG
+    for seq in range(1, 40):
+        rec.save({"camera": "cam0", "seq": seq, "verdict": "NG"}, frame, None)
+    assert (folder / "notes.txt").exists() and (folder / "sub").is_dir()
+    own = sorted(p.name for p in folder.glob("cam0_*"))
+    assert "cam0_000000039_NG.jpg" in own and "cam0_000000001_NG.jpg" not in own  # oldest trimmed first
+
+
+def test_children_die_with_a_killed_supervisor(tmp_path, random_bundle, replay):
+    cfg = runtime_config(random_bundle, [_folder(replay, 10_000, rate=5)])
+    (tmp_path / "rt.yaml").write_text(yaml.safe_dump(cfg))
+    plc = Collector(cfg["verdict_endpoint"])
+    plc.start()
+    proc = subprocess.Popen([sys.executable, "-m", "sclvi", "run", str(tmp_path / "rt.yaml")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 90
+        while len(plc.verdicts) < 2 and time.time() < deadline:
+            time.sleep(0.1)
+        req = zmq.Context.instance().socket(zmq.REQ)
+        req.connect(cfg["control_endpoint"])
+        st = _ask(req, cmd="status")
+        req.close()
+        children = [st["publisher"]["pid"], *(w["pid"] for w in st["workers"]), *(c["pid"] for c in st["cameras"])]
+        proc.kill()
+        proc.wait(10)
+
+        def alive(pid):
+            try:
+                return not open(f"/proc/{pid}/stat").read().split(")")[1].split()[0] == "Z"
+            except FileNotFoundError:
+                return False
+
+        end = time.time() + 10
+        while any(alive(p) for p in children) and time.time() < end:
+            time.sleep(0.1)
+        assert not any(alive(p) for p in children), "orphans left running"
+    finally:
+        proc.kill()
+        plc.finish(0)
