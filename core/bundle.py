@@ -150,6 +150,7 @@ def add_bank(bundle: ModelBundle, codes: np.ndarray, positions: np.ndarray, head
     write_bank(bundle.path / name, codes, positions, header)
     manifest = _read_manifest(bundle.path)
     manifest.setdefault("banks", {})[header.scale] = {"file": name, **asdict(header)}
+    manifest["files"][name] = {"sha256": _sha256(bundle.path / name)}  # verified at every load, like the weights
     _write_json_atomic(bundle.path / MANIFEST, manifest)
     bundle.manifest = manifest
     bundle._banks.pop(header.scale, None)
@@ -223,6 +224,10 @@ def load_bundle(path: str | Path, verify: bool = True) -> ModelBundle:
         config = config_from_dict(manifest.get("config", {}))
     except SclviError as exc:
         raise BundleError(f"bundle {path} has an incompatible config: {exc}") from None
+    named = [*manifest.get("files", {}), *(b.get("file", "") for b in manifest.get("banks", {}).values())]
+    for name in named:
+        if not _inside(path, name):
+            raise BundleError(f"{path / MANIFEST} names {name!r}, outside the bundle: refusing it (restore the bundle)")
     for name, info in manifest.get("files", {}).items():
         f = path / name
         if not f.is_file():
@@ -234,6 +239,14 @@ def load_bundle(path: str | Path, verify: bool = True) -> ModelBundle:
     bundle = ModelBundle(path, config, manifest)
     _check_weights(bundle)
     return bundle
+
+
+def _inside(root: Path, name: Any) -> bool:
+    """A manifest path that stays inside the bundle (no absolute paths, no `..` out of it)."""
+    if not isinstance(name, str) or not name or Path(name).is_absolute():
+        return False
+    base = root.resolve()
+    return (base / name).resolve().is_relative_to(base)
 
 
 def _check_weights(bundle: ModelBundle) -> None:

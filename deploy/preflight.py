@@ -65,7 +65,20 @@ def _bundle_checks(cfg: RuntimeConfig) -> list[Check]:
         checks.append(Check("k-NN kernel", True, choose_kernel(bundle.config.scoring)))
     except SclviError as exc:
         checks.append(Check("k-NN kernel", False, str(exc)))
+    if bundle.has_bank():
+        checks.append(_worker_dry_run(cfg))
     return checks
+
+
+def _worker_dry_run(cfg: RuntimeConfig) -> Check:
+    """Load what an inference worker loads (mean image, banks, engines) and score a blank frame."""
+    from sclvi.edge.inference import load_scorer
+
+    try:
+        load_scorer(cfg)
+    except Exception as exc:  # whatever would stop a worker from starting
+        return Check("inference dry run", False, f"a worker could not start: {str(exc).splitlines()[0][:300]}")
+    return Check("inference dry run", True, "mean image, banks and encoder load; a blank frame scores")
 
 
 def _shared_memory(cfg: RuntimeConfig, shm: Path) -> Check:

@@ -22,9 +22,9 @@ from sclvi.images import to_rgb_array
 log = logging.getLogger("sclvi.edge.inference")
 
 
-def _load(cfg: RuntimeConfig) -> Any:
+def load_scorer(cfg: RuntimeConfig) -> Any:
     """Bundle, backend and scorer, warmed up on a blank frame (JIT compilation, engine allocation) so the
-    first real part is not late."""
+    first real part is not late. `sclvi check` runs exactly this, so it fails where a worker would."""
     from sclvi.bundle import load_bundle
     from sclvi.engines import load_backend
     from sclvi.scorer import AnomalyScorer
@@ -47,7 +47,7 @@ def worker_main(cfg: RuntimeConfig, w: int, shared: Shared) -> None:
     row = shared.row_worker(w)
     rings = [SharedRing(spec) for spec in shared.rings]
     generation = shared.generation.value
-    scorer = _load(cfg)
+    scorer = load_scorer(cfg)
     recorder = Recorder(cfg.record_dir, cfg.record_max_mb) if cfg.record_dir else None
     size = scorer.size
     shared.workers_ready[w] = 1
@@ -69,7 +69,7 @@ def worker_main(cfg: RuntimeConfig, w: int, shared: Shared) -> None:
                 continue
             if shared.generation.value != generation:  # `reload` from the control socket
                 generation = shared.generation.value
-                scorer = _load(cfg)
+                scorer = load_scorer(cfg)
                 log.info("worker %d reloaded the bundle", w)
             ring = rings[cam]
             h = ring.header[slot]

@@ -122,9 +122,47 @@ def _sclvi_run(tmp_path, cfg, timeout):
     return proc.returncode, err, proc.pid
 
 
-def test_a_bundle_fault_inside_the_worker_exits_nonzero_instead_of_hanging(tmp_path, random_bundle, replay):
+def _wrong_shape_mean(bundle):
+    import hashlib
+
+    import numpy as np
+
+    np.save(bundle.path / "mean.npy", np.zeros((7, 7, 3), np.float32))
+    manifest = json.loads((bundle.path / "bundle.json").read_text())
+    manifest["files"]["mean.npy"]["sha256"] = hashlib.sha256((bundle.path / "mean.npy").read_bytes()).hexdigest()
+    (bundle.path / "bundle.json").write_text(json.dumps(manifest))
+
+
+def test_check_loads_what_a_worker_loads(tmp_path, random_bundle):
+    from sclvi.deploy.preflight import preflight
+
+    cfg = load_runtime_config(overrides=runtime_config(random_bundle, [{"kind": "folder", "path": str(tmp_path)}]))
+    assert next(c for c in preflight(cfg) if c.name == "inference dry run").ok
+    _wrong_shape_mean(random_bundle)
+    dry = next(c for c in preflight(cfg) if c.name == "inference dry run")
+    assert not dry.ok and dry.fatal and "mean.npy has shape (7, 7, 3)" in dry.detail
+
+
+def test_bundle_banks_are_checksummed_and_paths_confined(random_bundle):
+    from sclvi.bundle import load_bundle
+    from sclvi.errors import BundleError
+
     bank = random_bundle.path / random_bundle.manifest["banks"]["small"]["file"]
-    bank.write_bytes(bank.read_bytes()[: bank.stat().st_size // 2])  # truncated: only a worker loads it
+    assert bank.name in random_bundle.manifest["files"]
+    data = bank.read_bytes()
+    bank.write_bytes(data[: len(data) // 2])  # truncated
+    with pytest.raises(BundleError, match="checksum"):
+        load_bundle(random_bundle.path)
+    bank.write_bytes(data)
+    manifest = json.loads((random_bundle.path / "bundle.json").read_text())
+    manifest["banks"]["small"]["file"] = "../../elsewhere/bank.sclvibank"
+    (random_bundle.path / "bundle.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match="outside the bundle"):
+        load_bundle(random_bundle.path)
+
+
+def test_a_bundle_fault_inside_the_worker_exits_nonzero_instead_of_hanging(tmp_path, random_bundle, replay):
+    _wrong_shape_mean(random_bundle)  # checksum updated: only a worker (or `sclvi check`) loads the mean
     t0 = time.monotonic()
     code, err, pid = _sclvi_run(tmp_path, runtime_config(random_bundle, [_folder(replay, 4)]), timeout=120)
     assert code != 0 and "failed to start" in err
