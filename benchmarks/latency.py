@@ -130,13 +130,16 @@ def time_peer(bundle: Any, frames: list[np.ndarray], warmup: int, batch_size: in
     return {k: np.asarray(v) for k, v in out.items()}
 
 
-def bench_one(preset: str, args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
+def bench_one(preset: str, mode: str, args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
+    """One preset at one k-NN mode ("WINDOW/CORESET", e.g. auto/1.0, 2/0.1, none/0.01)."""
     from sclvi.bundle import load_bundle
     from sclvi.engines import available_backends, load_backend
     from sclvi.knn import choose_kernel
+    from sclvi.scorer import resolve_scoring
 
-    cfg = bench_config(preset, args.image_size, args.small_stride)
-    bundle_dir, replay = prepare_bundle(work / preset, cfg, args.train_images, args.replay_images)
+    window, _, coreset = mode.partition("/")
+    cfg = bench_config(preset, args.image_size, args.small_stride, window, float(coreset or 1.0))
+    bundle_dir, replay = prepare_bundle(work / f"{preset}-{mode.replace('/', '_')}", cfg, args.train_images, args.replay_images)
     bundle = load_bundle(bundle_dir)
     frames = _frames(replay, cfg.geometry.image_size, args.warmup + args.compute_frames)
     backends = available_backends(bundle) if args.backends == ["auto"] else args.backends
@@ -157,6 +160,8 @@ def bench_one(preset: str, args: argparse.Namespace, work: Path) -> list[dict[st
         samples = stage_samples(warm)
         rows.append({
             "preset": preset, "backend": name, "knn": choose_kernel(bundle.config.scoring),
+            "window": resolve_scoring(bundle.config.scoring, bundle).window, "coreset": cfg.bank.coreset_ratio,
+            "bank_codes": int(sum(bundle.manifest["banks"][s]["count"] for s in ("small", "large"))),
             "compute_ms": {k: percentiles(v) for k, v in compute.items()},
             "stages_ms": {k: percentiles(v) for k, v in samples.items()},
             "total_samples_ms": samples["total"].tolist(),
@@ -189,7 +194,8 @@ def save_histogram(path: Path, rows: list[dict[str, Any]], title: str) -> None:
     fig, ax = plt.subplots(figsize=(7, 4))
     for r in rows:
         x = np.asarray(r["total_samples_ms"])
-        ax.hist(x, bins=min(40, max(5, len(x) // 2)), alpha=0.5, label=f"{r['preset']} / {r['backend']} (p50 {np.median(x):.0f} ms)")
+        label = f"{r['preset']} / {r['backend']} / w {r['window']} / cs {r['coreset']:g} (p50 {np.median(x):.0f} ms)"
+        ax.hist(x, bins=min(40, max(5, len(x) // 2)), alpha=0.5, label=label)
     ax.set_xlabel("acquisition -> verdict at the PLC (ms)")
     ax.set_ylabel("frames")
     ax.set_title(title)
@@ -208,27 +214,28 @@ def write_report(rows: list[dict[str, Any]], args: argparse.Namespace, out: Path
         f"# Line latency and throughput ({tag})",
         "",
         f"Frames {args.image_size}x{args.image_size}, 32-px patches at stride {args.small_stride}, 64-px at stride 16; "
-        f"memory bank from {args.train_images} images (no coreset); k-NN kernel: the configured default; one "
-        f"inference worker; random weights. Latency: {args.frames} frames through the runtime paced at "
+        f"memory bank from {args.train_images} images (window and coreset per row: a coreset is taken per grid "
+        f"cell when windowed); one inference worker; random weights. Latency: {args.frames} frames through the runtime paced at "
         f"{100 * args.load:.0f}% of the measured capacity, {args.warmup} warm-up frames excluded. Throughput: "
         f"the same runtime with the source free-running. `publish` = worker verdict -> received by the PLC "
         f"stand-in over ZeroMQ; `total` = acquisition -> PLC. Wall time {seconds / 60:.1f} min.",
         "",
         "## Summary",
         "",
-        "| preset | backend | compute ms/frame (p50) | end-to-end p50 / p95 / p99 ms | throughput frames/s | peer ms/frame (p50) | peer / ours |",
-        "|---|---|---:|---:|---:|---:|---:|",
+        "| preset | backend | window | coreset | bank codes | compute ms/frame (p50) | k-NN ms (p50) | end-to-end p50 / p95 / p99 ms | throughput frames/s | peer ms/frame (p50) | peer / ours |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         t = r["stages_ms"]["total"]
         peer = r.get("peer_ms", {}).get("frame", {}).get("p50")
         lines.append(
-            f"| {r['preset']} | {r['backend']} | {r['compute_ms']['frame']['p50']:.1f} | "
+            f"| {r['preset']} | {r['backend']} | {'none' if r['window'] is None else f'+-' + str(r['window'])} | "
+            f"{r['coreset']:g} | {r['bank_codes']:,} | {r['compute_ms']['frame']['p50']:.1f} | {r['compute_ms']['knn']['p50']:.1f} | "
             f"{t['p50']:.1f} / {t['p95']:.1f} / {t['p99']:.1f} | {r['throughput_fps']:.2f} | "
             f"{_ms(peer)} | {'-' if peer is None else format(r['peer_ratio'], '.1f') + 'x'} |"
         )
     for r in rows:
-        lines += ["", f"## {r['preset']} / {r['backend']} (k-NN: {r['knn']}; {r['rate_hz']:.2f} frames/s offered; "
+        lines += ["", f"## {r['preset']} / {r['backend']} / window {r['window']} / coreset {r['coreset']:g} (k-NN: {r['knn']}; {r['rate_hz']:.2f} frames/s offered; "
                   f"verdicts {r['verdicts']} of {r['grabbed']} frames grabbed)", ""]
         lines += stage_table(r["stages_ms"])
         if "peer_ms" in r:
@@ -253,6 +260,9 @@ def main(argv: list[str] | None = None) -> Path:
     ap.add_argument("--image-size", type=int, default=256)
     ap.add_argument("--small-stride", type=int, default=4)
     ap.add_argument("--train-images", type=int, default=20, help="images in the memory bank")
+    ap.add_argument("--knn-modes", nargs="+", default=["auto/1.0"],
+                    help="WINDOW/CORESET per row: window auto (as the bank measured), none or cells; coreset = "
+                    "fraction of the bank kept (per grid cell when windowed)")
     ap.add_argument("--replay-images", type=int, default=16, help="distinct synthetic parts the camera replays")
     ap.add_argument("--frames", type=int, default=30, help="timed frames through the runtime")
     ap.add_argument("--compute-frames", type=int, default=10, help="timed frames in process")
@@ -268,7 +278,8 @@ def main(argv: list[str] | None = None) -> Path:
     with tempfile.TemporaryDirectory() as tmp:
         work = args.work or Path(tmp)
         for preset in args.presets:
-            rows += bench_one(preset, args, work)
+            for mode in args.knn_modes:
+                rows += bench_one(preset, mode, args, work)
     path = write_report(rows, args, args.out, time.perf_counter() - t0)
     print(f"report: {path}")
     return path

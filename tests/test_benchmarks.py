@@ -61,8 +61,10 @@ def test_latency_benchmark_smoke(tmp_path):
 
     report = main(["--presets", "dense-lite", "--backends", "onnxruntime", "--image-size", "96", "--small-stride", "16",
                    "--train-images", "3", "--replay-images", "8", "--frames", "6", "--compute-frames", "2",
-                   "--warmup", "1", "--peer-frames", "1", "--work", str(tmp_path / "work"), "--out", str(tmp_path)])
+                   "--warmup", "1", "--peer-frames", "1", "--knn-modes", "1/1.0", "--work", str(tmp_path / "work"),
+                   "--out", str(tmp_path)])
     (row,) = json.loads((tmp_path / "latency-cpu.json").read_text())["rows"]
+    assert row["window"] == 1 and row["coreset"] == 1.0
     assert row["verdicts"] == row["grabbed"] == 14  # paced and free-running runs, 7 frames each
     assert set(row["stages_ms"]) == set(STAGES)
     for s in row["stages_ms"].values():
@@ -70,7 +72,7 @@ def test_latency_benchmark_smoke(tmp_path):
     total = row["stages_ms"]["total"]["p50"]
     assert row["stages_ms"]["embed"]["p50"] < total and row["stages_ms"]["knn"]["p50"] < total
     assert row["throughput_fps"] > 0 and row["peer_ratio"] > 0
-    assert "| dense-lite | onnxruntime |" in report.read_text()
+    assert "| dense-lite | onnxruntime | +-1 | 1 |" in report.read_text()
     assert (tmp_path / "latency-cpu.png").stat().st_size > 1000
 
 
