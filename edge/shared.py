@@ -24,6 +24,7 @@ FLUSH = {"flush": True}  # tells the publisher to send what is pending and stop
 @dataclass
 class Shared:
     rings: list[RingSpec]
+    runtime_dir: str  # private (0700) folder of this run: the internal socket and the journal
     results_endpoint: str  # ipc:// PULL socket of the publisher
     journal_path: str  # the publisher's verdict journal (survives a killed publisher)
     run_id: str  # stamped on every verdict: sequence numbers restart with each run
@@ -84,10 +85,10 @@ class Shared:
 def make_shared(camera_ids: list[str], slots: int, slot_bytes: list[int], workers: int, thresholds: tuple[float, float]) -> Shared:
     ctx = mp.get_context("spawn")
     tag = f"sclvi-{os.getpid()}"
+    rundir = tempfile.mkdtemp(prefix=f"{tag}-")  # mode 0700: no other local user can inject verdicts
     rings = [RingSpec(f"{tag}-{i}", slots, b, ctx.Lock()) for i, b in enumerate(slot_bytes)]
     return Shared(
-        rings=rings, results_endpoint=f"ipc://{tempfile.gettempdir()}/{tag}.results",
-        journal_path=f"{tempfile.gettempdir()}/{tag}.journal",
+        rings=rings, runtime_dir=rundir, results_endpoint=f"ipc://{rundir}/results", journal_path=f"{rundir}/journal",
         run_id=f"{time.strftime('%Y%m%dT%H%M%S')}-{secrets.token_hex(4)}",
         counters=Counters(2 + len(rings) + workers, ctx),
         stop=ctx.Event(), stop_workers=ctx.Event(), paused=ctx.Event(), image_threshold=ctx.Value("d", thresholds[0]),

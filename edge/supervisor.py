@@ -15,6 +15,7 @@ import hmac
 import json
 import logging
 import math
+import shutil
 import signal
 import threading
 import time
@@ -330,5 +331,7 @@ class Runtime:
         self.zmq.term()
         for ring in self.rings:
             ring.close(unlink=True)
+        if not self.publisher or not self.publisher.is_alive():
+            shutil.rmtree(s.runtime_dir, ignore_errors=True)
         log.info("runtime stopped: %s", {k: v for k, v in totals.items() if v})
         return totals

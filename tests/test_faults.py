@@ -93,7 +93,11 @@ def test_every_verdict_carries_its_run_so_a_restart_is_not_a_duplicate(random_bu
     from sclvi.edge.supervisor import Runtime
 
     for _ in range(2):  # two runs of the runtime, one bridge: both runs' seq 1..3 arrive
-        Runtime(load_runtime_config(overrides=cfg)).run()
+        rt = Runtime(load_runtime_config(overrides=cfg))
+        rundir = rt.shared.runtime_dir  # the internal verdict socket and the journal live here
+        assert os.stat(rundir).st_mode & 0o777 == 0o700
+        rt.run()
+        assert not os.path.exists(rundir)
     verdicts = plc.finish()
     runs = {v["run"] for v in verdicts}
     assert len(runs) == 2 and len(verdicts) == 6 and plc.listener.duplicates == 0
