@@ -329,6 +329,7 @@ _BENCHMARKS = {
     "encoders": "Encoder ms per frame for each backend and preset.",
     "latency": "Per-stage latency and throughput of the runtime per backend and preset, against the Patch SVDD peer.",
     "soak": "10,000 frames through the runtime: verdicts received must equal frames grabbed.",
+    "faults": "Fault injection (killed processes, bad bridge, corrupt frames, restarts): verdicts lost per fault.",
 }
 
 

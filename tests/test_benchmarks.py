@@ -101,3 +101,17 @@ def test_quality_benchmark_families_smoke_merges_rows(tmp_path):
     assert all(0.0 <= r["image_auroc"] <= 1.0 and r["gmac_per_frame"] > 0 for r in rows)
     text = report.read_text()
     assert "| lite |" in text and "| dense-lite |" in text
+
+
+def test_faults_benchmark_smoke(tmp_path):
+    """Two faults for real: the report counts what the bridge got, and nothing is lost."""
+    from sclvi.benchmarks.faults import main
+
+    report = main(["--faults", "none", "acquisition-kill", "--frames", "9", "--rate", "8", "--image-size", "96",
+                   "--work", str(tmp_path / "work"), "--out", str(tmp_path)])
+    rows = {r["fault"]: r for r in json.loads((tmp_path / "faults-cpu.json").read_text())["rows"]}
+    assert rows["none"]["grabbed"] == rows["none"]["delivered"] == 9 and rows["none"]["lost"] == 0
+    killed = rows["acquisition-kill"]
+    assert killed["lost"] == 0 and killed["restarts"]["acquisition_restarts"] == 1
+    assert killed["delivered"] == killed["grabbed"] >= 9 - 1  # a frame half-read when killed is never grabbed
+    assert "| acquisition-kill | folder |" in report.read_text()
