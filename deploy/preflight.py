@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from sclvi.edge.config import RuntimeConfig, SourceConfig, configured_thresholds
+from sclvi.edge.config import RuntimeConfig, SourceConfig, check_threshold, configured_thresholds
 from sclvi.errors import SclviError
 
 
@@ -45,13 +45,15 @@ def _bundle_checks(cfg: RuntimeConfig) -> list[Check]:
     checks = [Check("bundle", True, f"{cfg.bundle} (preset {bundle.config.preset}, {bundle.config.geometry.image_size} px)")]
     checks.append(Check("memory bank", bundle.has_bank(),
                         "present" if bundle.has_bank() else "missing: train the bundle with `sclvi train` (it builds the bank)"))
-    image, pixel = configured_thresholds(cfg, bundle.manifest.get("calibration", {}))
+    calibration = bundle.manifest.get("calibration", {})
+    image, pixel = configured_thresholds(cfg, calibration)
     source = "runtime config" if cfg.image_threshold is not None else "bundle calibration"
-    checks.append(Check(
-        "thresholds", image is not None and pixel is not None,
-        f"image {image:.5g}, pixel {pixel:.5g} ({source})" if image is not None and pixel is not None
-        else f"not calibrated: run `sclvi calibrate {cfg.bundle} --good DIR`",
-    ))
+    if image is None or pixel is None:
+        checks.append(Check("thresholds", False, f"not calibrated: run `sclvi calibrate {cfg.bundle} --good DIR`"))
+    else:
+        problems = [p for p in (check_threshold("image", image, calibration), check_threshold("pixel", pixel, calibration)) if p]
+        checks.append(Check("thresholds", not problems,
+                            "; ".join(problems) or f"image {image:.5g}, pixel {pixel:.5g} ({source})"))
     found = available_backends(bundle)
     try:
         backend = load_backend(bundle, cfg.backend, cfg.threads_per_worker)  # really starts it: engines are checked

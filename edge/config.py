@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any, Literal
 
@@ -93,6 +94,24 @@ def check_endpoint(name: str, endpoint: str) -> None:
         if host and colon and port.isdigit() and 1 <= int(port) <= 65535:
             return
     raise ValueError(f"{name} {endpoint!r} is not tcp://HOST:PORT (port 1-65535) or ipc://PATH")
+
+
+#: A threshold may move this far (factor) from the calibrated one: beyond it the line is not inspecting
+#: what it was calibrated for (1e9 passes every part), so such a value is refused, not applied.
+THRESHOLD_FACTOR = 4.0
+
+
+def check_threshold(name: str, value: float, calibration: dict[str, Any]) -> str | None:
+    """Why `value` is not an acceptable image/pixel threshold, or None when it is."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or value <= 0:
+        return f"{name} threshold must be a finite number > 0, got {value!r}"
+    ref = calibration.get(f"{name}_threshold")
+    if isinstance(ref, (int, float)) and ref > 0:
+        lo, hi = ref / THRESHOLD_FACTOR, ref * THRESHOLD_FACTOR
+        if not lo <= value <= hi:
+            return (f"{name} threshold {value:.5g} is outside {lo:.5g}..{hi:.5g} (the calibrated {ref:.5g} within a "
+                    f"factor {THRESHOLD_FACTOR:g}): recalibrate with `sclvi calibrate` instead")
+    return None
 
 
 def configured_thresholds(cfg: RuntimeConfig, calibration: dict[str, Any]) -> tuple[float | None, float | None]:

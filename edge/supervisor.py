@@ -14,7 +14,6 @@ from __future__ import annotations
 import hmac
 import json
 import logging
-import math
 import shutil
 import signal
 import threading
@@ -23,7 +22,7 @@ from typing import Any
 
 import zmq
 
-from sclvi.edge.config import RuntimeConfig, configured_thresholds
+from sclvi.edge.config import RuntimeConfig, check_threshold, configured_thresholds
 from sclvi.edge.messages import Reason
 from sclvi.edge.ring import FREE, PROCESSING, READY, WRITING, SharedRing
 from sclvi.edge.shared import FLUSH, Shared, make_shared
@@ -36,8 +35,9 @@ MUTATING = frozenset({"set_threshold", "pause", "resume", "reload"})
 MAX_CONTROL_BYTES = 64 * 1024
 
 
-def _thresholds(cfg: RuntimeConfig) -> tuple[float, float]:
-    """Image and pixel thresholds: the config's override, else the bundle's calibration."""
+def _thresholds(cfg: RuntimeConfig) -> tuple[float, float, dict[str, Any]]:
+    """Image and pixel thresholds (the config's override, else the bundle's calibration), and the
+    calibration they are checked against."""
     from sclvi.bundle import load_bundle
     from sclvi.engines import available_backends
 
@@ -46,13 +46,18 @@ def _thresholds(cfg: RuntimeConfig) -> tuple[float, float]:
         raise ConfigError(f"bundle {cfg.bundle} has no memory bank: train it with `sclvi train`")
     if not available_backends(bundle):
         raise ConfigError(f"no encoder backend can run {cfg.bundle} here: run `sclvi build-engines {cfg.bundle}`")
-    image, pixel = configured_thresholds(cfg, bundle.manifest.get("calibration", {}))
+    calibration = bundle.manifest.get("calibration", {})
+    image, pixel = configured_thresholds(cfg, calibration)
     if image is None or pixel is None:
         raise ConfigError(
             f"bundle {cfg.bundle} is not calibrated: run `sclvi calibrate {cfg.bundle} --good DIR` "
             "(or set image_threshold and pixel_threshold in the runtime config)"
         )
-    return float(image), float(pixel)
+    for name, value in (("image", image), ("pixel", pixel)):
+        problem = check_threshold(name, value, calibration)
+        if problem:
+            raise ConfigError(problem)
+    return float(image), float(pixel), calibration
 
 
 def _stop(p: Any, timeout_s: float) -> None:
@@ -67,7 +72,7 @@ def _stop(p: Any, timeout_s: float) -> None:
 class Runtime:
     def __init__(self, cfg: RuntimeConfig) -> None:
         self.cfg = cfg
-        thresholds = _thresholds(cfg)
+        *thresholds, self.calibration = _thresholds(cfg)
         self.shared: Shared = make_shared(
             [c.camera_id for c in cfg.cameras], cfg.ring_slots, [c.max_frame_bytes for c in cfg.cameras],
             cfg.workers, thresholds,
@@ -221,12 +226,10 @@ class Runtime:
             new = {}
             for key in ("image", "pixel"):
                 if key in request:
-                    try:
-                        new[key] = float(request[key])
-                    except (TypeError, ValueError):
-                        new[key] = float("nan")
-                    if not math.isfinite(new[key]):
-                        return {"ok": False, "error": f"{key} threshold must be a finite number, got {request[key]!r}"}
+                    problem = check_threshold(key, request[key], self.calibration)
+                    if problem:
+                        return {"ok": False, "error": problem}
+                    new[key] = float(request[key])
             if "image" in new:  # all validated first: a bad pixel value leaves the image threshold alone
                 s.image_threshold.value = new["image"]
             if "pixel" in new:
@@ -239,7 +242,7 @@ class Runtime:
             return {"ok": True, "paused": s.paused.is_set()}
         if cmd == "reload":
             try:
-                image, pixel = _thresholds(self.cfg)
+                image, pixel, self.calibration = _thresholds(self.cfg)
             except Exception as exc:
                 return {"ok": False, "error": str(exc)}
             s.image_threshold.value, s.pixel_threshold.value = image, pixel

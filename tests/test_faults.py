@@ -285,3 +285,29 @@ def test_children_die_with_a_killed_supervisor(tmp_path, random_bundle, replay):
     finally:
         proc.kill()
         plc.finish(0)
+
+
+def test_thresholds_far_from_the_calibration_are_refused(random_bundle, replay):
+    from sclvi.bundle import set_calibration
+    from sclvi.edge.config import check_threshold
+    from sclvi.edge.supervisor import Runtime
+
+    cal = {"image_threshold": 2.0, "pixel_threshold": 1.5}
+    assert check_threshold("image", 2.5, cal) is None
+    for bad in (1e9, 0.1, -1.0, 0.0, float("nan"), float("inf"), "3", True, None):
+        assert check_threshold("image", bad, cal) is not None
+    assert check_threshold("image", 1e9, {}) is None  # uncalibrated: only finite and positive
+    set_calibration(random_bundle, cal)
+    cfg = runtime_config(random_bundle, [_folder(replay, 2)], image_threshold=1e9)
+    with pytest.raises(ConfigError, match="outside 0.5..8"):
+        Runtime(load_runtime_config(overrides=cfg))
+    cfg = runtime_config(random_bundle, [_folder(replay, 2)], control_token="t" * 16)
+    cfg.pop("image_threshold"), cfg.pop("pixel_threshold")
+    rt = Runtime(load_runtime_config(overrides=cfg))
+    try:
+        reply = rt.handle({"cmd": "set_threshold", "token": "t" * 16, "image": 1e9})
+        assert reply["ok"] is False and "recalibrate" in reply["error"]
+        assert rt.handle({"cmd": "set_threshold", "token": "t" * 16, "image": 3.0})["ok"]
+        assert rt.shared.image_threshold.value == 3.0
+    finally:
+        rt.shutdown()
