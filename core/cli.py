@@ -317,6 +317,33 @@ def listen(
         listener.close()
 
 
+@app.command()
+def bridge(
+    config: Path = typer.Argument(..., help="Bridge config (YAML; a station config's `bridge:` section works too)."),
+) -> None:
+    """The PLC bridge: take verdicts from the runtime, write each to the PLC over Modbus TCP, then acknowledge it."""
+    import signal
+    import threading
+
+    with _user_errors():
+        from sclvi.plc.bridge import Bridge
+        from sclvi.plc.config import load_bridge_config
+
+        cfg = load_bridge_config(config)
+        stop = threading.Event()
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        b = Bridge(cfg)
+        typer.echo(f"bridge: verdicts from {cfg.verdict_endpoint} -> {cfg.mode} {cfg.host}:{cfg.port} "
+                   f"(cameras {', '.join(cfg.cameras)})")
+        try:
+            stats = b.serve(stop)
+        except KeyboardInterrupt:
+            stats = dict(b.stats)
+        finally:
+            b.close()
+        typer.echo(json.dumps(stats))
+
+
 bench = typer.Typer(help="Benchmarks that print figures and write reports to benchmarks/reports/.", no_args_is_help=True)
 app.add_typer(bench, name="bench")
 _PASS_THROUGH = {"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []}

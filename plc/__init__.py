@@ -1,0 +1,1 @@
+"""The last hop: verdicts from the runtime's channel into the PLC (Modbus TCP)."""

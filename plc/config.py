@@ -1,0 +1,62 @@
+"""The PLC bridge's configuration (YAML, its own file or the `bridge:` section of a station config)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from sclvi.config import describe_validation_error
+from sclvi.edge.config import check_endpoint
+from sclvi.errors import ConfigError
+from sclvi.plc.registers import BLOCK
+
+
+class BridgeConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    verdict_endpoint: str = Field("tcp://127.0.0.1:5555", description="the runtime's verdict channel (we bind the ROUTER)")
+    mode: Literal["modbus-server", "modbus-client"] = Field(
+        "modbus-client", description="modbus-client: write into the PLC's registers; modbus-server: the PLC polls ours"
+    )
+    host: str = Field("127.0.0.1", description="client: the PLC's address; server: the address we listen on")
+    port: int = Field(502, ge=1, le=65535)
+    device_id: int = Field(1, ge=0, le=255, description="Modbus unit id")
+    cameras: list[str] = Field(min_length=1, description="camera ids in register-block order (block i at base + 32 i)")
+    register_base: int = Field(0, ge=0, le=65535 - BLOCK)
+    coil_base: int = Field(0, ge=0, le=65535)
+    reject_pulse_ms: float = Field(200.0, ge=0, description="reject coil pulse; 0 = no coil")
+    not_inspected_rejects: bool = Field(True, description="NOT_INSPECTED sets reject (never a silent OK)")
+    deadline_ms: float = Field(1000.0, gt=0, description="a verdict older than this (since acquisition) is flagged late")
+    handshake: bool = Field(False, description="wait for the PLC to clear `new` before writing the next verdict")
+    handshake_timeout_ms: float = Field(500.0, gt=0)
+    state_file: str | None = Field(None, description="remembers the last verdict written per camera across restarts")
+
+    @model_validator(mode="after")
+    def _check(self) -> "BridgeConfig":
+        check_endpoint("verdict_endpoint", self.verdict_endpoint)
+        if len(set(self.cameras)) != len(self.cameras):
+            raise ValueError("cameras must be unique")
+        if self.register_base + BLOCK * len(self.cameras) > 65536:
+            raise ValueError("the camera blocks run past register 65535: lower register_base or split the cameras")
+        return self
+
+
+def load_bridge_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> BridgeConfig:
+    data: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"bridge config {p} does not exist")
+        try:
+            data = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"bridge config {p} is not valid YAML: {exc}") from None
+        data = data.get("bridge", data)
+    data.update(overrides or {})
+    try:
+        return BridgeConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError("invalid bridge config: " + describe_validation_error(exc)) from None

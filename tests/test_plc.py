@@ -1,0 +1,150 @@
+"""The PLC bridge against real pymodbus servers and clients on 127.0.0.1, fed by the real runtime."""
+
+import threading
+import time
+
+import msgpack
+import pytest
+import zmq
+
+from sclvi.edge.config import load_runtime_config
+from sclvi.edge.supervisor import Runtime
+from sclvi.plc.bridge import Bridge
+from sclvi.plc.config import load_bridge_config
+from sclvi.plc.modbus import ModbusServerPlc
+from sclvi.plc.registers import BLOCK, FIELDS, NEW, Block, decode, run_code
+from test_edge_runtime import free_port, replay, runtime_config  # noqa: F401 (fixture)
+
+
+def _verdict(seq, verdict="OK", **kw):
+    return {"run": "r1", "camera": "cam0", "seq": seq, "frame_id": 100 + seq, "t_acq_ns": time.time_ns(),
+            "trigger": None, "verdict": verdict, "reason": None, "score": 0.25, "regions": [], **kw}
+
+
+def test_register_block_round_trip_and_fail_closed_mapping():
+    d = decode(Block.encode(_verdict(70000, "NG", score=1.2345, trigger=7, regions=[{}, {}]), 3, True, 0).registers)
+    assert abs(d.pop("score") - 1.2345) < 1e-3
+    assert d == {"new": 1, "verdict": "NG", "reject": True, "reason": None, "seq": 70000, "run_code": run_code("r1"),
+                 "frame_id": 70100, "trigger": 7, "regions": 2, "late": False, "overrun": False, "count": 3}
+    ni = Block.encode(_verdict(1, "NOT_INSPECTED", reason="lost", score=None), 1, True, 1)
+    assert ni.reject and decode(ni.registers)["reason"] == "lost" and decode(ni.registers)["late"]
+    assert decode(ni.registers)["score"] is None
+    assert not Block.encode(_verdict(1, "NOT_INSPECTED", reason="paused"), 1, False, 0).reject  # only if configured
+
+
+class PollingPlc(threading.Thread):
+    """A PLC as Modbus client: polls the `new` flag of camera 0's block, reads the verdict, clears the flag."""
+
+    def __init__(self, port):
+        super().__init__(daemon=True)
+        from pymodbus.client import ModbusTcpClient
+
+        self.client = ModbusTcpClient("127.0.0.1", port=port)
+        self.seen, self.done = [], threading.Event()
+
+    def run(self):
+        while not self.done.is_set():
+            try:
+                if not self.client.connected:
+                    self.client.connect()
+                regs = self.client.read_holding_registers(0, count=FIELDS, device_id=1).registers
+            except Exception:  # the bridge (our server) is restarting
+                self.client.close()
+                time.sleep(0.05)
+                continue
+            if regs[NEW]:
+                self.seen.append(decode(regs))
+                self.client.write_register(NEW, 0, device_id=1)
+            time.sleep(0.005)
+        self.client.close()
+
+
+def _bridge_thread(cfg):
+    bridge = Bridge(cfg)
+    stop = threading.Event()
+    t = threading.Thread(target=bridge.serve, args=(stop,), daemon=True)
+    t.start()
+    return bridge, stop, t
+
+
+def test_plc_reads_every_verdict_in_order_across_runtime_and_bridge_restarts(tmp_path, random_bundle, replay):
+    port = free_port()
+    rt_cfg = runtime_config(random_bundle, [{"kind": "folder", "path": str(replay), "rate_hz": 6, "loop": True,
+                                             "max_frames": 8}])
+    cfg = load_bridge_config(overrides={
+        "verdict_endpoint": rt_cfg["verdict_endpoint"], "mode": "modbus-server", "port": port, "cameras": ["cam0"],
+        "handshake": True, "handshake_timeout_ms": 2000, "reject_pulse_ms": 20, "state_file": str(tmp_path / "state.json"),
+    })
+    bridge, stop, t = _bridge_thread(cfg)
+    plc = PollingPlc(port)
+    plc.start()
+    runs = []
+    for restart_bridge in (True, False):  # two runtime runs; the bridge is restarted during the first
+        rt = Runtime(load_runtime_config(overrides=rt_cfg))
+        runs.append(rt.shared.run_id)
+        th = threading.Thread(target=rt.run)
+        th.start()
+        if restart_bridge:
+            end = time.time() + 60
+            while len(plc.seen) < 3 and time.time() < end:
+                time.sleep(0.02)
+            stop.set()
+            t.join(5)
+            bridge.close()
+            bridge, stop, t = _bridge_thread(cfg)  # same port, same state file
+        th.join(120)
+    end = time.time() + 10
+    while len(plc.seen) < 16 and time.time() < end:
+        time.sleep(0.05)
+    stop.set()
+    t.join(5)
+    bridge.close()
+    plc.done.set()
+    plc.join(5)
+    got = [(v["run_code"], v["seq"]) for v in plc.seen]
+    assert got == [(run_code(r), s) for r in runs for s in range(1, 9)]  # every verdict, once, in order
+    assert all(v["reject"] == (v["verdict"] != "OK") for v in plc.seen)
+
+
+def test_client_mode_writes_into_the_plc_and_acks_only_after_the_write(tmp_path):
+    port = free_port()
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    cfg = load_bridge_config(overrides={"verdict_endpoint": endpoint, "mode": "modbus-client", "port": port,
+                                        "cameras": ["cam0", "cam1"], "register_base": 100, "reject_pulse_ms": 0})
+    bridge = Bridge(cfg)
+    ctx = zmq.Context.instance()
+    runtime = ctx.socket(zmq.DEALER)  # what the runtime's publisher is
+    runtime.setsockopt(zmq.LINGER, 0)
+    runtime.connect(endpoint)
+    try:
+        v = _verdict(5, "NG", camera="cam1")
+        runtime.send_multipart([b"verdict", msgpack.packb(v)])
+        assert bridge.sock.poll(5000)
+        ident, *frames = bridge.sock.recv_multipart()
+        assert bridge.handle(ident, frames) is None  # no PLC listening yet: not written, not acknowledged
+        assert not runtime.poll(300) and bridge.stats["plc_errors"] == 1
+        plc = ModbusServerPlc("127.0.0.1", port, 200, 4)  # now the PLC is up
+        try:
+            assert bridge.handle(ident, frames)["seq"] == 5
+            topic, body = runtime.recv_multipart()
+            assert topic == b"ack" and msgpack.unpackb(body) == {"run": "r1", "camera": "cam1", "seq": 5}
+            regs = [plc.read_register(100 + BLOCK + i) for i in range(FIELDS)]
+            assert decode(regs)["seq"] == 5 and decode(regs)["verdict"] == "NG" and decode(regs)["reject"]
+            assert plc.read_register(100) == 0  # cam0's block untouched
+            assert bridge.handle(ident, frames) is None and bridge.stats["duplicates"] == 1  # acked, not rewritten
+            assert runtime.poll(2000)
+        finally:
+            plc.close()
+    finally:
+        runtime.close()
+        bridge.close()
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"cameras": ["a", "a"]}, "unique"), ({"verdict_endpoint": "udp://x:1"}, "tcp://HOST:PORT"), ({"cameras": []}, "cameras"),
+])
+def test_bad_bridge_configs_are_refused(change, message):
+    from sclvi.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        load_bridge_config(overrides={"cameras": ["cam0"], **change})
