@@ -428,17 +428,15 @@ def demo(
 
 def _demo_line(root: Path, data: Path, cls: str) -> None:
     """The product's main job on the demo data: engines, calibration, then the edge runtime on a replay of
-    the test images, with the PLC played by a listener that prints every verdict it receives."""
+    the test images, its verdicts written by the PLC bridge into Modbus registers that a PLC reads."""
     import random
     import shutil
     import socket
-    import threading
 
     from sclvi.bundle import load_bundle
     from sclvi.calib.calibrate import calibrate as run_calibration, list_images
     from sclvi.dataset import read_dataset
     from sclvi.edge.config import load_runtime_config
-    from sclvi.edge.listener import VerdictListener, format_verdict
     from sclvi.edge.supervisor import Runtime
     from sclvi.engines import load_backend
     from sclvi.engines.export import export_onnx
@@ -470,28 +468,92 @@ def _demo_line(root: Path, data: Path, cls: str) -> None:
         "telemetry_endpoint": f"tcp://127.0.0.1:{port()}", "control_endpoint": f"tcp://127.0.0.1:{port()}",
         "cameras": [{"kind": "folder", "camera_id": "line1", "path": str(replay), "rate_hz": 2}],
     })
-    typer.echo(f"edge runtime: {len(items)} parts replayed at 2 Hz; verdicts over ZeroMQ ({endpoint}):")
+    typer.echo(f"edge runtime: {len(items)} parts replayed at 2 Hz; verdicts over ZeroMQ ({endpoint}) to the PLC bridge:")
+    correct: list[bool] = []
+
+    def judged(seq: int, verdict: str | None) -> str:
+        truth = items[seq - 1].defect
+        if verdict in ("OK", "NG"):
+            correct.append((verdict == "NG") == (truth != "good"))
+        return truth
+
+    try:
+        _demo_plc(endpoint, port(), judged, lambda: Runtime(cfg).run())
+    except ImportError:  # installed without the plc extra: the ZeroMQ stand-in plays the PLC
+        typer.echo("  (pymodbus missing: install '.[train,plc]' to see the Modbus bridge; printing the ZeroMQ verdicts)")
+        _demo_listener(endpoint, judged, lambda: Runtime(cfg).run())
+    typer.echo(f"{sum(correct)}/{len(correct)} inspected parts judged as their ground truth; "
+               f"{len(items) - len(correct)} NOT_INSPECTED (rejected by the PLC by default)")
+
+
+def _demo_plc(endpoint: str, modbus_port: int, judged: Any, run: Any) -> None:
+    """The bridge writes each verdict into an in-process Modbus server; a PLC (a Modbus client) polls the
+    block, prints what it reads and clears the `new` flag (the handshake)."""
+    import threading
+    import time
+
+    from pymodbus.client import ModbusTcpClient
+
+    from sclvi.plc.bridge import Bridge
+    from sclvi.plc.config import load_bridge_config
+    from sclvi.plc.registers import FIELDS, NEW, decode
+
+    bridge = Bridge(load_bridge_config(overrides={
+        "verdict_endpoint": endpoint, "mode": "modbus-server", "port": modbus_port, "cameras": ["line1"],
+        "handshake": True, "handshake_timeout_ms": 2000, "reject_pulse_ms": 100, "deadline_ms": 5000,
+    }))
+    typer.echo(f"PLC bridge: Modbus TCP server on 127.0.0.1:{modbus_port}, camera line1 at holding register 0 "
+               "(map: deploy/PLC.md); the PLC polls it:")
     stop = threading.Event()
-    correct = []
+    served = threading.Thread(target=bridge.serve, args=(stop,), daemon=True)
+    served.start()
+
+    def plc() -> None:
+        client = ModbusTcpClient("127.0.0.1", port=modbus_port)
+        while not stop.is_set() or client.read_holding_registers(NEW, count=1, device_id=1).registers[0]:
+            regs = client.read_holding_registers(0, count=FIELDS, device_id=1).registers
+            if regs[NEW]:
+                v = decode(regs)
+                truth = judged(v["seq"], v["verdict"])
+                score = "-" if v["score"] is None else f"{v['score']:.3f}"
+                typer.echo(f"  PLC reads seq {v['seq']:>3}  {v['verdict']:<13} reject={int(v['reject'])}  "
+                           f"score={score}  reason={v['reason'] or '-'}   [truth: {truth}]")
+                client.write_register(NEW, 0, device_id=1)
+            time.sleep(0.01)
+        client.close()
+
+    reader = threading.Thread(target=plc, daemon=True)
+    reader.start()
+    try:
+        run()
+    finally:
+        time.sleep(0.5)
+        stop.set()
+        reader.join(5)
+        served.join(5)
+        bridge.close()
+
+
+def _demo_listener(endpoint: str, judged: Any, run: Any) -> None:
+    import threading
+
+    from sclvi.edge.listener import VerdictListener, format_verdict
+
+    stop = threading.Event()
 
     def plc() -> None:
         listener = VerdictListener(endpoint)
         while not stop.is_set():
             v = listener.receive(100)
             if v is not None:
-                truth = items[v["seq"] - 1].defect
-                if v["verdict"] != "NOT_INSPECTED":
-                    correct.append((v["verdict"] == "NG") == (truth != "good"))
-                typer.echo(f"  {format_verdict(v)}   [truth: {truth}]")
+                typer.echo(f"  {format_verdict(v)}   [truth: {judged(v['seq'], v['verdict'])}]")
         listener.close()
 
     thread = threading.Thread(target=plc, daemon=True)
     thread.start()
-    Runtime(cfg).run()
+    run()
     stop.set()
     thread.join(5)
-    typer.echo(f"{sum(correct)}/{len(correct)} inspected parts judged as their ground truth; "
-               f"{len(items) - len(correct)} NOT_INSPECTED (rejected by the PLC by default)")
 
 
 DEMO_OVERRIDES: dict[str, Any] = {

@@ -164,6 +164,35 @@ def _cores(cfg: RuntimeConfig) -> Check:
                  + ("" if ok else ": oversubscribed, lower threads_per_worker"), fatal=False)
 
 
+def _plc(cfg: RuntimeConfig) -> Check:
+    """The bridge section: valid, on the runtime's verdict endpoint, and the PLC answers (client mode)."""
+    import socket
+
+    from sclvi.plc.config import load_bridge_config
+
+    try:
+        b = load_bridge_config(overrides=cfg.bridge)
+    except SclviError as exc:
+        return Check("PLC bridge", False, str(exc))
+    bind_host, _, bind_port = b.verdict_endpoint.partition("://")[2].rpartition(":")
+    same = b.verdict_endpoint == cfg.verdict_endpoint or (
+        bind_host in ("*", "0.0.0.0") and cfg.verdict_endpoint.endswith(f":{bind_port}"))
+    if not same:
+        return Check("PLC bridge", False, f"bridge listens on {b.verdict_endpoint}, the runtime sends to {cfg.verdict_endpoint}")
+    unknown = [c.camera_id for c in cfg.cameras if c.camera_id not in b.cameras]
+    if unknown:
+        return Check("PLC bridge", False, f"cameras without a register block in the bridge: {', '.join(unknown)}")
+    if b.mode == "modbus-server":
+        return _bindable("PLC bridge (Modbus server)", f"tcp://{b.host}:{b.port}")
+    try:
+        with socket.create_connection((b.host, b.port), timeout=2):
+            pass
+    except OSError as exc:
+        return Check("PLC bridge", False, f"the PLC at {b.host}:{b.port} does not answer ({exc}): check cabling, IP, "
+                     "and that its Modbus TCP server is enabled")
+    return Check("PLC bridge", True, f"Modbus TCP PLC at {b.host}:{b.port} reachable; blocks for {', '.join(b.cameras)}")
+
+
 def preflight(cfg: RuntimeConfig, shm: Path = Path("/dev/shm")) -> list[Check]:
     steps: list[Callable[[], list[Check] | Check]] = [
         _python,
@@ -175,6 +204,7 @@ def preflight(cfg: RuntimeConfig, shm: Path = Path("/dev/shm")) -> list[Check]:
         lambda: Check("verdict endpoint", cfg.verdict_endpoint.startswith(("tcp://", "ipc://")),
                       f"{cfg.verdict_endpoint} (the PLC bridge binds it; we connect)"),
         lambda: _cores(cfg),
+        *([lambda: _plc(cfg)] if cfg.bridge is not None else []),
     ]
     checks: list[Check] = []
     for step in steps:

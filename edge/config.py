@@ -66,6 +66,10 @@ class RuntimeConfig(_Strict):
     record_dir: str | None = Field(None, description="keep NG / NOT_INSPECTED frames and heatmaps here")
     record_max_mb: float = Field(500.0, gt=0)
     shutdown_timeout_s: float = Field(10.0, gt=0)
+    bridge: dict[str, Any] | None = Field(
+        None, description="the PLC bridge's section of the station config (`sclvi bridge` reads it; `sclvi check` "
+        "checks that the PLC is reachable)",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> "RuntimeConfig":

@@ -36,6 +36,30 @@ def test_example_station_config_is_valid():
     cfg = load_runtime_config(DEPLOY / "line.example.yaml")
     assert cfg.cameras[0].kind == "genicam" and cfg.cameras[0].features["TriggerMode"] == "On"
     assert cfg.deadline_ms == 500
+    from sclvi.plc.config import load_bridge_config
+
+    bridge = load_bridge_config(DEPLOY / "line.example.yaml")  # the station file's `bridge:` section
+    assert bridge.verdict_endpoint == cfg.verdict_endpoint and bridge.cameras == [cfg.cameras[0].camera_id]
+    assert bridge.not_inspected_rejects
+
+
+def test_check_says_whether_the_plc_answers(random_bundle, synthetic_object):
+    from sclvi.plc.modbus import ModbusServerPlc
+    from sclvi.plc.registers import BLOCK
+
+    port = int(free_endpoint().rsplit(":", 1)[1])
+    cfg = station(random_bundle, synthetic_object / "train" / "good", verdict_endpoint=free_endpoint())
+    cfg["bridge"] = {"verdict_endpoint": cfg["verdict_endpoint"], "mode": "modbus-client", "port": port,
+                     "cameras": ["cam0"]}  # the default camera id
+    down = by_name(preflight(load_runtime_config(overrides=cfg)))["PLC bridge"]
+    assert not down.ok and "does not answer" in down.detail
+    plc = ModbusServerPlc("127.0.0.1", port, BLOCK, 1)
+    try:
+        assert by_name(preflight(load_runtime_config(overrides=cfg)))["PLC bridge"].ok
+    finally:
+        plc.close()
+    cfg["bridge"]["cameras"] = ["other"]
+    assert "without a register block" in by_name(preflight(load_runtime_config(overrides=cfg)))["PLC bridge"].detail
 
 
 def test_a_ready_station_passes(random_bundle, synthetic_object):
