@@ -208,7 +208,7 @@ def save_histogram(path: Path, rows: list[dict[str, Any]], title: str) -> None:
 def write_report(rows: list[dict[str, Any]], args: argparse.Namespace, out: Path, seconds: float) -> Path:
     info = machine()
     tag = "gpu" if "gpu" in info else "cpu"
-    hist = out / f"latency-{tag}.png"
+    hist = out / f"{args.report}-{tag}.png"
     save_histogram(hist, rows, f"End-to-end latency ({tag}, {args.image_size} px, stride {args.small_stride})")
     lines = [
         f"# Line latency and throughput ({tag})",
@@ -245,10 +245,10 @@ def write_report(rows: list[dict[str, Any]], args: argparse.Namespace, out: Path
             lines.append(f"| ours | {c['embed']['p50']:.1f} | {c['knn']['p50']:.1f} | {c['fuse']['p50']:.1f} | {c['frame']['p50']:.1f} |")
             lines.append(f"| peer | {p['embed']['p50']:.1f} | {p['knn']['p50']:.1f} | {p['fuse']['p50']:.1f} | {p['frame']['p50']:.1f} |")
     lines += ["", f"Histogram: `{hist.name}`", "", "## Machine", "", machine_table(info), ""]
-    path = out / f"latency-{tag}.md"
+    path = out / f"{args.report}-{tag}.md"
     path.write_text("\n".join(lines))
     slim = [{k: v for k, v in r.items() if k != "total_samples_ms"} for r in rows]
-    (out / f"latency-{tag}.json").write_text(json.dumps({"machine": info, "args": {k: str(v) for k, v in vars(args).items()},
+    (out / f"{args.report}-{tag}.json").write_text(json.dumps({"machine": info, "args": {k: str(v) for k, v in vars(args).items()},
                                                          "rows": slim}, indent=2))
     return path
 
@@ -272,6 +272,7 @@ def main(argv: list[str] | None = None) -> Path:
     ap.add_argument("--peer", action=argparse.BooleanOptionalAction, default=True)
     ap.add_argument("--peer-frames", type=int, default=3)
     ap.add_argument("--work", type=Path, default=None, help="scratch folder (default: a temporary one)")
+    ap.add_argument("--report", default="latency", help="report name: <report>-<cpu|gpu>.md/.json/.png")
     args = parse_args(ap, argv)
     t0 = time.perf_counter()
     rows: list[dict[str, Any]] = []

@@ -115,3 +115,17 @@ def test_faults_benchmark_smoke(tmp_path):
     assert killed["lost"] == 0 and killed["restarts"]["acquisition_restarts"] == 1
     assert killed["delivered"] == killed["grabbed"] >= 9 - 1  # a frame half-read when killed is never grabbed
     assert "| acquisition-kill | folder |" in report.read_text()
+
+
+def test_knn_quality_benchmark_compares_each_mode_with_exact_search(tmp_path):
+    from sclvi.benchmarks.knn_quality import ALIGNED_RATIOS, GLOBAL_RATIOS, main
+
+    write_synthetic(tmp_path / "data", "object", size=176, n_train=6, n_test_good=3, n_test_defect=2, seed=0)
+    report = main(["--data", str(tmp_path / "data"), "--sets", "object", "--protocol", "smoke", "--seeds", "0",
+                   "--work", str(tmp_path / "work"), "--out", str(tmp_path / "out")])
+    rows = json.loads((tmp_path / "out" / "quality-knn-modes-smoke.json").read_text())["rows"]
+    ratios = [r["coreset"] for r in rows]
+    assert ratios == list(ALIGNED_RATIOS if rows[0]["window"] is not None else GLOBAL_RATIOS)
+    assert all(0.0 <= r["image_auroc"] <= 1.0 for r in rows)
+    assert rows[0]["bank_codes"] > rows[-1]["bank_codes"]  # the coresets really are smaller
+    assert "| object |" in report.read_text() and "+0.00 |" in report.read_text()  # exact vs itself

@@ -34,6 +34,10 @@ def _insert(bd, bi, d, i):
     _insert_n(bd, bi, d, i, bd.shape[0])
 
 
+#: Reassociation only (vectorised float32 sums); no finite-math flags: the top-k lists start at +inf.
+_REASSOC = {"reassoc", "contract"}
+
+
 @njit(nogil=True, cache=True)
 def _merge_block(dots, bank_sq, base, best_d, best_i):
     """best lists <- block entries with d = |b|^2 - 2 q.b (|q|^2 is constant per query)."""
@@ -96,10 +100,6 @@ def _affinity_score(q, bank, idx, k, lam, authors):
 def _finish(queries, bank, cand, k, lam, authors, out):
     for r in prange(queries.shape[0]):
         out[r] = _affinity_score(queries[r], bank, cand[r], k, lam, authors)
-
-
-#: Reassociation only (vectorised float32 sums); no finite-math flags: the top-k lists start at +inf.
-_REASSOC = {"reassoc", "contract"}
 
 
 @njit(parallel=True, cache=True, fastmath=_REASSOC)
