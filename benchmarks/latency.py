@@ -131,14 +131,15 @@ def time_peer(bundle: Any, frames: list[np.ndarray], warmup: int, batch_size: in
 
 
 def bench_one(preset: str, mode: str, args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
-    """One preset at one k-NN mode ("WINDOW/CORESET", e.g. auto/1.0, 2/0.1, none/0.01)."""
+    """One preset at one k-NN mode ("WINDOW/CORESET[/KERNEL]", e.g. auto/1.0, 2/0.1, none/1.0/faiss-ivf)."""
     from sclvi.bundle import load_bundle
     from sclvi.engines import available_backends, load_backend
     from sclvi.knn import choose_kernel
     from sclvi.scorer import resolve_scoring
 
-    window, _, coreset = mode.partition("/")
-    cfg = bench_config(preset, args.image_size, args.small_stride, window, float(coreset or 1.0))
+    parts = mode.split("/")
+    window, coreset, knn = parts[0], (parts[1:2] or ["1.0"])[0], (parts[2:3] or ["auto"])[0]
+    cfg = bench_config(preset, args.image_size, args.small_stride, window, float(coreset), knn)
     bundle_dir, replay = prepare_bundle(work / f"{preset}-{mode.replace('/', '_')}", cfg, args.train_images, args.replay_images)
     bundle = load_bundle(bundle_dir)
     frames = _frames(replay, cfg.geometry.image_size, args.warmup + args.compute_frames)
@@ -222,14 +223,14 @@ def write_report(rows: list[dict[str, Any]], args: argparse.Namespace, out: Path
         "",
         "## Summary",
         "",
-        "| preset | backend | window | coreset | bank codes | compute ms/frame (p50) | k-NN ms (p50) | end-to-end p50 / p95 / p99 ms | throughput frames/s | peer ms/frame (p50) | peer / ours |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| preset | backend | k-NN | window | coreset | bank codes | compute ms/frame (p50) | k-NN ms (p50) | end-to-end p50 / p95 / p99 ms | throughput frames/s | peer ms/frame (p50) | peer / ours |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         t = r["stages_ms"]["total"]
         peer = r.get("peer_ms", {}).get("frame", {}).get("p50")
         lines.append(
-            f"| {r['preset']} | {r['backend']} | {'none' if r['window'] is None else f'+-' + str(r['window'])} | "
+            f"| {r['preset']} | {r['backend']} | {r['knn']} | {'none' if r['window'] is None else f'+-' + str(r['window'])} | "
             f"{r['coreset']:g} | {r['bank_codes']:,} | {r['compute_ms']['frame']['p50']:.1f} | {r['compute_ms']['knn']['p50']:.1f} | "
             f"{t['p50']:.1f} / {t['p95']:.1f} / {t['p99']:.1f} | {r['throughput_fps']:.2f} | "
             f"{_ms(peer)} | {'-' if peer is None else format(r['peer_ratio'], '.1f') + 'x'} |"
@@ -261,8 +262,8 @@ def main(argv: list[str] | None = None) -> Path:
     ap.add_argument("--small-stride", type=int, default=4)
     ap.add_argument("--train-images", type=int, default=20, help="images in the memory bank")
     ap.add_argument("--knn-modes", nargs="+", default=["auto/1.0"],
-                    help="WINDOW/CORESET per row: window auto (as the bank measured), none or cells; coreset = "
-                    "fraction of the bank kept (per grid cell when windowed)")
+                    help="WINDOW/CORESET[/KERNEL] per row: window auto (as the bank measured), none or cells; coreset "
+                    "= fraction of the bank kept (per grid cell when windowed); kernel = scoring.knn (auto)")
     ap.add_argument("--replay-images", type=int, default=16, help="distinct synthetic parts the camera replays")
     ap.add_argument("--frames", type=int, default=30, help="timed frames through the runtime")
     ap.add_argument("--compute-frames", type=int, default=10, help="timed frames in process")

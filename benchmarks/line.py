@@ -29,16 +29,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def bench_config(preset: str, image_size: int, small_stride: int, window: str = "auto", coreset: float = 1.0) -> Any:
-    """A preset at the benchmark's frame size and small-patch stride; `window` (auto, none or cells) and
-    `coreset` (bank fraction kept; per cell when windowed) pick the k-NN mode."""
+def bench_config(preset: str, image_size: int, small_stride: int, window: str = "auto", coreset: float = 1.0,
+                 knn: str = "auto") -> Any:
+    """A preset at the benchmark's frame size and small-patch stride; `window` (auto, none or cells),
+    `coreset` (bank fraction kept; per cell when windowed) and `knn` (kernel) pick the k-NN mode."""
     from sclvi.config import build_config
 
     position_window: Any = {"auto": "auto", "none": None}.get(window, window)
     if isinstance(position_window, str) and position_window != "auto":
         position_window = int(position_window)
     return build_config(preset, {"geometry": {"image_size": image_size, "small_stride": small_stride},
-                                 "scoring": {"position_window": position_window}, "bank": {"coreset_ratio": coreset}})
+                                 "scoring": {"position_window": position_window, "knn": knn},
+                                 "bank": {"coreset_ratio": coreset}})
 
 
 def prepare_bundle(work: Path, cfg: Any, n_train: int, n_replay: int, seed: int = 0) -> tuple[Path, Path]:

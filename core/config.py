@@ -124,9 +124,12 @@ class ScoringConfig(_Strict):
     map_sigma: float = Field(
         0.0, ge=0, description="Gaussian smoothing (px) of the fused map before the image score; 0 = the paper (none)"
     )
-    knn: Literal["auto", "numpy", "numba", "cuda"] = Field(
-        "auto", description="k-NN + affinity kernel: numpy (exact reference), numba (CPU), cuda (GPU-resident bank)"
+    knn: Literal["auto", "numpy", "numba", "cuda", "faiss-ivf"] = Field(
+        "auto", description="k-NN + affinity kernel: numpy (exact reference), numba (CPU), cuda (GPU-resident bank), "
+        "faiss-ivf (approximate candidates, exact re-rank: unaligned parts at line rate; the `ann` extra)"
     )
+    ivf_nlist: int | None = Field(None, ge=1, description="faiss-ivf: clusters of the bank (None: 4 sqrt(bank))")
+    ivf_nprobe: int = Field(8, ge=1, description="faiss-ivf: clusters searched per query (recall vs speed)")
     position_window: int | Literal["auto"] | None = Field(
         "auto",
         description="aligned parts: search only bank codes within this many grid cells of the query; auto: the "
@@ -145,6 +148,8 @@ class ScoringConfig(_Strict):
     def _check_window(self) -> "ScoringConfig":
         if isinstance(self.position_window, int) and self.position_window < 0:
             raise ValueError("position_window must be >= 0 cells, auto or null")
+        if self.knn == "faiss-ivf" and isinstance(self.position_window, int):
+            raise ValueError("faiss-ivf searches the whole bank: use knn numba with a position window")
         return self
 
 

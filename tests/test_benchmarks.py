@@ -45,10 +45,11 @@ def test_quality_ablation_smoke(tmp_path):
 def test_knn_benchmark_smoke(tmp_path):
     from sclvi.benchmarks.knn import main
 
-    main(["--sizes", "3000", "--queries", "64", "--kernels", "numpy", "numba", "window1", "--repeats", "1",
+    main(["--sizes", "3000", "--queries", "64", "--kernels", "numpy", "numba", "window1", "ivf", "--repeats", "1",
           "--out", str(tmp_path)])
     rows = json.loads((tmp_path / "knn-cpu.json").read_text())["rows"]
-    assert {r["kernel"] for r in rows} == {"numpy", "numba", "window1"} and all(r["ms"] > 0 for r in rows)
+    assert {r["kernel"] for r in rows} == {"numpy", "numba", "window1", "ivf"} and all(r["ms"] > 0 for r in rows)
+    assert 0.0 < next(r for r in rows if r["kernel"] == "ivf")["recall_at_eta"] <= 1.0
     window = next(r for r in rows if r["kernel"] == "window1")
     assert window["speedup_vs_full"] > 0
     assert "| numba | 3,000 |" in (tmp_path / "knn-cpu.md").read_text()
@@ -72,7 +73,7 @@ def test_latency_benchmark_smoke(tmp_path):
     total = row["stages_ms"]["total"]["p50"]
     assert row["stages_ms"]["embed"]["p50"] < total and row["stages_ms"]["knn"]["p50"] < total
     assert row["throughput_fps"] > 0 and row["peer_ratio"] > 0
-    assert "| dense-lite | onnxruntime | +-1 | 1 |" in report.read_text()
+    assert "| dense-lite | onnxruntime | numba | +-1 | 1 |" in report.read_text()
     assert (tmp_path / "latency-cpu.png").stat().st_size > 1000
 
 
@@ -118,14 +119,15 @@ def test_faults_benchmark_smoke(tmp_path):
 
 
 def test_knn_quality_benchmark_compares_each_mode_with_exact_search(tmp_path):
-    from sclvi.benchmarks.knn_quality import ALIGNED_RATIOS, GLOBAL_RATIOS, main
+    from sclvi.benchmarks.knn_quality import ALIGNED_RATIOS, GLOBAL_RATIOS, IVF, main
 
     write_synthetic(tmp_path / "data", "object", size=176, n_train=6, n_test_good=3, n_test_defect=2, seed=0)
     report = main(["--data", str(tmp_path / "data"), "--sets", "object", "--protocol", "smoke", "--seeds", "0",
                    "--work", str(tmp_path / "work"), "--out", str(tmp_path / "out")])
     rows = json.loads((tmp_path / "out" / "quality-knn-modes-smoke.json").read_text())["rows"]
-    ratios = [r["coreset"] for r in rows]
-    assert ratios == list(ALIGNED_RATIOS if rows[0]["window"] is not None else GLOBAL_RATIOS)
+    modes = [(r["coreset"], r["kernel"]) for r in rows]
+    aligned = rows[0]["window"] is not None
+    assert modes == [(c, "numba") for c in (ALIGNED_RATIOS if aligned else GLOBAL_RATIOS)] + ([] if aligned else [(1.0, IVF)])
     assert all(0.0 <= r["image_auroc"] <= 1.0 for r in rows)
-    assert rows[0]["bank_codes"] > rows[-1]["bank_codes"]  # the coresets really are smaller
-    assert "| object |" in report.read_text() and "+0.00 |" in report.read_text()  # exact vs itself
+    assert rows[0]["bank_codes"] > rows[len(ALIGNED_RATIOS if aligned else GLOBAL_RATIOS) - 1]["bank_codes"]  # smaller
+    assert "| object | numba |" in report.read_text() and "+0.00 |" in report.read_text()  # exact vs itself

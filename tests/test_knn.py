@@ -104,3 +104,19 @@ def test_kernel_selection():
         assert choose_kernel(ScoringConfig()) == "numba"
         with pytest.raises(BackendError, match="no CUDA device"):
             make_patch_scorer(bank, np.zeros((10, 2), np.int16), 1, ScoringConfig(knn="cuda"))
+
+
+def test_faiss_ivf_is_exact_when_every_list_is_probed_and_close_otherwise():
+    rng = np.random.default_rng(0)
+    centres = rng.normal(scale=4, size=(20, 16))
+    bank = (centres[rng.integers(0, 20, 4000)] + rng.normal(size=(4000, 16))).astype(np.float32)
+    q = (centres[rng.integers(0, 20, 300)] + rng.normal(size=(300, 16))).astype(np.float32)
+    pos = np.zeros((4000, 2), np.int16)
+    exact = NumbaPatchScorer(bank, pos, 1, ScoringConfig()).score(q)
+    every = make_patch_scorer(bank, pos, 1, ScoringConfig(knn="faiss-ivf", ivf_nlist=16, ivf_nprobe=16))
+    assert every.name == "faiss-ivf"
+    np.testing.assert_allclose(every.score(q), exact, atol=TOL, rtol=TOL)  # exhaustive probe = exact search
+    few = make_patch_scorer(bank, pos, 1, ScoringConfig(knn="faiss-ivf", ivf_nlist=16, ivf_nprobe=2)).score(q)
+    assert np.median(np.abs(few - exact) / exact) < 0.05  # approximate, not arbitrary
+    with pytest.raises(ValueError, match="position window"):
+        ScoringConfig(knn="faiss-ivf", position_window=2)

@@ -4,7 +4,8 @@
     scores = scorer.score(query_codes, query_positions)   # (Q,) anomaly score per patch
 
 `scoring.knn` picks the kernel: numpy (exact reference), numba (fused CPU kernel), cuda (GPU-resident
-bank), or auto (cuda on a GPU, else numba). The choice is logged.
+bank), faiss-ivf (approximate candidates + exact re-rank, unaligned parts), or auto (cuda on a GPU, else
+numba). The choice is logged.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from sclvi.errors import BackendError
 
 log = logging.getLogger(__name__)
 
-KERNELS = ("numpy", "numba", "cuda")
+KERNELS = ("numpy", "numba", "cuda", "faiss-ivf")
 
 
 class PatchScorer(Protocol):
@@ -50,6 +51,16 @@ def make_patch_scorer(codes: np.ndarray, positions: np.ndarray, grid: int, scori
         from sclvi.knn.numba_cpu import NumbaPatchScorer
 
         scorer = NumbaPatchScorer(codes, positions, grid, scoring)
+    elif kind == "faiss-ivf":
+        if scoring.window is not None:  # `auto` resolved to an aligned bank: the window is the better search
+            from sclvi.knn.numba_cpu import NumbaPatchScorer
+
+            log.info("aligned bank: the position window replaces faiss-ivf")
+            scorer = NumbaPatchScorer(codes, positions, grid, scoring)
+        else:
+            from sclvi.knn.faiss_ivf import FaissIvfPatchScorer
+
+            scorer = FaissIvfPatchScorer(codes, scoring)
     elif kind == "cuda":
         from sclvi.knn.numba_cuda import CudaPatchScorer
 
