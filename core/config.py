@@ -216,6 +216,20 @@ def build_config(preset: str = "paper", overrides: dict[str, Any] | None = None)
         raise ConfigError(_describe(exc)) from None
 
 
+def read_yaml(path: str | Path, what: str) -> dict[str, Any]:
+    """A YAML mapping from a file, or a ConfigError that names the file and what is wrong with it."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{what} {path} does not exist")
+    try:
+        loaded = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{what} {path} is not valid YAML: {exc}") from None
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{what} {path} must hold a mapping at the top level")
+    return loaded
+
+
 def load_config(
     path: str | Path | None = None,
     preset: str | None = None,
@@ -225,18 +239,7 @@ def load_config(
     """A preset, then a YAML config file (its optional `preset:` key picks the base), then overrides;
     `default_preset` when neither names one."""
     extra = overrides or {}
-    overrides = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file {path} does not exist")
-        try:
-            loaded = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"config file {path} must hold a mapping at the top level")
-        overrides = loaded
+    overrides = read_yaml(path, "config file") if path is not None else {}
     chosen = preset or overrides.pop("preset", None) or default_preset
     overrides.pop("preset", None)
     return build_config(chosen, _deep_merge(overrides, extra))

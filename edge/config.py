@@ -6,10 +6,9 @@ import math
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from sclvi.config import describe_validation_error
+from sclvi.config import describe_validation_error, read_yaml
 from sclvi.errors import ConfigError
 
 
@@ -126,15 +125,7 @@ def configured_thresholds(cfg: RuntimeConfig, calibration: dict[str, Any]) -> tu
 
 
 def load_runtime_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> RuntimeConfig:
-    data: dict[str, Any] = {}
-    if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"runtime config {p} does not exist")
-        try:
-            data = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"runtime config {p} is not valid YAML: {exc}") from None
+    data = read_yaml(path, "runtime config") if path is not None else {}
     data.update(overrides or {})
     try:
         return RuntimeConfig.model_validate(data)

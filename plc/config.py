@@ -5,10 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from sclvi.config import describe_validation_error
+from sclvi.config import describe_validation_error, read_yaml
 from sclvi.edge.config import check_endpoint
 from sclvi.errors import ConfigError
 from sclvi.plc.registers import BLOCK
@@ -47,14 +46,8 @@ class BridgeConfig(BaseModel):
 def load_bridge_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> BridgeConfig:
     data: dict[str, Any] = {}
     if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"bridge config {p} does not exist")
-        try:
-            data = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"bridge config {p} is not valid YAML: {exc}") from None
-        data = data.get("bridge", data)
+        data = read_yaml(path, "bridge config")
+        data = dict(data.get("bridge", data))
     data.update(overrides or {})
     try:
         return BridgeConfig.model_validate(data)

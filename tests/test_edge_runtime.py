@@ -144,23 +144,28 @@ def test_a_full_ring_rejects_frames_instead_of_blocking(random_bundle, replay):
     assert full and totals["nis_ring_full"] == len(full) == totals["ring_full"]
 
 
-def test_crashed_worker_is_restarted_and_no_frame_is_lost(random_bundle, replay):
-    cfg = runtime_config(random_bundle, [{"kind": "folder", "path": str(replay), "rate_hz": 4, "loop": True, "max_frames": 16}])
+def run_and_kill(cfg, pick, after=2):
+    """Run the runtime with a PLC stand-in; SIGKILL the child `pick(status)` names once `after` verdicts
+    arrived (while it is working). Returns (verdicts, final counters)."""
+    import os
+
     plc = Collector(cfg["verdict_endpoint"])
     plc.start()
     t, result = _start(cfg)
     req = zmq.Context.instance().socket(zmq.REQ)
     req.connect(cfg["control_endpoint"])
     deadline = time.time() + 60
-    while len(plc.verdicts) < 2 and time.time() < deadline:  # kill it while it is working
+    while len(plc.verdicts) < after and time.time() < deadline:
         time.sleep(0.05)
-    pid = _ask(req, cmd="status")["workers"][0]["pid"]
-    import os
-
-    os.kill(pid, signal.SIGKILL)
+    os.kill(pick(_ask(req, cmd="status")), signal.SIGKILL)
     t.join(120)
     req.close()
-    verdicts = plc.finish()
+    return plc.finish(), result
+
+
+def test_crashed_worker_is_restarted_and_no_frame_is_lost(random_bundle, replay):
+    cfg = runtime_config(random_bundle, [{"kind": "folder", "path": str(replay), "rate_hz": 4, "loop": True, "max_frames": 16}])
+    verdicts, result = run_and_kill(cfg, lambda st: st["workers"][0]["pid"])
     assert sorted(v["seq"] for v in verdicts) == list(range(1, 17))
     assert result["worker_restarts"] == 1
     crashed = [v for v in verdicts if v.get("reason") == "worker_crash"]

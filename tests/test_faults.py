@@ -5,7 +5,6 @@ Each test here failed on the runtime before the fail-safe work (issue 10) and pa
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -20,7 +19,7 @@ from sclvi.edge.config import load_runtime_config
 from sclvi.edge.journal import SeqGaps, VerdictJournal
 from sclvi.edge.messages import TOPIC_ACK, TOPIC_VERDICT, unpack
 from sclvi.errors import ConfigError
-from test_edge_runtime import Collector, _ask, _run, _start, replay, runtime_config  # noqa: F401 (fixture)
+from test_edge_runtime import Collector, _ask, _run, replay, run_and_kill, runtime_config  # noqa: F401 (fixture)
 
 
 def _folder(replay, n, rate=4, camera="cam0"):
@@ -29,18 +28,7 @@ def _folder(replay, n, rate=4, camera="cam0"):
 
 def test_killed_publisher_is_restarted_and_no_verdict_is_lost(random_bundle, replay):
     cfg = runtime_config(random_bundle, [_folder(replay, 16)])
-    plc = Collector(cfg["verdict_endpoint"])
-    plc.start()
-    t, result = _start(cfg)
-    req = zmq.Context.instance().socket(zmq.REQ)
-    req.connect(cfg["control_endpoint"])
-    deadline = time.time() + 60
-    while len(plc.verdicts) < 3 and time.time() < deadline:
-        time.sleep(0.05)
-    os.kill(_ask(req, cmd="status")["publisher"]["pid"], signal.SIGKILL)
-    t.join(120)
-    req.close()
-    verdicts = plc.finish()
+    verdicts, result = run_and_kill(cfg, lambda st: st["publisher"]["pid"], after=3)
     assert sorted(v["seq"] for v in verdicts) == list(range(1, 17))
     assert result["publisher_restarts"] == 1
 
