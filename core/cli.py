@@ -349,7 +349,7 @@ app.add_typer(bench, name="bench")
 _PASS_THROUGH = {"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []}
 
 
-#: `sclvi bench NAME ARGS...` runs sclvi.benchmarks.NAME.main(ARGS) (its own --help lists them).
+#: `sclvi bench NAME ARGS...` runs sclvi.benchmarks.NAME.main(ARGS), `-` read as `_` (its own --help lists them).
 _BENCHMARKS = {
     "quality": "Detection quality on real data with the paper's ablations.",
     "knn": "k-NN + affinity kernels against faiss-cpu.",
@@ -357,6 +357,7 @@ _BENCHMARKS = {
     "latency": "Per-stage latency and throughput of the runtime per backend and preset, against the Patch SVDD peer.",
     "soak": "10,000 frames through the runtime: verdicts received must equal frames grabbed.",
     "faults": "Fault injection (killed processes, bad bridge, corrupt frames, restarts): verdicts lost per fault.",
+    "knn-quality": "Detection quality of each k-NN mode (coresets, IVF) against exact search on the trained models.",
 }
 
 
@@ -364,7 +365,7 @@ def _add_benchmark(name: str, text: str) -> None:
     def run(ctx: typer.Context) -> None:
         import importlib
 
-        importlib.import_module(f"sclvi.benchmarks.{name}").main(ctx.args)
+        importlib.import_module(f"sclvi.benchmarks.{name.replace('-', '_')}").main(ctx.args)
 
     bench.command(name, context_settings=_PASS_THROUGH, help=f"{text.rstrip('.')} (--help for its options).")(run)
 
