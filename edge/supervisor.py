@@ -60,6 +60,14 @@ def _thresholds(cfg: RuntimeConfig) -> tuple[float, float, dict[str, Any]]:
     return float(image), float(pixel), calibration
 
 
+def _crash_loop(events: list[float], limit: int, window_s: float, who: str, exitcode: Any, hint: str) -> None:
+    """Stop the runtime (non-zero exit) when a child keeps dying: restarting it forever would leave a line
+    that looks alive while every part gets NOT_INSPECTED."""
+    recent = [t for t in events if time.monotonic() - t < window_s]
+    if len(recent) >= limit:
+        raise ConfigError(f"{who} died {len(recent)} times in {window_s:.0f} s (last exit code {exitcode}): {hint}")
+
+
 def _stop(p: Any, timeout_s: float) -> None:
     """Join a child; SIGKILL it if it does not exit (children ignore SIGTERM: the supervisor coordinates)."""
     p.join(timeout=timeout_s)
@@ -83,6 +91,7 @@ class Runtime:
         self.workers: list[Any] = [None] * cfg.workers
         self.publisher: Any = None
         self._publisher_starts: list[float] = []
+        self._worker_deaths: list[float] = []
         self.stopping = False
         self.zmq = zmq.Context()
         self.control = None
@@ -164,6 +173,9 @@ class Runtime:
             self._restart_publisher()
         for w in dead:
             if not self.stopping:
+                self._worker_deaths.append(time.monotonic())
+                _crash_loop(self._worker_deaths, 6, 60, f"inference worker {w}", self.workers[w].exitcode,
+                            f"the bundle or its engines fail inside the worker: run `sclvi check` on this config")
                 log.error("worker %d died (exit code %s): restarting", w, self.workers[w].exitcode)
                 self.shared.counters.add(0, "worker_restarts")
                 self._start_worker(w)
@@ -179,12 +191,8 @@ class Runtime:
     def _restart_publisher(self) -> None:
         """Its journal holds every verdict not yet acknowledged: a new publisher resends them. One that
         keeps dying (a socket it cannot bind) stops the runtime instead of running with no way out."""
-        recent = [t for t in self._publisher_starts if time.monotonic() - t < 30]
-        if len(recent) >= 3:
-            raise ConfigError(
-                f"the verdict publisher died {len(recent)} times in 30 s (last exit code {self.publisher.exitcode}): "
-                "check verdict_endpoint and telemetry_endpoint (its log above says why)"
-            )
+        _crash_loop(self._publisher_starts, 3, 30, "the verdict publisher", self.publisher.exitcode,
+                    "check verdict_endpoint and telemetry_endpoint (its log above says why)")
         log.error("verdict publisher died (exit code %s): restarting it; it resends what the PLC has not acknowledged",
                   self.publisher.exitcode)
         self.shared.counters.add(0, "publisher_restarts")

@@ -299,3 +299,34 @@ def test_thresholds_far_from_the_calibration_are_refused(random_bundle, replay):
         assert rt.shared.image_threshold.value == 3.0
     finally:
         rt.shutdown()
+
+
+def test_reload_of_a_broken_bundle_stops_the_line_instead_of_a_restart_loop(random_bundle, replay):
+    from sclvi.edge.supervisor import Runtime
+
+    cfg = runtime_config(random_bundle, [_folder(replay, 10_000, rate=5)], control_token="t" * 16)
+    plc = Collector(cfg["verdict_endpoint"])
+    plc.start()
+    rt = Runtime(load_runtime_config(overrides=cfg))
+    errors = []
+
+    def run():
+        try:
+            rt.run()
+        except ConfigError as exc:
+            errors.append(str(exc))
+
+    t = threading.Thread(target=run)
+    t.start()
+    end = time.time() + 60
+    while len(plc.verdicts) < 2 and time.time() < end:
+        time.sleep(0.05)
+    _wrong_shape_mean(random_bundle)  # what a bad copy onto the station looks like to a worker
+    req = zmq.Context.instance().socket(zmq.REQ)
+    req.connect(cfg["control_endpoint"])
+    assert _ask(req, cmd="reload", token="t" * 16)["ok"]  # the bundle still loads in the supervisor
+    req.close()
+    t.join(180)
+    verdicts = plc.finish()
+    assert not t.is_alive() and errors and "inference worker 0 died 6 times" in errors[0]
+    assert sorted(v["seq"] for v in verdicts) == list(range(1, len(verdicts) + 1))  # every grabbed frame decided
