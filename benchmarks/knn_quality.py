@@ -31,7 +31,7 @@ IVF = "faiss-ivf"
 
 def reduced_banks(bundle: Any, window: int | None, ratio: float) -> dict[str, tuple[np.ndarray, np.ndarray]] | None:
     from sclvi.geometry import TwoScaleGeometry
-    from sclvi.knn.coreset import cell_coreset, greedy_coreset
+    from sclvi.memory_bank import coreset_keep
 
     if ratio >= 1:
         return None
@@ -41,10 +41,7 @@ def reduced_banks(bundle: Any, window: int | None, ratio: float) -> dict[str, tu
     for scale, n in grids.items():
         codes, positions, _ = bundle.bank_data(scale)
         codes, positions = np.asarray(codes), np.asarray(positions)
-        if window is not None:
-            keep = cell_coreset(codes, positions, n, ratio, bundle.config.scoring.eta, bundle.config.bank.projection_dim)
-        else:
-            keep = greedy_coreset(codes, ratio, bundle.config.bank.projection_dim, bundle.config.bank.seed)
+        keep = coreset_keep(codes, positions, n, window, ratio, bundle.config)
         banks[scale] = (codes[keep], positions[keep])
     return banks
 

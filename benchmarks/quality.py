@@ -105,7 +105,7 @@ def run_set(name: str, root: Path, protocol: str, work: Path, out: Path) -> dict
     from sclvi.dataset import read_dataset
     from sclvi.engines import load_backend
     from sclvi.evaluate import embed_test_set, metrics_report, score_test_set, test_masks, write_overlays
-    from sclvi.knn.coreset import greedy_coreset
+    from sclvi.memory_bank import coreset_keep
     from sclvi.metrics import roc
     from sclvi.plots import save_roc
 
@@ -125,7 +125,7 @@ def run_set(name: str, root: Path, protocol: str, work: Path, out: Path) -> dict
                 banks = {}
                 for scale in ("small", "large"):
                     c, p, _ = bundle.bank_data(scale)
-                    keep = greedy_coreset(np.asarray(c), ratio, cfg.bank.projection_dim, cfg.bank.seed)
+                    keep = coreset_keep(np.asarray(c), np.asarray(p), 0, None, ratio, cfg)  # whole bank
                     banks[scale] = (np.asarray(c)[keep], np.asarray(p)[keep])
             try:
                 scores, maps, score_s = score_test_set(bundle, codes, scoring, banks)

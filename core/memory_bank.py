@@ -12,6 +12,7 @@ from tqdm.auto import tqdm
 from sclvi.bank_file import BankHeader
 from sclvi.alignment import measure_alignment
 from sclvi.bundle import ModelBundle, add_bank, record
+from sclvi.config import Config
 from sclvi.embedding import EncoderBackend, FrameEmbedder
 from sclvi.geometry import TwoScaleGeometry
 from sclvi.images import normalise, read_rgb
@@ -27,6 +28,16 @@ def bank_images(images: Sequence[Path], max_images: int | None, seed: int) -> li
         return list(images)
     pick = np.sort(np.random.default_rng(seed).choice(len(images), max_images, replace=False))
     return [images[i] for i in pick]
+
+
+def coreset_keep(codes: np.ndarray, positions: np.ndarray, grid: int, window: int | None, ratio: float,
+                 cfg: Config) -> np.ndarray:
+    """Indices of a bank's coreset: per grid cell when the bank is searched in position windows (every
+    window keeps its share, at least eta codes per cell), greedy k-center over the whole bank otherwise."""
+    bc = cfg.bank
+    if window is not None:
+        return cell_coreset(codes, positions, grid, ratio, cfg.scoring.eta, bc.projection_dim, bc.seed)
+    return greedy_coreset(codes, ratio, bc.projection_dim, bc.seed)
 
 
 def build_memory_bank(
@@ -66,11 +77,7 @@ def build_memory_bank(
     for scale, grid, codes in scales:
         positions = np.tile(grid_positions(grid.n), (len(images), 1))
         if bc.coreset_ratio < 1:
-            if window is not None:  # aligned: thin every cell alike, so every window keeps its share
-                keep = cell_coreset(codes, positions, grid.n, bc.coreset_ratio, cfg.scoring.eta, bc.projection_dim,
-                                    bc.seed)
-            else:
-                keep = greedy_coreset(codes, bc.coreset_ratio, bc.projection_dim, bc.seed)
+            keep = coreset_keep(codes, positions, grid.n, window, bc.coreset_ratio, cfg)
             codes, positions = codes[keep], positions[keep]
         header = BankHeader(scale, grid.patch, grid.stride, grid.n, dim, len(codes), "float32", bc.coreset_ratio)
         add_bank(bundle, codes, positions, header)
