@@ -74,7 +74,7 @@ def untrained_bundle(path: Path, cfg, train_images: list[Path] | None = None, se
     model = build_model(cfg.encoder).eval()
     size = cfg.geometry.image_size
     if train_images:
-        mean = mean_image(np.stack([read_rgb(p, size) for p in train_images]))
+        mean = mean_image(np.stack([read_rgb(p, size) for p in train_images]), cfg.preprocess.photometric)
     else:
         mean = np.full((size, size, 3), 128, np.float32)
     save_bundle(path, cfg, state_to_numpy(model), mean, {"note": "untrained (random weights)"})

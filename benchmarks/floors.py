@@ -2,7 +2,7 @@
 learning at all.
 
 - raw-pixel: each 32-px patch (stride `geometry.small_stride`) averaged down to 8x8 pixels minus the
-  training mean image, plain nearest-neighbour distance to the training patches, map = mean over the
+  training mean image (after the config's photometric step, as the product does), plain nearest-neighbour distance to the training patches, map = mean over the
   covering patches (smoothed as `scoring.map_sigma` says, like the product's map), image score = max.
   No network, no training.
 - untrained: the preset's encoder at its random initialisation, with the same bank and scoring as the
@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from sclvi.config import Config, ScoringConfig
 from sclvi.dataset import MVTecDataset
 from sclvi.geometry import PatchGrid
-from sclvi.images import mean_image, read_rgb
+from sclvi.images import mean_image, photometric, read_rgb
 from sclvi.knn import make_patch_scorer
 from sclvi.knn.buckets import grid_positions
 from sclvi.maps import image_score, pixel_map, smooth_map
@@ -30,9 +30,10 @@ from sclvi.maps import image_score, pixel_map, smooth_map
 CELL = 8
 
 
-def raw_pixel_codes(frame: np.ndarray, mean: np.ndarray, patch: int, stride: int) -> np.ndarray:
-    """(S, S, 3) uint8 -> (n, n, 3 * CELL * CELL): every strided patch, block-averaged to CELL x CELL."""
-    f = (frame.astype(np.float32) - mean) / 255.0
+def raw_pixel_codes(frame: np.ndarray, mean: np.ndarray, patch: int, stride: int, mode: str = "none") -> np.ndarray:
+    """(S, S, 3) uint8 -> (n, n, 3 * CELL * CELL): every strided patch, block-averaged to CELL x CELL, after
+    the same photometric step (`preprocess.photometric`) as the product, so the floor differs only in learning."""
+    f = (photometric(frame, mode) - mean) / 255.0
     s = f.shape[0]
     block = patch // CELL
     if patch % CELL or stride % block or s % block:
@@ -47,9 +48,10 @@ def raw_pixel_floor(cfg: Config, dataset: MVTecDataset, bank_images: list) -> tu
     """(image scores, maps, seconds per test image) of the raw-pixel floor at the config's geometry."""
     g = cfg.geometry
     size, patch, stride = g.image_size, g.small_patch, g.small_stride
+    mode = cfg.preprocess.photometric
     frames = np.stack([read_rgb(p, size) for p in bank_images])
-    mean = mean_image(frames)
-    bank = np.concatenate([raw_pixel_codes(f, mean, patch, stride).reshape(-1, 3 * CELL * CELL)
+    mean = mean_image(frames, mode)
+    bank = np.concatenate([raw_pixel_codes(f, mean, patch, stride, mode).reshape(-1, 3 * CELL * CELL)
                            for f in tqdm(frames, desc="raw-pixel bank", unit="img")])
     grid = PatchGrid(size, patch, stride)
     positions = grid_positions(grid.n)
@@ -59,7 +61,7 @@ def raw_pixel_floor(cfg: Config, dataset: MVTecDataset, bank_images: list) -> tu
     maps = np.empty((len(dataset.test), size, size), dtype=np.float32)
     t0 = time.perf_counter()
     for i, item in enumerate(tqdm(dataset.test, desc="raw-pixel floor", unit="img")):
-        q = raw_pixel_codes(read_rgb(item.path, size), mean, patch, stride).reshape(-1, 3 * CELL * CELL)
+        q = raw_pixel_codes(read_rgb(item.path, size), mean, patch, stride, mode).reshape(-1, 3 * CELL * CELL)
         maps[i] = smooth_map(pixel_map(grid, scorer.score(q, positions).reshape(grid.n, grid.n)), cfg.scoring.map_sigma)
         scores[i] = image_score(maps[i])
     return scores, maps, (time.perf_counter() - t0) / max(1, len(dataset.test))

@@ -47,7 +47,7 @@ def _frames(replay: Path, size: int, n: int) -> list[np.ndarray]:
 
 def time_ours(bundle: Any, backend: Any, frames: list[np.ndarray], warmup: int) -> dict[str, np.ndarray]:
     """In-process ms per stage of our per-frame path (what an inference worker does, minus the ring)."""
-    from sclvi.images import check_frame, normalise
+    from sclvi.images import check_frame
     from sclvi.scorer import AnomalyScorer
 
     scorer = AnomalyScorer(bundle, backend)
@@ -55,7 +55,7 @@ def time_ours(bundle: Any, backend: Any, frames: list[np.ndarray], warmup: int) 
     for i, f in enumerate(frames):
         lat: dict[str, float] = {}
         t0 = time.perf_counter()
-        x = normalise(check_frame(f, scorer.size), bundle.mean)[None]
+        x = bundle.normalise(check_frame(f, scorer.size))[None]
         t1 = time.perf_counter()
         codes = scorer.embedder.embed(x)
         t2 = time.perf_counter()
@@ -77,7 +77,6 @@ def time_peer(bundle: Any, frames: list[np.ndarray], warmup: int, batch_size: in
     from torch.utils.data import DataLoader, Dataset
 
     from sclvi.geometry import TwoScaleGeometry
-    from sclvi.images import normalise
     from sclvi.knn import make_patch_scorer
     from sclvi.maps import fuse_maps, pixel_map
     from sclvi.model import build_model, load_numpy_state
@@ -109,7 +108,7 @@ def time_peer(bundle: Any, frames: list[np.ndarray], warmup: int, batch_size: in
     out: dict[str, list[float]] = {"embed": [], "knn": [], "fuse": [], "frame": []}
     for i, f in enumerate(frames):
         t0 = time.perf_counter()
-        x = normalise(f, bundle.mean)
+        x = bundle.normalise(f)
         codes = {}
         with torch.inference_mode():
             for scale, grid in (("small", g.small), ("large", g.large)):

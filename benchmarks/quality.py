@@ -11,6 +11,7 @@ accuracy and code statistics. Bundles are cached in --work, so an interrupted ru
     sclvi bench quality --ablation        the paper's ablations on one trained model per task: the eta
                                           sweep, the authors' formula, coresets and position windows
     sclvi bench quality --families P...   the encoder presets side by side (scl12, eta 10)
+    sclvi bench quality --improvements    also each departure from the paper alone (IMPROVEMENTS), one seed
 """
 
 from __future__ import annotations
@@ -61,16 +62,27 @@ PROTOCOLS: dict[str, dict[str, Any]] = {
     },
 }
 TASKS = ("none", "jigsaw8", "scl12")
+#: `--improvements`: the product's departures from the paper, each alone and both off, on the protocol's
+#: preset (label -> config overrides); the `default` rows have both.
+IMPROVEMENTS: dict[str, dict[str, Any]] = {
+    "paper loss and input": {"preprocess": {"photometric": "none"}, "train": {"defect_weight": 0.0}},
+    "frame photometric only": {"preprocess": {"photometric": "frame"}, "train": {"defect_weight": 0.0}},
+    "synthetic defects only": {"preprocess": {"photometric": "none"}, "train": {"defect_weight": 1.0}},
+}
 ETAS = (1, 3, 5, 10, 20)
 CORESETS = (0.1, 0.01)
 WINDOWS = (2, 4)
 
 
-def protocol_config(protocol: str, task: str, preset: str | None = None, seed: int = 0) -> Config:
-    """The protocol's budget for one pretext task and seed, on the protocol's preset or another one."""
+def protocol_config(protocol: str, task: str, preset: str | None = None, seed: int = 0,
+                    variant: dict[str, Any] | None = None) -> Config:
+    """The protocol's budget for one pretext task and seed, on the protocol's preset or another one, with a
+    variant's overrides (IMPROVEMENTS) on top."""
     p = PROTOCOLS[protocol]
-    overrides = {k: v for k, v in p.items() if k != "preset"}
-    overrides["train"] = {**p["train"], "task": task, "seed": seed}
+    v = variant or {}
+    overrides = {k: val for k, val in p.items() if k != "preset"}
+    overrides.update({k: val for k, val in v.items() if k != "train"})
+    overrides["train"] = {**p["train"], **v.get("train", {}), "task": task, "seed": seed}
     return build_config(preset or p["preset"], overrides)
 
 
@@ -166,8 +178,9 @@ def _mean_of(*values: Any) -> float | None:
 
 
 def run_quality(name: str, root: Path, protocol: str, tasks: list[str], seeds: list[int], work: Path,
-                out: Path) -> list[dict[str, Any]]:
-    """Floors, then every (task, seed) of the protocol's preset: one row each, eta 10."""
+                out: Path, improvements: bool = False) -> list[dict[str, Any]]:
+    """Floors, then every (task, seed) of the protocol's preset: one row each, eta 10; with `improvements`,
+    also each IMPROVEMENTS variant on the first task and seed."""
     from sclvi.benchmarks.common import untrained_bundle
     from sclvi.benchmarks.floors import raw_pixel_floor
     from sclvi.dataset import read_dataset
@@ -183,15 +196,16 @@ def run_quality(name: str, root: Path, protocol: str, tasks: list[str], seeds: l
     rows: list[dict[str, Any]] = []
 
     def row(kind: str, task: str | None, seed: int | None, scores, maps, embed_s: float, score_s: float,
-            train_s: float | None, facts: dict[str, Any]) -> None:
+            train_s: float | None, facts: dict[str, Any], variant: str | None = None) -> None:
         m = metrics_report(ds, scores, maps, masks)
-        rows.append({"set": name, "kind": kind, "preset": None if kind == "floor: raw pixels" else preset, "task": task,
-                     "seed": seed, "train_s": train_s, "embed_ms": 1000 * embed_s, "score_ms": 1000 * score_s, **facts, **m})
-        log.info("%s | %s %s seed %s: image AUROC %.3f", name, kind, task or "", seed, m["image_auroc"])
+        rows.append({"set": name, "kind": kind, "variant": variant, "preset": None if kind == "floor: raw pixels" else preset,
+                     "task": task, "seed": seed, "train_s": train_s, "embed_ms": 1000 * embed_s, "score_ms": 1000 * score_s,
+                     **facts, **m})
+        log.info("%s | %s %s %s seed %s: image AUROC %.3f", name, kind, variant or "", task or "", seed, m["image_auroc"])
 
     # The floors depend only on the geometry, bank, scoring and preset: cached beside the bundles.
     cache = work / name / "floors.json"
-    key = json.dumps({k: base.model_dump(mode="json")[k] for k in ("preset", "encoder", "geometry", "bank", "scoring")})
+    key = json.dumps({k: base.model_dump(mode="json")[k] for k in ("preset", "encoder", "preprocess", "geometry", "bank", "scoring")})
     cached = json.loads(cache.read_text()) if cache.is_file() else {}
     if cached.get("key") == key:
         rows += cached["rows"]
@@ -206,31 +220,35 @@ def run_quality(name: str, root: Path, protocol: str, tasks: list[str], seeds: l
         row("floor: untrained encoder", None, 0, scores, maps, embed_s, score_s, None,
             {"window": resolve_scoring(base.scoring, bundle).window})
         cache.write_text(json.dumps({"key": key, "rows": rows}, default=str))
-    for task in tasks:
-        for seed in seeds:
-            cfg = protocol_config(protocol, task, seed=seed)
-            bundle, train_s = _trained_bundle(cfg, root, work / name / f"{task}-seed{seed}")
-            codes, embed_s = embed_test_set(bundle, ds, load_backend(bundle))
-            scores, maps, score_s = score_test_set(bundle, codes, cfg.scoring)
-            row("trained", task, seed, scores, maps, embed_s, score_s, train_s,
-                {**_model_facts(bundle), "window": resolve_scoring(cfg.scoring, bundle).window})
-            if seed == seeds[0] and task == tasks[0]:
-                write_overlays(out / f"heatmaps-{protocol}-{name}", ds.test, maps, scores, cfg.geometry.image_size, 6, masks)
-                curve = bundle.path / "training_curve.png"
-                if curve.is_file():
-                    (out / f"training-curve-{protocol}-{name}.png").write_bytes(curve.read_bytes())
+    runs = [("default", {}, task, seed) for task in tasks for seed in seeds]
+    if improvements:
+        runs += [(label, over, tasks[0], seeds[0]) for label, over in IMPROVEMENTS.items()]
+    for variant, over, task, seed in runs:
+        cfg = protocol_config(protocol, task, seed=seed, variant=over)
+        slug = variant.replace(" ", "-")
+        bundle, train_s = _trained_bundle(cfg, root, work / name / f"{task}-seed{seed}-{slug}")
+        codes, embed_s = embed_test_set(bundle, ds, load_backend(bundle))
+        scores, maps, score_s = score_test_set(bundle, codes, cfg.scoring)
+        row("trained", task, seed, scores, maps, embed_s, score_s, train_s,
+            {**_model_facts(bundle), "window": resolve_scoring(cfg.scoring, bundle).window,
+             "photometric": cfg.preprocess.photometric, "defect_weight": cfg.train.defect_weight}, variant)
+        if seed == seeds[0] and task == tasks[0] and variant == "default":
+            write_overlays(out / f"heatmaps-{protocol}-{name}", ds.test, maps, scores, cfg.geometry.image_size, 6, masks)
+            curve = bundle.path / "training_curve.png"
+            if curve.is_file():
+                (out / f"training-curve-{protocol}-{name}.png").write_bytes(curve.read_bytes())
     return rows
 
 
 def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Mean and std over seeds per (set, kind, task), and the margin of each trained mean over the best floor."""
+    """Mean and std over seeds per (set, kind, task, variant), and the margin of each trained mean over the best floor."""
     out = []
     for name in dict.fromkeys(r["set"] for r in rows):
         mine = [r for r in rows if r["set"] == name]
         floor = max((r["image_auroc"] for r in mine if r["kind"].startswith("floor")), default=float("nan"))
-        for key in dict.fromkeys((r["kind"], r["task"]) for r in mine):
-            group = [r for r in mine if (r["kind"], r["task"]) == key]
-            entry: dict[str, Any] = {"set": name, "kind": key[0], "task": key[1], "n": len(group)}
+        for key in dict.fromkeys((r["kind"], r["task"], r.get("variant")) for r in mine):
+            group = [r for r in mine if (r["kind"], r["task"], r.get("variant")) == key]
+            entry: dict[str, Any] = {"set": name, "kind": key[0], "task": key[1], "variant": key[2], "n": len(group)}
             for metric in ("image_auroc", "pixel_auroc", "pro", "pretext_acc"):
                 vals = [r[metric] for r in group if r.get(metric) is not None and np.isfinite(r[metric])]
                 entry[metric] = float(np.mean(vals)) if vals else None
@@ -253,6 +271,10 @@ def write_quality_report(rows: list[dict[str, Any]], protocol: str, out: Path, s
         f"the protocol sets nothing); scoring eta {cfg.scoring.eta}, lambda {cfg.scoring.lam}, map smoothing sigma "
         f"{cfg.scoring.map_sigma} px, position window {cfg.scoring.position_window} (`auto`: the window the bank measured "
         f"on an aligned part, none otherwise; the `window` column). Total wall time {seconds / 60:.0f} min on the machine below.",
+        f"Input: `preprocess.photometric: {cfg.preprocess.photometric}` (`frame`: each frame mapped to one gray-level mean "
+        "and spread first; floors get the same input). Variants: `default` = the preset as `sclvi train` gives it; the "
+        "others switch the product's departures from the paper (frame photometric step, synthetic-defect term "
+        f"`train.defect_weight` = {cfg.train.defect_weight}) off one at a time, on one seed.",
         "Floors: `raw pixels` = each 32-px patch averaged to 8x8 minus the mean image, plain 1-NN, no network; "
         "`untrained encoder` = the preset's random initialisation with the same bank and scoring. "
         "`pretext` = pretext accuracy, mean of the 32-px and 64-px heads, on held-out images never trained on "
@@ -264,19 +286,20 @@ def write_quality_report(rows: list[dict[str, Any]], protocol: str, out: Path, s
         lines += [f"## {name}", "", "| row | image AUROC | pixel AUROC | PRO | learning adds (image) | pretext |",
                   "|---|---:|---:|---:|---:|---:|"]
         for e in (e for e in summary if e["set"] == name):
-            label = e["kind"] if e["kind"] != "trained" else f"trained, {e['task']} ({e['n']} seeds)"
+            label = e["kind"] if e["kind"] != "trained" else (
+                f"trained, {e['task']}, {e.get('variant') or 'default'} ({e['n']} seed{'s' if e['n'] > 1 else ''})")
             adds = "" if e["over_best_floor"] is None else f"{100 * e['over_best_floor']:+.1f}"
             lines.append(f"| {label} | {_pm(e, 'image_auroc')} | {_pm(e, 'pixel_auroc')} | {_pm(e, 'pro')} | {adds} "
                          f"| {_pm(e, 'pretext_acc', pct=False)} |")
-        lines += ["", "Every row:", "", "| kind | task | seed | image AUROC | pixel AUROC | PRO | pretext held-out / train "
-                  "| code rank 32 / 64 px | window | steps | train s | embed ms | score ms |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        lines += ["", "Every row:", "", "| kind | variant | task | seed | image AUROC | pixel AUROC | PRO | pretext held-out / train "
+                  "| code rank 32 / 64 px | window | steps | train s | embed ms | score ms |", "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for r in (r for r in rows if r["set"] == name):
             pre = "-" if r.get("pretext_acc") is None else f"{r['pretext_acc']:.3f} / {r['pretext_acc_train']:.3f}"
             rank = "-" if r.get("code_rank32") is None else f"{r['code_rank32']:.1f} / {r['code_rank64']:.1f}"
             steps = "-" if r.get("steps") is None else f"{r['steps']}{' (early stop)' if r.get('stopped_early') else ''}"
             train = "-" if r.get("train_s") is None else f"{r['train_s']:.0f}"
             win = "-" if r.get("window") is None else f"+-{r['window']}"
-            lines.append(f"| {r['kind']} | {r['task'] or '-'} | {'-' if r['seed'] is None else r['seed']} | {_pct(r['image_auroc'])} "
+            lines.append(f"| {r['kind']} | {r.get('variant') or '-'} | {r['task'] or '-'} | {'-' if r['seed'] is None else r['seed']} | {_pct(r['image_auroc'])} "
                          f"| {_pct(r.get('pixel_auroc'))} | {_pct(r.get('pro'))} | {pre} | {rank} "
                          f"| {win} | {steps} | {train} "
                          f"| {r['embed_ms']:.0f} | {r['score_ms']:.0f} |")
@@ -411,6 +434,8 @@ def main(argv: list[str] | None = None) -> Path:
     ap.add_argument("--ablation", action="store_true", help="the paper's ablations (eta sweep, formula, coresets, windows)")
     ap.add_argument("--families", nargs="+", default=None, metavar="PRESET",
                     help="compare these encoder presets (scl12, eta 10) instead")
+    ap.add_argument("--improvements", action="store_true",
+                    help="also train each departure from the paper alone (and neither) on the first task and seed")
     args = parse_args(ap, argv)
     work = args.work / args.protocol
     if args.families:
@@ -429,7 +454,7 @@ def main(argv: list[str] | None = None) -> Path:
         return path
     rows: list[dict[str, Any]] = []
     for name in args.sets:
-        rows += run_quality(name, args.data / name, args.protocol, args.tasks, args.seeds, work, args.out)
+        rows += run_quality(name, args.data / name, args.protocol, args.tasks, args.seeds, work, args.out, args.improvements)
         path = write_quality_report(rows, args.protocol, args.out, time.perf_counter() - t0)
     print(f"report: {path}")
     return path

@@ -29,6 +29,7 @@ from sclvi import __version__
 from sclvi.bank_file import BankHeader, read_bank, write_bank
 from sclvi.config import Config, config_from_dict, config_to_dict
 from sclvi.errors import BundleError, SclviError
+from sclvi.images import normalise
 
 FORMAT = "sclvi-bundle"
 FORMAT_VERSION = 1
@@ -83,6 +84,10 @@ class ModelBundle:
                 raise BundleError(f"{self.path / MEAN} has shape {mean.shape}, expected ({s}, {s}, 3)")
             self._mean = mean.astype(np.float32)
         return self._mean
+
+    def normalise(self, frame: np.ndarray) -> np.ndarray:
+        """(S, S, 3) uint8 -> the (3, S, S) encoder input, with this bundle's photometric mode and mean image."""
+        return normalise(frame, self.mean, self.config.preprocess.photometric)
 
     def has_bank(self) -> bool:
         return all(scale in self.manifest.get("banks", {}) for scale in SCALES)

@@ -291,16 +291,40 @@ def check(
 
 
 @app.command()
+def keys(
+    folder: Path = typer.Argument(..., help="New folder for the keys (0700; never overwritten)."),
+) -> None:
+    """Make ZeroMQ CURVE certificates for one station: station, bridge, operator, and authorized/ (their public halves)."""
+    with _user_errors():
+        from sclvi.edge.curve import make_keys
+
+        made = make_keys(folder)
+    typer.echo("\n".join(f"{party}: {path}" for party, path in made.items()))
+    typer.echo(f"runtime config:  curve: {{secret_key: {made['station']}, server_key: {folder / 'bridge.key'}, "
+               f"authorized: {folder / 'authorized'}}}")
+    typer.echo(f"bridge section:  curve: {{secret_key: {made['bridge']}, authorized: {folder / 'authorized'}}}")
+
+
+@app.command()
 def listen(
     endpoint: str = typer.Option("tcp://127.0.0.1:5555", help="Where to bind (the runtime's verdict_endpoint)."),
     count: Optional[int] = typer.Option(None, help="Exit after this many verdicts."),
     timeout_s: float = typer.Option(0, help="Exit after this long without a verdict (0: never)."),
     raw: bool = typer.Option(False, "--json", help="Print each verdict as one JSON line."),
+    curve_secret: Optional[Path] = typer.Option(None, help="CURVE: our certificate (bridge.key_secret from `sclvi keys`)."),
+    curve_authorized: Optional[Path] = typer.Option(None, help="CURVE: folder of station certificates allowed to send."),
 ) -> None:
     """Stand in for the PLC: receive and acknowledge verdicts, print one line each."""
     from sclvi.edge.listener import VerdictListener, format_verdict
 
-    listener = VerdictListener(endpoint)
+    curve = None
+    if curve_secret is not None:
+        with _user_errors():
+            from sclvi.edge.curve import CurveConfig, check
+
+            curve = CurveConfig(secret_key=str(curve_secret), authorized=str(curve_authorized) if curve_authorized else None)
+            check(curve, serves=True, connects=False)
+    listener = VerdictListener(endpoint, curve=curve)
     got = 0
     try:
         while count is None or got < count:

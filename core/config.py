@@ -49,6 +49,17 @@ class EncoderConfig(_Strict):
         return self
 
 
+class PreprocessConfig(_Strict):
+    """What is done to a frame's gray levels before the encoder sees it (the bundle keeps it, so training,
+    bank, calibration and the line all agree)."""
+
+    photometric: Literal["none", "frame"] = Field(
+        "none",
+        description="none: the paper (subtract the training mean image); frame: first map each frame to one "
+        "gray-level mean and spread, so exposure, lamp ageing and part-to-part brightness do not read as defects",
+    )
+
+
 class GeometryConfig(_Strict):
     """Input size and the two patch scales; the large scale is a 2x2 grid of small patches."""
 
@@ -90,6 +101,10 @@ class TrainConfig(_Strict):
     alpha: float = Field(1e-4, ge=0, description="weight of the patch-SVDD loss")
     spread_weight: float = Field(
         0.0, ge=0, description="weight of the anti-collapse term (code std hinge + decorrelation); 0 = the paper's loss"
+    )
+    defect_weight: float = Field(
+        0.0, ge=0, description="weight of the synthetic-defect term (patch CutPaste: clean vs pasted / scar / blob, "
+        "train/defects.py); 0 = the paper's loss"
     )
     spread_target: float = Field(0.25, gt=0, description="per-dimension code std the anti-collapse hinge asks for")
     jitter_frac: float = Field(0.25, ge=0, le=0.5, description="max jitter of each grid cell, fraction of patch")
@@ -167,6 +182,7 @@ class BankConfig(_Strict):
 class Config(_Strict):
     preset: str = "paper"
     encoder: EncoderConfig = EncoderConfig()
+    preprocess: PreprocessConfig = PreprocessConfig()
     geometry: GeometryConfig = GeometryConfig()
     train: TrainConfig = TrainConfig()
     scoring: ScoringConfig = ScoringConfig()

@@ -61,11 +61,31 @@ def check_frame(frame: np.ndarray, size: int) -> np.ndarray:
     return frame
 
 
-def mean_image(frames: np.ndarray) -> np.ndarray:
-    """Per-pixel mean of the training frames, (S, S, 3) float32 in 0..255."""
-    return frames.astype(np.float64).mean(axis=0).astype(np.float32)
+#: Gray-level mean and spread every frame is mapped to under `preprocess.photometric: frame`.
+FRAME_MEAN, FRAME_STD = 128.0, 48.0
 
 
-def normalise(frame: np.ndarray, mean: np.ndarray) -> np.ndarray:
-    """(S, S, 3) uint8 -> (3, S, S) float32: (x - mean) / 255, as Patch SVDD feeds its encoder."""
-    return np.ascontiguousarray(((frame.astype(np.float32) - mean) / 255.0).transpose(2, 0, 1))
+def photometric(frame: np.ndarray, mode: str = "none") -> np.ndarray:
+    """(H, W, 3) uint8 -> float32 gray levels; `frame` maps the frame's own mean and standard deviation (all
+    channels together, so colour is kept) to FRAME_MEAN / FRAME_STD. A flat frame (std < 1 gray level) is
+    only shifted: dividing by its noise would turn a blank frame into a loud one."""
+    f = frame.astype(np.float32)
+    if mode == "none":
+        return f
+    if mode != "frame":
+        raise ValueError(f"unknown photometric mode {mode!r}")
+    mu, sd = float(f.mean()), float(f.std())
+    return (f - mu) * np.float32(FRAME_STD / max(sd, 1.0)) + np.float32(FRAME_MEAN)
+
+
+def mean_image(frames: np.ndarray, mode: str = "none") -> np.ndarray:
+    """Per-pixel mean of the training frames after `photometric(mode)`, (S, S, 3) float32."""
+    acc = np.zeros(frames.shape[1:], dtype=np.float64)
+    for f in frames:
+        acc += photometric(f, mode)
+    return (acc / max(1, len(frames))).astype(np.float32)
+
+
+def normalise(frame: np.ndarray, mean: np.ndarray, mode: str = "none") -> np.ndarray:
+    """(S, S, 3) uint8 -> (3, S, S) float32: (photometric(x) - mean) / 255, as Patch SVDD feeds its encoder."""
+    return np.ascontiguousarray(((photometric(frame, mode) - mean) / 255.0).transpose(2, 0, 1))

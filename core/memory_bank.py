@@ -15,7 +15,7 @@ from sclvi.bundle import ModelBundle, add_bank, record
 from sclvi.config import Config
 from sclvi.embedding import EncoderBackend, FrameEmbedder
 from sclvi.geometry import TwoScaleGeometry
-from sclvi.images import normalise, read_rgb
+from sclvi.images import read_rgb
 from sclvi.knn.buckets import grid_positions
 from sclvi.knn.coreset import cell_coreset, greedy_coreset
 
@@ -59,7 +59,7 @@ def build_memory_bank(
     with tqdm(total=len(images), desc="memory bank", unit="img") as bar:
         for start in range(0, len(images), batch):
             chunk = images[start : start + batch]
-            frames = np.stack([normalise(read_rgb(p, size), bundle.mean) for p in chunk])
+            frames = np.stack([bundle.normalise(read_rgb(p, size)) for p in chunk])
             codes = embedder.embed(frames)
             n = len(chunk)
             small[start * geometry.small.count : (start + n) * geometry.small.count] = codes.small.reshape(-1, dim)

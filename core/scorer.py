@@ -11,7 +11,7 @@ from sclvi.bundle import ModelBundle
 from sclvi.config import ScoringConfig
 from sclvi.embedding import EncoderBackend, FrameCodes, FrameEmbedder
 from sclvi.geometry import TwoScaleGeometry
-from sclvi.images import check_frame, normalise
+from sclvi.images import check_frame
 from sclvi.knn import PatchScorer, make_patch_scorer
 from sclvi.knn.buckets import grid_positions
 from sclvi.maps import fuse_maps, image_score, pixel_map, smooth_map
@@ -69,7 +69,7 @@ class AnomalyScorer:
         """Codes of all patches of (S, S, 3) uint8 frames (already at the model's size)."""
         if self.embedder is None:
             raise ValueError("this scorer was built without an encoder backend: it can only score codes")
-        batch = np.stack([normalise(check_frame(f, self.size), self.bundle.mean) for f in frames])
+        batch = np.stack([self.bundle.normalise(check_frame(f, self.size)) for f in frames])
         return self.embedder.embed(batch)
 
     def score_codes(self, small: np.ndarray, large: np.ndarray, timings: dict[str, float] | None = None) -> FrameScore:

@@ -9,6 +9,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from sclvi.config import describe_validation_error, read_yaml
+from sclvi.edge.curve import CurveConfig
+from sclvi.edge.curve import check as check_curve
 from sclvi.errors import ConfigError
 
 
@@ -65,6 +67,10 @@ class RuntimeConfig(_Strict):
     record_dir: str | None = Field(None, description="keep NG / NOT_INSPECTED frames and heatmaps here")
     record_max_mb: float = Field(500.0, gt=0)
     shutdown_timeout_s: float = Field(10.0, gt=0)
+    curve: CurveConfig | None = Field(
+        None, description="ZeroMQ CURVE keys (edge/curve.py): encrypt the verdict, control and telemetry sockets and "
+        "admit only authorized clients; needed when any of them leaves loopback",
+    )
     bridge: dict[str, Any] | None = Field(
         None, description="the PLC bridge's section of the station config (`sclvi bridge` reads it; `sclvi check` "
         "checks that the PLC is reachable)",
@@ -128,6 +134,9 @@ def load_runtime_config(path: str | Path | None = None, overrides: dict[str, Any
     data = read_yaml(path, "runtime config") if path is not None else {}
     data.update(overrides or {})
     try:
-        return RuntimeConfig.model_validate(data)
+        cfg = RuntimeConfig.model_validate(data)
     except ValidationError as exc:
         raise ConfigError("invalid runtime config: " + describe_validation_error(exc)) from None
+    if cfg.curve is not None:
+        check_curve(cfg.curve, serves=bool(cfg.control_endpoint or cfg.telemetry_endpoint), connects=True)
+    return cfg

@@ -11,14 +11,19 @@ from typing import Any
 import msgpack
 import zmq
 
+from sclvi.edge.curve import CurveConfig, as_server, start_authenticator
 from sclvi.edge.messages import TOPIC_ACK, TOPIC_VERDICT, unpack
 
 
 class VerdictListener:
-    def __init__(self, endpoint: str, ack: bool = True) -> None:
+    def __init__(self, endpoint: str, ack: bool = True, curve: CurveConfig | None = None) -> None:
         self.ctx = zmq.Context()
         self.sock = self.ctx.socket(zmq.ROUTER)
         self.sock.setsockopt(zmq.LINGER, 0)
+        self.auth = None
+        if curve is not None:  # only stations whose certificate is in curve.authorized are heard
+            self.auth = start_authenticator(self.ctx, curve)
+            as_server(self.sock, curve)
         self.sock.bind(endpoint)
         self.ack = ack
         self.seen: set[tuple[str | None, str, int]] = set()
@@ -43,6 +48,8 @@ class VerdictListener:
 
     def close(self) -> None:
         self.sock.close()
+        if self.auth is not None:
+            self.auth.stop()
         self.ctx.term()
 
 

@@ -18,6 +18,8 @@ from typing import Any
 import msgpack
 import zmq
 
+from sclvi.edge import curve
+
 from sclvi.edge.config import RuntimeConfig
 from sclvi.edge.journal import SeqGaps, VerdictJournal
 from sclvi.edge.messages import (
@@ -45,11 +47,14 @@ def publisher_main(cfg: RuntimeConfig, shared: Shared, row: int) -> None:
     ctx = zmq.Context()
     journal = VerdictJournal(shared.journal_path)
     sockets: list[zmq.Socket] = []
+    auth = None
     try:
         dealer = ctx.socket(zmq.DEALER)
         sockets.append(dealer)
         dealer.setsockopt(zmq.LINGER, 0)
         dealer.setsockopt(zmq.IMMEDIATE, 1)  # no queueing towards a peer that is not connected
+        if cfg.curve is not None:
+            curve.as_client(dealer, cfg.curve)
         dealer.connect(cfg.verdict_endpoint)
         pull = ctx.socket(zmq.PULL)  # verdicts from acquisition, workers and the supervisor
         sockets.append(pull)
@@ -60,11 +65,16 @@ def publisher_main(cfg: RuntimeConfig, shared: Shared, row: int) -> None:
             pub = ctx.socket(zmq.PUB)
             sockets.append(pub)
             pub.setsockopt(zmq.LINGER, 0)
+            if cfg.curve is not None:
+                auth = curve.start_authenticator(ctx, cfg.curve)
+                curve.as_server(pub, cfg.curve)
             pub.bind(cfg.telemetry_endpoint)
         _serve(cfg, shared, row, dealer, pull, pub, journal)
     finally:
         for sock in sockets:
             sock.close()
+        if auth is not None:
+            auth.stop()
         ctx.term()
 
 

@@ -22,6 +22,7 @@ from typing import Any
 
 import zmq
 
+from sclvi.edge import curve
 from sclvi.edge.config import RuntimeConfig, check_threshold, configured_thresholds
 from sclvi.edge.messages import Reason
 from sclvi.edge.ring import FREE, PROCESSING, READY, WRITING, SharedRing
@@ -95,10 +96,14 @@ class Runtime:
         self.stopping = False
         self.zmq = zmq.Context()
         self.control = None
+        self._auth = None
         if cfg.control_endpoint:
             self.control = self.zmq.socket(zmq.REP)
             self.control.setsockopt(zmq.LINGER, 0)
             self.control.setsockopt(zmq.MAXMSGSIZE, MAX_CONTROL_BYTES)  # a larger message drops its sender
+            if cfg.curve is not None:  # encrypted, and only authorized certificates get a REP at all
+                self._auth = curve.start_authenticator(self.zmq, cfg.curve)
+                curve.as_server(self.control, cfg.curve)
             self.control.bind(cfg.control_endpoint)
 
     # -- processes -------------------------------------------------------------------------------
@@ -339,6 +344,8 @@ class Runtime:
         totals = s.counters.totals()
         if self.control is not None:
             self.control.close()
+        if self._auth is not None:
+            self._auth.stop()
         self.zmq.term()
         for ring in self.rings:
             ring.close(unlink=True)

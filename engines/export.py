@@ -19,7 +19,7 @@ from onnxconverter_common import float16
 
 from sclvi.bundle import WEIGHTS, ModelBundle, register_files
 from sclvi.geometry import TwoScaleGeometry
-from sclvi.images import normalise, read_rgb
+from sclvi.images import read_rgb
 from sclvi.model import DenseFrameEncoder, build_model, load_numpy_state
 
 log = logging.getLogger(__name__)
@@ -83,7 +83,7 @@ def export_onnx(bundle: ModelBundle, check_images: list[Path] | None = None) -> 
     small = rng.normal(scale=0.5, size=(256, 3, 32, 32)).astype(np.float32)
     if check_images:
         geometry = TwoScaleGeometry.from_config(cfg.geometry)
-        real = [geometry.small.patches(normalise(read_rgb(p, cfg.geometry.image_size), bundle.mean)) for p in check_images[:2]]
+        real = [geometry.small.patches(bundle.normalise(read_rgb(p, cfg.geometry.image_size))) for p in check_images[:2]]
         small = np.concatenate([small, np.concatenate([r.reshape(-1, 3, 32, 32) for r in real])[::7]])
     with torch.no_grad():
         ref_small = model.main(torch.from_numpy(small)).numpy()

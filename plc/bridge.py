@@ -24,6 +24,7 @@ from typing import Any
 import msgpack
 import zmq
 
+from sclvi.edge.curve import as_server, start_authenticator
 from sclvi.edge.messages import TOPIC_ACK, TOPIC_VERDICT, unpack
 from sclvi.plc.config import BridgeConfig
 from sclvi.plc.modbus import ModbusClientPlc, ModbusServerPlc, Plc, PlcError
@@ -51,6 +52,10 @@ class Bridge:
         self.ctx = zmq.Context()
         self.sock = self.ctx.socket(zmq.ROUTER)
         self.sock.setsockopt(zmq.LINGER, 0)
+        self.auth = None
+        if cfg.curve is not None:  # only stations whose certificate is authorized may send verdicts
+            self.auth = start_authenticator(self.ctx, cfg.curve)
+            as_server(self.sock, cfg.curve)
         self.sock.bind(cfg.verdict_endpoint)
         self._timers: list[threading.Timer] = []
 
@@ -163,5 +168,7 @@ class Bridge:
         for t in self._timers:
             t.join(1)
         self.sock.close()
+        if self.auth is not None:
+            self.auth.stop()
         self.ctx.term()
         self.plc.close()

@@ -7,6 +7,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from sclvi.edge.curve import CurveConfig
+from sclvi.edge.curve import check as check_curve
 from sclvi.config import describe_validation_error, read_yaml
 from sclvi.edge.config import check_endpoint
 from sclvi.errors import ConfigError
@@ -32,6 +34,10 @@ class BridgeConfig(BaseModel):
     handshake: bool = Field(False, description="wait for the PLC to clear `new` before writing the next verdict")
     handshake_timeout_ms: float = Field(500.0, gt=0)
     state_file: str | None = Field(None, description="remembers the last verdict written per camera across restarts")
+    curve: CurveConfig | None = Field(
+        None, description="ZeroMQ CURVE (edge/curve.py): our certificate (bridge.key_secret) and the folder of station "
+        "certificates allowed to send verdicts; needed when the station is on another machine",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> "BridgeConfig":
@@ -50,6 +56,9 @@ def load_bridge_config(path: str | Path | None = None, overrides: dict[str, Any]
         data = dict(data.get("bridge", data))
     data.update(overrides or {})
     try:
-        return BridgeConfig.model_validate(data)
+        cfg = BridgeConfig.model_validate(data)
     except ValidationError as exc:
         raise ConfigError("invalid bridge config: " + describe_validation_error(exc)) from None
+    if cfg.curve is not None:
+        check_curve(cfg.curve, serves=True, connects=False)
+    return cfg

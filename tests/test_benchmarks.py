@@ -10,20 +10,29 @@ def test_quality_benchmark_rows_stand_next_to_the_floors_over_seeds(tmp_path):
 
     write_synthetic(tmp_path / "data", "object", size=176, n_train=6, n_test_good=3, n_test_defect=2, seed=0)
     report = main(["--data", str(tmp_path / "data"), "--sets", "object", "--protocol", "smoke", "--seeds", "0", "1",
-                   "--tasks", "scl12", "none", "--work", str(tmp_path / "work"), "--out", str(tmp_path / "out")])
+                   "--tasks", "scl12", "none", "--work", str(tmp_path / "work"), "--out", str(tmp_path / "out"),
+                   "--improvements"])
     data = json.loads((tmp_path / "out" / "quality-smoke.json").read_text())
-    kinds = [(r["kind"], r["task"], r["seed"]) for r in data["rows"]]
-    assert kinds == [("floor: raw pixels", None, None), ("floor: untrained encoder", None, 0),
-                     ("trained", "scl12", 0), ("trained", "scl12", 1), ("trained", "none", 0), ("trained", "none", 1)]
-    scl12 = [r for r in data["rows"] if r["task"] == "scl12"]
+    kinds = [(r["kind"], r["task"], r["seed"], r["variant"]) for r in data["rows"]]
+    assert kinds == [("floor: raw pixels", None, None, None), ("floor: untrained encoder", None, 0, None),
+                     ("trained", "scl12", 0, "default"), ("trained", "scl12", 1, "default"),
+                     ("trained", "none", 0, "default"), ("trained", "none", 1, "default"),
+                     ("trained", "scl12", 0, "paper loss and input"), ("trained", "scl12", 0, "frame photometric only"),
+                     ("trained", "scl12", 0, "synthetic defects only")]
+    # each variant really trains what its label says
+    variants = {r["variant"]: (r["photometric"], r["defect_weight"]) for r in data["rows"] if r["kind"] == "trained"}
+    assert variants["paper loss and input"] == ("none", 0.0) and variants["frame photometric only"] == ("frame", 0.0)
+    assert variants["synthetic defects only"] == ("none", 1.0)
+    scl12 = [r for r in data["rows"] if r["task"] == "scl12" and r["variant"] == "default"]
     assert all(0.0 <= r["pretext_acc"] <= 1.0 and r["code_rank32"] > 0 for r in scl12)
     assert all(r["pretext_acc"] is None for r in data["rows"] if r["task"] == "none")
-    (summary,) = [e for e in data["summary"] if e["task"] == "scl12"]
+    (summary,) = [e for e in data["summary"] if e["task"] == "scl12" and e["variant"] == "default"]
     assert summary["n"] == 2 and summary["image_auroc"] == sum(r["image_auroc"] for r in scl12) / 2
     floor = max(r["image_auroc"] for r in data["rows"] if r["kind"].startswith("floor"))
     assert abs(summary["over_best_floor"] - (summary["image_auroc"] - floor)) < 1e-12
     text = report.read_text()
-    assert "| floor: raw pixels |" in text and "| trained, scl12 (2 seeds) |" in text
+    assert "| floor: raw pixels |" in text and "| trained, scl12, default (2 seeds) |" in text
+    assert "| trained, scl12, synthetic defects only (1 seed) |" in text
     assert (tmp_path / "out" / "training-curve-smoke-object.png").stat().st_size > 1000
 
 

@@ -6,7 +6,7 @@ import torch
 from sclvi.embedding import FrameEmbedder
 from sclvi.engines.torch_backend import TorchBackend
 from sclvi.geometry import TwoScaleGeometry
-from sclvi.images import normalise, read_rgb
+from sclvi.images import read_rgb
 from sclvi.model import build_model, load_numpy_state
 from sclvi.scorer import AnomalyScorer
 
@@ -30,7 +30,7 @@ def test_gathered_large_codes_equal_direct_64px_embedding(random_bundle, synthet
     cfg = random_bundle.config
     geometry = TwoScaleGeometry.from_config(cfg.geometry)
     backend = CountingBackend(TorchBackend(random_bundle))
-    frame = normalise(read_rgb(next((synthetic_object / "test" / "hole").iterdir()), 96), random_bundle.mean)
+    frame = random_bundle.normalise(read_rgb(next((synthetic_object / "test" / "hole").iterdir()), 96))
     codes = FrameEmbedder(backend, geometry).embed(frame)
     assert backend.calls == [("small", 17 * 17), ("grid", 3 * 3)]  # one call per encoder per frame
 
@@ -60,3 +60,33 @@ def test_scorer_maps_are_consistent_and_training_images_score_low(random_bundle,
     # with eta = 1 (plain nearest neighbour) a training image's patches all have distance 0
     nn_scorer = AnomalyScorer(random_bundle, TorchBackend(random_bundle), random_bundle.config.scoring.model_copy(update={"eta": 1}))
     assert nn_scorer.score([train_img])[0].score == 0.0
+
+
+def test_frame_photometric_mode_makes_the_encoder_input_blind_to_exposure():
+    """A part photographed darker (exposure, lamp ageing) must reach the encoder unchanged under
+    preprocess.photometric: frame, and must not under the paper's mean-image subtraction alone."""
+    from sclvi.images import FRAME_MEAN, FRAME_STD, normalise, photometric
+
+    rng = np.random.default_rng(0)
+    frame = rng.integers(60, 200, (64, 64, 3)).astype(np.uint8)
+    darker = (frame.astype(np.float32) * 0.6 + 10).round().astype(np.uint8)
+    mean = np.full((64, 64, 3), 100, np.float32)
+    a, b = normalise(frame, mean, "frame"), normalise(darker, mean, "frame")
+    assert np.abs(a - b).max() < 0.02  # rounding to uint8 only
+    assert np.abs(normalise(frame, mean) - normalise(darker, mean)).max() > 0.1
+    f = photometric(frame, "frame")
+    assert abs(f.mean() - FRAME_MEAN) < 1e-3 and abs(f.std() - FRAME_STD) < 1e-2
+    flat = np.full((8, 8, 3), 30, np.uint8)
+    np.testing.assert_allclose(photometric(flat, "frame"), FRAME_MEAN)  # shifted, not blown up
+
+
+def test_bundle_normalises_with_its_own_photometric_mode(tmp_path, random_bundle):
+    from sclvi.bundle import load_bundle, save_bundle
+    from sclvi.images import normalise
+
+    cfg = random_bundle.config.model_copy(update={"preprocess": random_bundle.config.preprocess.model_copy(update={"photometric": "frame"})})
+    save_bundle(tmp_path / "b", cfg, random_bundle.weights, random_bundle.mean, {})
+    b = load_bundle(tmp_path / "b")
+    frame = np.random.default_rng(1).integers(0, 255, random_bundle.mean.shape).astype(np.uint8)
+    np.testing.assert_array_equal(b.normalise(frame), normalise(frame, b.mean, "frame"))
+    np.testing.assert_array_equal(random_bundle.normalise(frame), normalise(frame, b.mean, "none"))

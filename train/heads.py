@@ -34,3 +34,15 @@ class PositionClassifier(nn.Module):
 
     def forward(self, h1: torch.Tensor, h2: torch.Tensor) -> torch.Tensor:
         return self.net(h1 - h2)
+
+
+class DefectClassifier(nn.Module):
+    """Tells a clean patch from the synthetic defect kinds (train/defects.py) from its code alone: the
+    codes must carry what damage looks like for the k-NN to see it."""
+
+    def __init__(self, embed_dim: int, n_classes: int, hidden: int = 64) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(embed_dim, hidden), nn.LeakyReLU(0.1), NormalizedLinear(hidden, n_classes))
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return self.net(h)

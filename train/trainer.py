@@ -23,10 +23,11 @@ from sclvi.bundle import ModelBundle, load_bundle, save_bundle
 from sclvi.config import Config, config_from_dict, config_to_dict
 from sclvi.dataset import read_dataset
 from sclvi.errors import ConfigError, DataError
-from sclvi.images import mean_image, read_rgb
+from sclvi.images import mean_image, normalise, read_rgb
 from sclvi.model import SCLVINet, build_model, state_to_numpy
 from sclvi.plots import save_training_curve
-from sclvi.train.heads import PositionClassifier
+from sclvi.train.defects import KINDS, make_defects
+from sclvi.train.heads import DefectClassifier, PositionClassifier
 from sclvi.train.monitor import EarlyStop, HeldOutPretext, chance_accuracy, code_statistics, collapsed, crop
 from sclvi.train.pretext import N_CLASSES, PatchPairs, PretextSampler
 
@@ -75,6 +76,8 @@ def _new_state(cfg: Config, n_images: int) -> TrainState:
     heads = torch.nn.ModuleDict(
         {str(k): PositionClassifier(cfg.encoder.embed_dim, n_cls) for k in SCALES} if n_cls else {}
     )
+    if tc.defect_weight:
+        heads.update({f"defect{k}": DefectClassifier(cfg.encoder.embed_dim, len(KINDS)) for k in SCALES})
     params = list(model.parameters()) + list(heads.parameters())
     optimizer = torch.optim.Adam(params, lr=tc.lr)
     sampler = PretextSampler(n_images, cfg.geometry.image_size, tc.jitter_frac, tc.svdd_shift_frac, tc.seed)
@@ -145,8 +148,9 @@ def spread_loss(z: torch.Tensor, target: float) -> torch.Tensor:
     return variance + (off**2).sum() / z.shape[1] / target**2
 
 
-def _scale_loss(cfg: Config, state: TrainState, images: torch.Tensor, k: int) -> tuple[torch.Tensor, float, float]:
-    """Loss of one scale and its pretext accuracy (NaN without a pretext task)."""
+def _scale_loss(cfg: Config, state: TrainState, images: torch.Tensor, k: int) -> tuple[torch.Tensor, dict[str, float]]:
+    """Loss of one scale, its pretext accuracy (NaN without a pretext task), SVDD distance and synthetic-defect
+    accuracy (NaN without that term)."""
     tc = cfg.train
     b = tc.batch_size
     twins: PatchPairs = state.sampler.svdd_twins(k, b)
@@ -157,19 +161,29 @@ def _scale_loss(cfg: Config, state: TrainState, images: torch.Tensor, k: int) ->
         for corners in (pretext.first, pretext.second):
             shift = torch.from_numpy(state.sampler.gray_shift(b, tc.gray_shift))
             crops.append(crop(images, pretext.image, corners, k) + shift)
+    defect_kind = None
+    if tc.defect_weight:  # the SVDD twins, damaged (donors: other places of other images), against the clean ones
+        donors = state.sampler.svdd_twins(k, b)
+        damaged, defect_kind = make_defects(crops[1], crop(images, donors.image, donors.first, k), state.sampler.rng)
+        crops.append(damaged)
     all_codes = state.model.embed(torch.cat(crops))
     codes = all_codes.split(b)
     svdd = (codes[0] - codes[1]).norm(dim=1).mean()
     loss = tc.alpha * svdd
     if tc.spread_weight:
         loss = loss + tc.spread_weight * spread_loss(all_codes, tc.spread_target)
-    acc = float("nan")
+    stats = {f"acc{k}": float("nan"), f"svdd{k}": svdd.item(), f"defect_acc{k}": float("nan")}
     if pretext is not None:
         logits = state.heads[str(k)](codes[2], codes[3])
         target = torch.from_numpy(pretext.label)
         loss = loss + F.cross_entropy(logits, target)
-        acc = float((logits.argmax(1) == target).float().mean())
-    return loss, acc, svdd.item()
+        stats[f"acc{k}"] = float((logits.argmax(1) == target).float().mean())
+    if defect_kind is not None:
+        logits = state.heads[f"defect{k}"](torch.cat([codes[0], codes[-1]]))
+        target = torch.cat([torch.zeros(b, dtype=torch.long), defect_kind])
+        loss = loss + tc.defect_weight * F.cross_entropy(logits, target)
+        stats[f"defect_acc{k}"] = float((logits.argmax(1) == target).float().mean())
+    return loss, stats
 
 
 def _mean_or_none(values: list[float]) -> float | None:
@@ -180,6 +194,10 @@ def _mean_or_none(values: list[float]) -> float | None:
 def _evaluate(state: TrainState, held: HeldOutPretext | None, window: list[dict[str, float]]) -> dict[str, float]:
     """Training accuracy over the steps since the last evaluation, and held-out accuracy now."""
     row: dict[str, float] = {"step": state.step}
+    for k in SCALES:
+        acc = [h.get(f"defect_acc{k}", float("nan")) for h in window]
+        if np.isfinite(acc).any():
+            row[f"defect_acc{k}"] = float(np.nanmean(acc))
     if held is not None:  # no pretext task (or no held-out images): nothing to measure, and no NaN in bundle.json
         for k in SCALES:
             row[f"train_acc{k}"] = float(np.nanmean([h[f"acc{k}"] for h in window]))
@@ -208,8 +226,9 @@ def train(cfg: Config, data_root: str | Path, out: str | Path, resume: bool = Fa
     frames = np.stack([read_rgb(p, size) for p in tqdm(dataset.train, desc="load images", unit="img")])
     if len(frames) < 2:
         raise DataError(f"{data_root}/train/good has {len(frames)} image(s); training needs at least 2")
-    mean = mean_image(frames)
-    all_images = torch.from_numpy(((frames.astype(np.float32) - mean) / 255.0).transpose(0, 3, 1, 2).copy())
+    mode = cfg.preprocess.photometric
+    mean = mean_image(frames, mode)
+    all_images = torch.from_numpy(np.stack([normalise(f, mean, mode) for f in frames]))
     del frames
     fit, held_idx = split_holdout(len(all_images), tc.holdout_frac if N_CLASSES[tc.task] else 0.0, tc.seed)
     images = all_images[fit]
@@ -243,19 +262,23 @@ def train(cfg: Config, data_root: str | Path, out: str | Path, resume: bool = Fa
         total = torch.zeros(())
         stats: dict[str, float] = {}
         for k in SCALES:
-            loss, acc, svdd = _scale_loss(cfg, state, images, k)
+            loss, scale_stats = _scale_loss(cfg, state, images, k)
             total = total + loss
-            stats[f"acc{k}"], stats[f"svdd{k}"] = acc, svdd
+            stats.update(scale_stats)
         total.backward()
         state.optimizer.step()
         state.step += 1
         stats["loss"] = total.item()
         state.history.append(stats)
         bar.update(1)
-        bar.set_postfix(loss=f"{stats['loss']:.3f}", acc32=f"{stats['acc32']:.2f}", acc64=f"{stats['acc64']:.2f}")
+        bar.set_postfix(loss=f"{stats['loss']:.3f}", acc32=f"{stats['acc32']:.2f}", acc64=f"{stats['acc64']:.2f}",
+                        **({"defect": f"{stats['defect_acc32']:.2f}"} if tc.defect_weight else {}))
         if state.step % tc.eval_every == 0 or state.step == tc.steps:
             row = _evaluate(state, held, state.history[-tc.eval_every :])
             state.evals.append(row)
+            if "defect_acc32" in row:
+                log.info("step %d: synthetic-defect accuracy (training batches) %.3f / %.3f (32 / 64 px; chance %.3f)",
+                         state.step, row["defect_acc32"], row["defect_acc64"], 1 / len(KINDS))
             if held is not None:
                 log.info(
                     "step %d: pretext accuracy train %.3f / %.3f, held-out %.3f / %.3f (32 / 64 px; chance %.3f)",
