@@ -592,8 +592,12 @@ def pretext_summary(training: dict[str, Any]) -> str:
     p = training.get("pretext") or {}
     if p.get("heldout_acc32") is None:
         return "pretext accuracy: not measured (no pretext task or no held-out images)"
-    return (f"pretext accuracy on held-out images after {training['steps']} steps: {p['heldout_acc32']:.2f} (32 px), "
+    line = (f"pretext accuracy on held-out images after {training['steps']} steps: {p['heldout_acc32']:.2f} (32 px), "
             f"{p['heldout_acc64']:.2f} (64 px); chance {p['chance']:.3f}")
+    if p.get("defect_acc32") is not None:
+        line += (f"; synthetic-defect accuracy {p['defect_acc32']:.2f} / {p['defect_acc64']:.2f} "
+                 f"(32 / 64 px, training batches; chance 0.25)")
+    return line
 
 
 def main() -> None:

@@ -196,15 +196,22 @@ class Config(_Strict):
         return self
 
 
+#: What the product presets add to the paper's method (the `paper` preset stays as published): each frame's
+#: gray levels standardised before the mean image is subtracted, and the synthetic-defect training term
+#: (train/defects.py). Measured one by one in `sclvi bench quality --improvements`.
+PRODUCT: dict[str, Any] = {"preprocess": {"photometric": "frame"}, "train": {"defect_weight": 1.0}}
+
 PRESETS: dict[str, dict[str, Any]] = {
     "paper": {},
     # Narrow widths for CPU boxes: ~22x fewer MACs per patch than the paper's widths.
     "lite": {
+        **PRODUCT,
         "encoder": {"conv_widths": (24, 48, 64, 64, 64, 64), "secondary_width": 64, "groups": 8},
     },
     # Dense family: every patch code of a frame from one fully convolutional pass (see EncoderConfig).
-    "dense": {"encoder": {"family": "dense", "norm": "batch"}},  # GPU-sized: the Table 5 widths
+    "dense": {**PRODUCT, "encoder": {"family": "dense", "norm": "batch"}},  # GPU-sized: the Table 5 widths
     "dense-lite": {  # CPU-sized
+        **PRODUCT,
         "encoder": {"family": "dense", "norm": "batch", "conv_widths": (32, 64, 96, 96, 64, 64), "secondary_width": 64},
     },
 }

@@ -70,10 +70,13 @@ def save_training_curve(
         held = [(e["step"], e[f"heldout_acc{k}"]) for e in evals if f"heldout_acc{k}" in e]
         if held:
             ax_acc.plot(*zip(*held), "o-", color=f"C{i}", ms=3, label=f"held-out {k} px")
+        defect = np.array([h.get(f"defect_acc{k}", np.nan) for h in history], dtype=float)
+        if np.isfinite(defect).any():  # the synthetic-defect term (4 classes, fresh defects every step)
+            ax_acc.plot(steps, _smooth(defect), color=f"C{i + 2}", lw=1, ls="--", label=f"synthetic defects {k} px")
     if chance is not None:
         ax_acc.axhline(chance, color="k", ls=":", lw=0.8, label="chance")
     ax_acc.set_xlabel("step")
-    ax_acc.set_ylabel("pretext accuracy")
+    ax_acc.set_ylabel("accuracy")
     ax_acc.set_ylim(0, 1)
     if ax_acc.get_legend_handles_labels()[0]:  # nothing to label without a pretext task
         ax_acc.legend(fontsize=7)

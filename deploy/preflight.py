@@ -182,8 +182,8 @@ def _plc(cfg: RuntimeConfig) -> Check:
     unknown = [c.camera_id for c in cfg.cameras if c.camera_id not in b.cameras]
     if unknown:
         return Check("PLC bridge", False, f"cameras without a register block in the bridge: {', '.join(unknown)}")
-    if b.mode == "modbus-server":
-        return _bindable("PLC bridge (Modbus server)", f"tcp://{b.host}:{b.port}")
+    if b.mode in ("modbus-server", "opcua-server"):
+        return _bindable(f"PLC bridge ({'Modbus' if b.mode == 'modbus-server' else 'OPC UA'} server)", f"tcp://{b.host}:{b.port}")
     try:
         with socket.create_connection((b.host, b.port), timeout=2):
             pass

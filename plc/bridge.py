@@ -34,6 +34,10 @@ log = logging.getLogger("sclvi.plc")
 
 
 def make_plc(cfg: BridgeConfig) -> Plc:
+    if cfg.mode == "opcua-server":
+        from sclvi.plc.opcua import OpcUaServerPlc
+
+        return OpcUaServerPlc(cfg.host, cfg.port, cfg.cameras, cfg.register_base, cfg.coil_base, cfg.opcua_namespace)
     if cfg.mode == "modbus-server":
         return ModbusServerPlc(cfg.host, cfg.port, cfg.register_base + BLOCK * len(cfg.cameras),
                                cfg.coil_base + len(cfg.cameras))

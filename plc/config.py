@@ -19,12 +19,14 @@ class BridgeConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     verdict_endpoint: str = Field("tcp://127.0.0.1:5555", description="the runtime's verdict channel (we bind the ROUTER)")
-    mode: Literal["modbus-server", "modbus-client"] = Field(
-        "modbus-client", description="modbus-client: write into the PLC's registers; modbus-server: the PLC polls ours"
+    mode: Literal["modbus-server", "modbus-client", "opcua-server"] = Field(
+        "modbus-client", description="modbus-client: write into the PLC's registers; modbus-server: the PLC polls ours; "
+        "opcua-server: the PLC / SCADA reads our OPC UA nodes (a node per camera, an event per verdict)"
     )
     host: str = Field("127.0.0.1", description="client: the PLC's address; server: the address we listen on")
     port: int = Field(502, ge=1, le=65535)
     device_id: int = Field(1, ge=0, le=255, description="Modbus unit id")
+    opcua_namespace: str = Field("urn:sclvi:station", min_length=1, description="opcua-server: namespace URI of the nodes")
     cameras: list[str] = Field(min_length=1, description="camera ids in register-block order (block i at base + 32 i)")
     register_base: int = Field(0, ge=0, le=65535 - BLOCK)
     coil_base: int = Field(0, ge=0, le=65535)

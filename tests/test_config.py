@@ -51,3 +51,16 @@ def test_missing_file_and_unknown_preset(tmp_path):
         load_config(tmp_path / "nope.yaml")
     with pytest.raises(ConfigError, match="unknown preset"):
         build_config("huge")
+
+
+def test_paper_preset_stays_as_published_and_product_presets_carry_the_improvements():
+    from sclvi.config import PRESETS, build_config
+
+    paper = build_config("paper")
+    assert paper.preprocess.photometric == "none" and paper.train.defect_weight == 0.0
+    for preset in set(PRESETS) - {"paper"}:
+        cfg = build_config(preset)
+        assert cfg.preprocess.photometric == "frame" and cfg.train.defect_weight > 0, preset
+    # a user can still switch each one off
+    off = build_config("dense-lite", {"preprocess": {"photometric": "none"}, "train": {"defect_weight": 0}})
+    assert off.preprocess.photometric == "none" and off.train.defect_weight == 0

@@ -148,3 +148,64 @@ def test_bad_bridge_configs_are_refused(change, message):
 
     with pytest.raises(ConfigError, match=message):
         load_bridge_config(overrides={"cameras": ["cam0"], **change})
+
+
+class OpcUaPlc(threading.Thread):
+    """A PLC / SCADA as OPC UA client: subscribes to the bridge's events, polls cam0's `New`, reads the
+    verdict, clears `New` (the handshake)."""
+
+    def __init__(self, url):
+        super().__init__(daemon=True)
+        self.url, self.seen, self.events, self.done = url, [], [], threading.Event()
+
+    def event_notification(self, event):  # asyncua subscription handler
+        self.events.append(event.Message.Text)
+
+    def run(self):
+        from asyncua.sync import Client
+
+        from sclvi.plc.opcua import FIELDS as NODES
+
+        client = Client(self.url)
+        client.connect()
+        try:
+            ns = client.get_namespace_index("urn:sclvi:station")
+            node = {name: client.nodes.objects.get_child([f"{ns}:cam0", f"{ns}:{name}"]) for name, *_ in NODES}
+            sub = client.create_subscription(50, self)
+            sub.subscribe_events()
+            while not self.done.is_set():
+                if node["New"].read_value():
+                    self.seen.append({name: node[name].read_value() for name in node})
+                    node["New"].write_value(False)
+                time.sleep(0.005)
+            sub.delete()
+        finally:
+            client.disconnect()
+
+
+def test_opcua_server_mode_gives_scada_every_verdict_in_order_with_an_event_each(random_bundle, replay):
+    pytest.importorskip("asyncua")
+    port = free_port()
+    rt_cfg = runtime_config(random_bundle, [{"kind": "folder", "path": str(replay), "rate_hz": 6}])
+    cfg = load_bridge_config(overrides={"verdict_endpoint": rt_cfg["verdict_endpoint"], "mode": "opcua-server",
+                                        "port": port, "cameras": ["cam0"], "handshake": True,
+                                        "handshake_timeout_ms": 3000, "reject_pulse_ms": 20})
+    bridge, stop, t = _bridge_thread(cfg)
+    plc = OpcUaPlc(f"opc.tcp://127.0.0.1:{port}/sclvi/")
+    plc.start()
+    try:
+        rt = Runtime(load_runtime_config(overrides=rt_cfg))
+        rt.run()
+        end = time.time() + 15
+        while len(plc.seen) < 6 and time.time() < end:
+            time.sleep(0.05)
+    finally:
+        stop.set()
+        t.join(5)
+        plc.done.set()
+        plc.join(10)
+        bridge.close()
+    assert [v["Seq"] for v in plc.seen] == [1, 2, 3, 4, 5, 6]
+    assert all(v["Run"] == run_code(rt.shared.run_id) and v["Count"] == i + 1 for i, v in enumerate(plc.seen))
+    assert all(v["Reject"] == (v["Verdict"] != 1) for v in plc.seen)  # 1 = OK (deploy/PLC.md)
+    assert len(plc.events) == 6 and plc.events[0].startswith("cam0 seq 1 ")
