@@ -62,6 +62,10 @@ class RuntimeConfig(_Strict):
     ack_timeout_ms: float = Field(250.0, gt=0, description="resend a verdict not acknowledged by then")
     max_pending: int = Field(10000, ge=1, description="unacknowledged verdicts kept for resending")
     heartbeat_s: float = Field(1.0, gt=0)
+    drift_window: int = Field(200, ge=10, description="OK parts whose median score the drift watch compares with the calibration")
+    drift_limit: float = Field(
+        1.0, gt=0, description="alarm when that median moves more than this many p50-p99 spreads of the calibration"
+    )
     image_threshold: float | None = Field(None, allow_inf_nan=False, description="overrides the bundle's calibration")
     pixel_threshold: float | None = Field(None, allow_inf_nan=False)
     record_dir: str | None = Field(None, description="keep NG / NOT_INSPECTED frames and heatmaps here")

@@ -21,6 +21,7 @@ import zmq
 from sclvi.edge import curve
 
 from sclvi.edge.config import RuntimeConfig
+from sclvi.edge.drift import DriftWatch, Reference
 from sclvi.edge.journal import SeqGaps, VerdictJournal
 from sclvi.edge.messages import (
     SCHEMA, TOPIC_ACK, TOPIC_HEARTBEAT, TOPIC_VERDICT, Reason, Verdict, pack, unpack, verdict_message,
@@ -92,6 +93,7 @@ def _serve(cfg: RuntimeConfig, shared: Shared, row: int, dealer: zmq.Socket, pul
     next_beat = time.monotonic()
     flushing_since: float | None = None
     drained_since: float | None = None
+    drift = DriftWatch(_drift_reference(cfg), cfg.drift_window, cfg.drift_limit)
 
     def send(key: tuple[str, int], frames: list[bytes], first: bool) -> None:
         try:
@@ -132,6 +134,7 @@ def _serve(cfg: RuntimeConfig, shared: Shared, row: int, dealer: zmq.Socket, pul
                 count.add(row, "late_verdicts")
                 continue
             publish(msg)
+            drift.add(msg.get("verdict"), msg.get("score"))
         while dealer.poll(0, zmq.POLLIN):
             try:
                 topic, body = unpack(dealer.recv_multipart())
@@ -163,7 +166,7 @@ def _serve(cfg: RuntimeConfig, shared: Shared, row: int, dealer: zmq.Socket, pul
         journal.maybe_compact(pending, gaps.high)
         if pub is not None and now >= next_beat:
             next_beat = now + cfg.heartbeat_s
-            pub.send_multipart(pack(TOPIC_HEARTBEAT, heartbeat(shared, pending, ack_timeout)))
+            pub.send_multipart(pack(TOPIC_HEARTBEAT, heartbeat(shared, pending, ack_timeout, drift)))
         if drained_since is not None and not gaps.missing:
             if not pending or now - flushing_since > max(4 * ack_timeout, 1.0):
                 if pending:
@@ -172,9 +175,25 @@ def _serve(cfg: RuntimeConfig, shared: Shared, row: int, dealer: zmq.Socket, pul
                 return
 
 
-def heartbeat(shared: Shared, pending: OrderedDict, ack_timeout: float) -> dict[str, Any]:
+def _drift_reference(cfg: RuntimeConfig) -> Reference | None:
+    """The bundle's calibrated good-part scores; None (no drift watch) when it has none or cannot be read
+    here (the workers report a broken bundle)."""
+    from sclvi.bundle import load_bundle
+    from sclvi.errors import SclviError
+
+    try:
+        return Reference.from_calibration(load_bundle(cfg.bundle).manifest.get("calibration"))
+    except SclviError as exc:
+        log.warning("drift watch off: %s", exc)
+        return None
+
+
+def heartbeat(shared: Shared, pending: OrderedDict, ack_timeout: float, drift: DriftWatch | None = None) -> dict[str, Any]:
     totals = shared.counters.totals()
     alarms = []
+    drift_alarm = drift.alarm() if drift is not None else None
+    if drift_alarm:
+        alarms.append(drift_alarm)
     oldest = next(iter(pending.values()), None)
     if oldest is not None and time.monotonic() - oldest[2] > 4 * ack_timeout:
         alarms.append(f"verdict channel: {len(pending)} verdicts unacknowledged")
@@ -183,4 +202,4 @@ def heartbeat(shared: Shared, pending: OrderedDict, ack_timeout: float) -> dict[
             alarms.append(f"{name}: {totals[name]}")
     depths = {"pending_verdicts": len(pending)}
     return {"schema": SCHEMA, "t_ns": time.time_ns(), "counters": totals, "queue_depths": depths,
-            "paused": shared.paused.is_set(), "alarms": alarms}
+            "paused": shared.paused.is_set(), "alarms": alarms, "drift": drift.status() if drift is not None else None}
