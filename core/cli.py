@@ -342,6 +342,22 @@ def listen(
 
 
 @app.command()
+def view(
+    config: Path = typer.Argument(..., help="Runtime config (YAML) of the station to watch."),
+    host: str = typer.Option("127.0.0.1", help="Address to serve on (loopback by default)."),
+    port: int = typer.Option(8080, help="HTTP port."),
+) -> None:
+    """The operator's live page: last parts with heatmaps, counters and yield, latency, alarms, pause and threshold."""
+    with _user_errors():
+        from sclvi.edge.config import load_runtime_config
+        from sclvi.view.app import serve
+
+        cfg = load_runtime_config(config)
+        typer.echo(f"live view: http://{host}:{port}/  (Ctrl-C to stop)")
+        serve(cfg, host, port)
+
+
+@app.command()
 def bridge(
     config: Path = typer.Argument(..., help="Bridge config (YAML; a station config's `bridge:` section works too)."),
 ) -> None:
@@ -493,6 +509,7 @@ def _demo_line(root: Path, data: Path, cls: str) -> None:
         "telemetry_endpoint": f"tcp://127.0.0.1:{port()}", "control_endpoint": f"tcp://127.0.0.1:{port()}",
         "cameras": [{"kind": "folder", "camera_id": "line1", "path": str(replay), "rate_hz": 2}],
     })
+    stop_view = _demo_view(cfg, port())
     typer.echo(f"edge runtime: {len(items)} parts replayed at 2 Hz; verdicts over ZeroMQ ({endpoint}) to the PLC bridge:")
     correct: list[bool] = []
 
@@ -507,8 +524,41 @@ def _demo_line(root: Path, data: Path, cls: str) -> None:
     except ImportError:  # installed without the plc extra: the ZeroMQ stand-in plays the PLC
         typer.echo("  (pymodbus missing: install '.[train,plc]' to see the Modbus bridge; printing the ZeroMQ verdicts)")
         _demo_listener(endpoint, judged, lambda: Runtime(cfg).run())
+    finally:
+        stop_view()
     typer.echo(f"{sum(correct)}/{len(correct)} inspected parts judged as their ground truth; "
                f"{len(items) - len(correct)} NOT_INSPECTED (rejected by the PLC by default)")
+
+
+def _demo_view(cfg: Any, http_port: int) -> Any:
+    """The operator view on loopback while the replay runs; returns its stop function."""
+    import threading
+    import time
+
+    try:
+        import uvicorn
+
+        from sclvi.view.app import build_app
+        from sclvi.view.feed import TelemetryFeed
+    except ImportError:
+        typer.echo("(install '.[view]' to watch the line in a browser while the demo runs)")
+        return lambda: None
+    feed = TelemetryFeed(cfg.telemetry_endpoint)
+    feed.start()
+    server = uvicorn.Server(uvicorn.Config(build_app(cfg, feed), host="127.0.0.1", port=http_port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    end = time.time() + 10
+    while not server.started and time.time() < end:
+        time.sleep(0.05)
+    typer.echo(f"live view: http://127.0.0.1:{http_port}/  (open it now: last parts, heatmaps, counters, alarms)")
+
+    def stop() -> None:
+        server.should_exit = True
+        thread.join(5)
+        feed.stop()
+
+    return stop
 
 
 def _demo_plc(endpoint: str, modbus_port: int, judged: Any, run: Any) -> None:

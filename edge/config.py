@@ -62,6 +62,11 @@ class RuntimeConfig(_Strict):
     ack_timeout_ms: float = Field(250.0, gt=0, description="resend a verdict not acknowledged by then")
     max_pending: int = Field(10000, ge=1, description="unacknowledged verdicts kept for resending")
     heartbeat_s: float = Field(1.0, gt=0)
+    preview_hz: float = Field(
+        2.0, ge=0, description="JPEG previews (frame + heatmap) per second per worker on the telemetry socket for the "
+        "operator view; 0 = none. Made after the verdict is sent, so they never delay one"
+    )
+    preview_px: int = Field(320, ge=32, le=2048, description="longest side of a preview JPEG")
     drift_window: int = Field(200, ge=10, description="OK parts whose median score the drift watch compares with the calibration")
     drift_limit: float = Field(
         1.0, gt=0, description="alarm when that median moves more than this many p50-p99 spreads of the calibration"

@@ -50,6 +50,8 @@ def worker_main(cfg: RuntimeConfig, w: int, shared: Shared) -> None:
     scorer = load_scorer(cfg)
     recorder = Recorder(cfg.record_dir, cfg.record_max_mb) if cfg.record_dir else None
     size = scorer.size
+    preview_every = 1.0 / cfg.preview_hz if cfg.preview_hz and cfg.telemetry_endpoint else None
+    next_preview = 0.0
     shared.workers_ready[w] = 1
     log.info("worker %d ready (%s)", w, scorer.embedder.backend.name)
     try:
@@ -111,6 +113,13 @@ def worker_main(cfg: RuntimeConfig, w: int, shared: Shared) -> None:
                     shared.counters.add(row, "nis_error")
                 if recorder and msg["verdict"] != "OK" and frame is not None:
                     recorder.save(msg, frame, result.anomaly_map if result is not None else None)
+                if preview_every is not None and frame is not None and time.monotonic() >= next_preview:
+                    next_preview = time.monotonic() + preview_every
+                    try:
+                        shared.send(preview_message(msg, frame, result.anomaly_map if result is not None else None,
+                                                    shared.pixel_threshold.value, cfg.preview_px))
+                    except Exception:  # a preview must never cost a verdict
+                        log.exception("worker %d: preview failed", w)
             else:
                 shared.counters.add(row, "late_results")
             ring.release(slot)
@@ -127,3 +136,29 @@ def heatmap_rgb(anomaly_map: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     m = anomaly_map / max(float(anomaly_map.max()), 1e-12)
     rgb = (colormaps["jet"](m)[:, :, :3] * 255).astype(np.uint8)
     return np.asarray(Image.fromarray(rgb).resize((size[1], size[0]), Image.BILINEAR))
+
+
+def preview_jpeg(frame: np.ndarray, anomaly_map: np.ndarray | None, pixel_threshold: float, longest: int) -> bytes:
+    """The frame scaled to `longest` px with pixels above the pixel threshold tinted red (what the
+    operator looks at), as JPEG."""
+    import io
+
+    h, w = frame.shape[:2]
+    scale = min(1.0, longest / max(h, w))
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    img = np.asarray(Image.fromarray(frame).resize(size, Image.BILINEAR)).astype(np.float32)
+    if anomaly_map is not None and np.isfinite(pixel_threshold) and pixel_threshold > 0:
+        m = np.asarray(Image.fromarray(anomaly_map.astype(np.float32)).resize(size, Image.BILINEAR))
+        alpha = np.clip(m / pixel_threshold - 0.5, 0.0, 1.0)[:, :, None] * 0.6
+        img = img * (1 - alpha) + np.array([255.0, 0.0, 0.0]) * alpha
+    buf = io.BytesIO()
+    Image.fromarray(img.astype(np.uint8)).save(buf, format="JPEG", quality=80)
+    return buf.getvalue()
+
+
+def preview_message(msg: dict, frame: np.ndarray, anomaly_map: np.ndarray | None, pixel_threshold: float,
+                    longest: int) -> dict:
+    """A telemetry preview of one verdict (not a verdict: the publisher only forwards it)."""
+    keep = ("camera", "seq", "frame_id", "verdict", "reason", "score", "threshold", "regions", "latency_ms")
+    return {"preview": True, **{k: msg.get(k) for k in keep}, "frame_size": [frame.shape[1], frame.shape[0]],
+            "jpeg": preview_jpeg(frame, anomaly_map, pixel_threshold, longest)}

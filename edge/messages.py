@@ -18,6 +18,7 @@ SCHEMA = 1
 TOPIC_VERDICT = b"verdict"
 TOPIC_ACK = b"ack"
 TOPIC_HEARTBEAT = b"heartbeat"
+TOPIC_PREVIEW = b"preview"  # telemetry: a JPEG of a recent part with its heatmap (the operator view)
 
 
 class Verdict(str, Enum):

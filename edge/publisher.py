@@ -24,7 +24,8 @@ from sclvi.edge.config import RuntimeConfig
 from sclvi.edge.drift import DriftWatch, Reference
 from sclvi.edge.journal import SeqGaps, VerdictJournal
 from sclvi.edge.messages import (
-    SCHEMA, TOPIC_ACK, TOPIC_HEARTBEAT, TOPIC_VERDICT, Reason, Verdict, pack, unpack, verdict_message,
+    SCHEMA, TOPIC_ACK, TOPIC_HEARTBEAT,
+    TOPIC_PREVIEW, TOPIC_VERDICT, Reason, Verdict, pack, unpack, verdict_message,
 )
 from sclvi.edge.shared import Shared
 
@@ -127,6 +128,13 @@ def _serve(cfg: RuntimeConfig, shared: Shared, row: int, dealer: zmq.Socket, pul
             msg = msgpack.unpackb(pull.recv(), raw=False)
             if msg.get("flush"):
                 flushing_since = flushing_since or time.monotonic()
+                continue
+            if msg.get("preview"):  # telemetry for the operator view: forwarded, never journaled or resent
+                if pub is not None:
+                    try:
+                        pub.send_multipart(pack(TOPIC_PREVIEW, msg), flags=zmq.NOBLOCK)
+                    except zmq.Again:
+                        pass
                 continue
             if not gaps.seen(msg["camera"], msg["seq"]):
                 log.error("late verdict for %s seq %d dropped: it was already sent as NOT_INSPECTED (lost)",

@@ -1,0 +1,137 @@
+"""The operator view: a real runtime, the real web app, a real headless Chromium (Debian's package)."""
+
+import os
+import shutil
+import threading
+import time
+
+import httpx
+import pytest
+
+from sclvi.edge.config import load_runtime_config
+from sclvi.edge.supervisor import Runtime
+from test_edge_runtime import Collector, free_port, replay, runtime_config  # noqa: F401 (fixture)
+
+TOKEN = "operator-token-0123456789"
+
+
+class ViewServer:
+    """`sclvi view` in this process: the telemetry feed and uvicorn on a free loopback port."""
+
+    def __init__(self, cfg):
+        import uvicorn
+
+        from sclvi.view.app import build_app
+        from sclvi.view.feed import TelemetryFeed
+
+        self.feed = TelemetryFeed(cfg.telemetry_endpoint)
+        self.feed.start()
+        self.port = free_port()
+        self.server = uvicorn.Server(uvicorn.Config(build_app(cfg, self.feed), host="127.0.0.1", port=self.port,
+                                                    log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        end = time.time() + 20
+        while not self.server.started and time.time() < end:
+            time.sleep(0.05)
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def close(self):
+        self.server.should_exit = True
+        self.thread.join(10)
+        self.feed.stop()
+
+
+def _station(random_bundle, replay, frames, rate):
+    cfg = runtime_config(random_bundle, [{"kind": "folder", "path": str(replay), "rate_hz": rate, "loop": True,
+                                          "max_frames": frames}], heartbeat_s=0.2, preview_hz=50, control_token=TOKEN)
+    return cfg, load_runtime_config(overrides=cfg)
+
+
+def test_view_api_refuses_bad_commands_and_a_wrong_token(random_bundle, replay):
+    cfg_dict, cfg = _station(random_bundle, replay, 12, 4)
+    plc = Collector(cfg_dict["verdict_endpoint"])
+    plc.start()
+    rt = Runtime(cfg)
+    t = threading.Thread(target=rt.run, daemon=True)
+    t.start()
+    view = ViewServer(cfg)
+    try:
+        with httpx.Client(base_url=view.url, timeout=10) as http:
+            assert "<title>SCL-VI station</title>" in http.get("/").text
+            end = time.time() + 30
+            while not http.get("/api/state").json()["parts"] and time.time() < end:
+                time.sleep(0.1)
+            part = http.get("/api/state").json()["parts"][0]
+            assert http.post("/api/command", json={"cmd": "stop"}).status_code == 400  # not a view command
+            assert http.post("/api/command", content=b"nope").status_code == 400
+            r = http.post("/api/command", json={"cmd": "pause", "token": "wrong-token-xxxxxxxx"})
+            assert r.status_code == 403 and "token" in r.json()["error"]
+            assert not rt.shared.paused.is_set()
+            assert part["image"].startswith("data:image/jpeg;base64,") and len(part["image"]) > 1000
+            assert part["verdict"] in ("OK", "NG") and part["frame_size"][0] > 0
+    finally:
+        t.join(60)
+        view.close()
+        plc.finish()
+
+
+@pytest.mark.skipif(shutil.which("chromedriver") is None, reason="needs Debian's chromium-driver (.ci/run installs it)")
+def test_operator_page_shows_each_verdict_within_a_second_counts_like_the_bridge_and_pauses(random_bundle, replay, tmp_path):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+
+    cfg_dict, cfg = _station(random_bundle, replay, 24, 3)
+    arrivals = {}
+    plc = Collector(cfg_dict["verdict_endpoint"])
+    plc.start()
+    rt = Runtime(cfg)
+    t = threading.Thread(target=rt.run, daemon=True)
+    view = ViewServer(cfg)
+    opts = webdriver.ChromeOptions()
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1280,900"):
+        opts.add_argument(arg)
+    browser = webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=opts)
+    try:
+        browser.get(view.url)
+        t.start()
+        delays = []
+        end = time.time() + 60
+        while len(delays) < 3 and time.time() < end:  # the page shows new parts as the bridge gets them
+            for v in list(plc.verdicts):
+                arrivals.setdefault(v["seq"], time.monotonic())
+            shown = set(browser.execute_script("return [...document.querySelectorAll('.part')].map(e => +e.dataset.seq)"))
+            for seq in shown & set(arrivals):
+                if seq not in [d[0] for d in delays]:
+                    delays.append((seq, time.monotonic() - arrivals[seq]))
+            time.sleep(0.02)
+        assert len(delays) >= 3 and max(d for _, d in delays) < 1.0, delays
+        browser.find_element(By.ID, "token").send_keys(TOKEN)
+        browser.find_element(By.ID, "pause").click()
+        end = time.time() + 10
+        while not rt.shared.paused.is_set() and time.time() < end:
+            time.sleep(0.05)
+        assert rt.shared.paused.is_set()  # pause on the page stops inspection ...
+        grabbed = rt.shared.seq[0].value  # frames grabbed before the pause may still be inspected
+        end = time.time() + 15
+        while sum(v["seq"] > grabbed for v in plc.verdicts) < 3 and time.time() < end:
+            time.sleep(0.05)
+        after = [v for v in plc.verdicts if v["seq"] > grabbed]
+        assert len(after) >= 3 and all(v["verdict"] == "NOT_INSPECTED" and v["reason"] == "paused" for v in after)
+        browser.find_element(By.ID, "resume").click()
+        t.join(90)
+        time.sleep(1.0)  # the last heartbeat
+        counts = browser.execute_script("return Object.fromEntries(['ok', 'ng', 'ni'].map(k => [k, +document.getElementById(k).textContent]))")
+        verdicts = plc.finish()
+        assert counts["ok"] == sum(v["verdict"] == "OK" for v in verdicts)  # ... and the counters match the bridge's
+        assert counts["ng"] == sum(v["verdict"] == "NG" for v in verdicts)
+        assert counts["ni"] == sum(v["verdict"] == "NOT_INSPECTED" for v in verdicts) and counts["ni"] > 0
+        assert browser.find_element(By.ID, "state").text in ("inspecting", "PAUSED")
+        shot = tmp_path / "view.png"
+        browser.save_screenshot(str(shot))
+        if os.environ.get("SCLVI_VIEW_SCREENSHOT"):  # how deploy/view.png is made
+            shutil.copy(shot, os.environ["SCLVI_VIEW_SCREENSHOT"])
+    finally:
+        browser.quit()
+        view.close()

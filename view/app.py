@@ -1,0 +1,105 @@
+"""`sclvi view`: the operator's live page (Starlette, server-sent events, one static HTML file).
+
+Shows the last parts (image with the heatmap tinted red, verdict, score against threshold, defect
+boxes), OK / NG / NOT_INSPECTED counters and yield over time, per-stage latency, alarms and the drift
+watch; pause / resume and a threshold change go to the runtime's control socket and need the operator's
+token (the runtime's `control_token`: the view does not store it, the operator types it). Loopback by
+default.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+import zmq
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, StreamingResponse
+from starlette.routing import Route
+
+from sclvi.edge.config import RuntimeConfig
+from sclvi.view.feed import TelemetryFeed
+
+STATIC = Path(__file__).parent / "static"
+#: Commands the page may send (the runtime checks the token).
+COMMANDS = ("pause", "resume", "set_threshold", "status")
+
+
+def control_keys(cfg: RuntimeConfig) -> tuple[bytes, bytes, bytes] | None:
+    """With CURVE on, the view (on the station) talks to the station's sockets with the station's own
+    certificate, which is in its authorized folder."""
+    if cfg.curve is None:
+        return None
+    from sclvi.edge.curve import load_secret
+
+    public, secret = load_secret(cfg.curve.secret_key)
+    return public, secret, public
+
+
+def ask_control(cfg: RuntimeConfig, request: dict[str, Any], timeout_ms: int = 3000) -> dict[str, Any]:
+    """One request on the control socket (a fresh REQ each time: a timed-out REQ cannot be reused)."""
+    if not cfg.control_endpoint:
+        return {"ok": False, "error": "the runtime has no control_endpoint"}
+    sock = zmq.Context.instance().socket(zmq.REQ)
+    sock.setsockopt(zmq.LINGER, 0)
+    keys = control_keys(cfg)
+    if keys is not None:
+        sock.curve_publickey, sock.curve_secretkey, sock.curve_serverkey = keys
+    try:
+        sock.connect(cfg.control_endpoint)
+        sock.send(json.dumps(request).encode())
+        if not sock.poll(timeout_ms):
+            return {"ok": False, "error": "the runtime did not answer (is `sclvi run` up?)"}
+        return json.loads(sock.recv())
+    finally:
+        sock.close()
+
+
+def build_app(cfg: RuntimeConfig, feed: TelemetryFeed) -> Starlette:
+    async def index(_: Request) -> FileResponse:
+        return FileResponse(STATIC / "index.html")
+
+    async def state(_: Request) -> JSONResponse:
+        return JSONResponse(feed.snapshot())
+
+    async def events(request: Request) -> StreamingResponse:
+        async def stream():
+            version = -1
+            while not await request.is_disconnected():
+                version = await asyncio.to_thread(feed.wait, version, 1.0)
+                yield f"data: {json.dumps(feed.snapshot())}\n\n"
+
+        return StreamingResponse(stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+    async def command(request: Request) -> JSONResponse:
+        try:
+            body = await request.json()
+        except ValueError:
+            return JSONResponse({"ok": False, "error": "expected a JSON body"}, status_code=400)
+        if not isinstance(body, dict) or body.get("cmd") not in COMMANDS:
+            return JSONResponse({"ok": False, "error": f"cmd must be one of {', '.join(COMMANDS)}"}, status_code=400)
+        reply = await asyncio.to_thread(ask_control, cfg, body)
+        return JSONResponse(reply, status_code=200 if reply.get("ok", True) else 403)
+
+    routes = [Route("/", index), Route("/api/state", state), Route("/events", events),
+              Route("/api/command", command, methods=["POST"])]
+    return Starlette(routes=routes)
+
+
+def serve(cfg: RuntimeConfig, host: str = "127.0.0.1", port: int = 8080) -> None:
+    """Run the view until interrupted."""
+    import uvicorn
+
+    if not cfg.telemetry_endpoint:
+        from sclvi.errors import ConfigError
+
+        raise ConfigError("the view needs the runtime's telemetry_endpoint (heartbeats and previews)")
+    feed = TelemetryFeed(cfg.telemetry_endpoint, curve_keys=control_keys(cfg))
+    feed.start()
+    try:
+        uvicorn.run(build_app(cfg, feed), host=host, port=port, log_level="warning")
+    finally:
+        feed.stop()

@@ -1,0 +1,96 @@
+"""What the operator view shows, kept current from the runtime's telemetry socket (heartbeats and
+previews) by one background thread.
+
+Telemetry is PUB/SUB and may drop a message: the view is for people, never for verdicts (the PLC gets
+every verdict over the acknowledged channel). A dropped preview only means one picture fewer.
+"""
+
+from __future__ import annotations
+
+import base64
+import threading
+import time
+from collections import deque
+from typing import Any
+
+import zmq
+
+from sclvi.edge.messages import TOPIC_HEARTBEAT, TOPIC_PREVIEW, unpack
+
+
+class TelemetryFeed(threading.Thread):
+    """Subscribes to `endpoint`; `snapshot()` is the view's state, `wait(version)` blocks until it changes."""
+
+    def __init__(self, endpoint: str, last_parts: int = 12, history: int = 600,
+                 curve_keys: tuple[bytes, bytes, bytes] | None = None) -> None:
+        super().__init__(name="telemetry-feed", daemon=True)
+        self.endpoint = endpoint
+        self.curve_keys = curve_keys  # (our public, our secret, the station's public)
+        self.parts: deque[dict[str, Any]] = deque(maxlen=last_parts)
+        self.history: deque[dict[str, Any]] = deque(maxlen=history)  # counters over time: yield plot
+        self.heartbeat: dict[str, Any] | None = None
+        self.version = 0
+        self.changed = threading.Condition()
+        self.stop_event = threading.Event()
+
+    def run(self) -> None:
+        ctx = zmq.Context.instance()
+        sub = ctx.socket(zmq.SUB)
+        sub.setsockopt(zmq.LINGER, 0)
+        if self.curve_keys is not None:
+            sub.curve_publickey, sub.curve_secretkey, sub.curve_serverkey = self.curve_keys
+        for topic in (TOPIC_HEARTBEAT, TOPIC_PREVIEW):
+            sub.setsockopt(zmq.SUBSCRIBE, topic)
+        sub.connect(self.endpoint)
+        try:
+            while not self.stop_event.is_set():
+                if not sub.poll(200):
+                    continue
+                try:
+                    topic, body = unpack(sub.recv_multipart())
+                except Exception:  # noqa: BLE001 - a malformed message is skipped, the view keeps going
+                    continue
+                self._take(topic, body)
+        finally:
+            sub.close()
+
+    def _take(self, topic: bytes, body: dict[str, Any]) -> None:
+        with self.changed:
+            if topic == TOPIC_PREVIEW:
+                part = {k: v for k, v in body.items() if k not in ("jpeg", "preview")}
+                part["image"] = "data:image/jpeg;base64," + base64.b64encode(body.get("jpeg") or b"").decode()
+                part["t"] = time.time()
+                self.parts.appendleft(part)
+            elif topic == TOPIC_HEARTBEAT:
+                self.heartbeat = body
+                c = body.get("counters", {})
+                self.history.append({"t": body.get("t_ns", time.time_ns()) / 1e9, "ok": c.get("verdict_ok", 0),
+                                     "ng": c.get("verdict_ng", 0), "ni": c.get("not_inspected", 0)})
+            self.version += 1
+            self.changed.notify_all()
+
+    def snapshot(self) -> dict[str, Any]:
+        with self.changed:
+            hb = self.heartbeat or {}
+            c = hb.get("counters", {})
+            ok, ng, ni = c.get("verdict_ok", 0), c.get("verdict_ng", 0), c.get("not_inspected", 0)
+            total = ok + ng + ni
+            return {
+                "version": self.version, "connected": self.heartbeat is not None,
+                "counters": {"ok": ok, "ng": ng, "not_inspected": ni, "total": total,
+                             "yield": ok / total if total else None},
+                "paused": hb.get("paused"), "alarms": hb.get("alarms", []), "drift": hb.get("drift"),
+                "parts": list(self.parts), "history": list(self.history),
+                "latency_ms": (self.parts[0].get("latency_ms") if self.parts else None),
+            }
+
+    def wait(self, version: int, timeout: float) -> int:
+        """Block until the state is newer than `version` (or `timeout` s); returns the current version."""
+        with self.changed:
+            self.changed.wait_for(lambda: self.version != version or self.stop_event.is_set(), timeout)
+            return self.version
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        with self.changed:
+            self.changed.notify_all()
