@@ -40,6 +40,8 @@ def acquisition_main(cfg: RuntimeConfig, cam: int, shared: Shared) -> None:
             if source.missing_features:
                 log.warning("camera %s lacks features: %s", src_cfg.camera_id, ", ".join(source.missing_features))
             backoff = 0.5
+            expected = tuple(src_cfg.frame_size) if src_cfg.frame_size is not None else None
+            warned_size = False
             try:
                 while not shared.stop.is_set():
                     frame = source.read()
@@ -55,6 +57,15 @@ def acquisition_main(cfg: RuntimeConfig, cam: int, shared: Shared) -> None:
                         continue
                     if frame.image is None:
                         count.add(row, "incomplete_buffers")
+                        shared.not_inspected(row, cam, seq, frame.frame_id, frame.t_acq_ns, Reason.BAD_FRAME, frame.trigger)
+                        continue
+                    if expected is not None and frame.image.shape[1::-1] != expected:
+                        count.add(row, "wrong_size")
+                        if not warned_size:  # once: every frame of a reconfigured camera would repeat it
+                            log.error("camera %s: frame is %dx%d, the station expects %dx%d (frame_size): NOT_INSPECTED "
+                                      "bad_frame until the camera's ROI / binning is restored", src_cfg.camera_id,
+                                      frame.image.shape[1], frame.image.shape[0], *expected)
+                            warned_size = True
                         shared.not_inspected(row, cam, seq, frame.frame_id, frame.t_acq_ns, Reason.BAD_FRAME, frame.trigger)
                         continue
                     if frame.image.nbytes > ring.spec.slot_bytes:

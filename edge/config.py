@@ -35,11 +35,17 @@ class SourceConfig(_Strict):
     fetch_timeout_s: float = Field(1.0, gt=0)
     reconnect_max_s: float = Field(10.0, gt=0, description="longest back-off between reconnect attempts")
     max_frame_bytes: int = Field(2448 * 2048 * 3, ge=1, description="ring slot size: the largest frame expected")
+    frame_size: tuple[int, int] | None = Field(
+        None, description="[width, height] this camera must deliver (what the model was trained on); any other size "
+        "gets NOT_INSPECTED bad_frame instead of being stretched to the model's input (None: any size)",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> "SourceConfig":
         if self.kind in ("genicam", "folder", "video") and not self.path:
             raise ValueError(f"a {self.kind} source needs `path`")
+        if self.frame_size is not None and min(self.frame_size) < 1:
+            raise ValueError("frame_size must be [width, height] in pixels")
         return self
 
 

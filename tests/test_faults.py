@@ -204,6 +204,20 @@ def test_an_unreadable_frame_gets_a_seq_and_not_inspected(random_bundle, replay)
     assert len(bad) == 1 and bad[0]["verdict"] == "NOT_INSPECTED" and totals["nis_bad_frame"] == 1
 
 
+def test_a_frame_of_the_wrong_size_is_not_inspected_instead_of_stretched(random_bundle, replay):
+    from PIL import Image
+
+    first = sorted(replay.iterdir())[0]
+    w, h = Image.open(first).size
+    Image.open(first).resize((w * 3, h)).save(replay / "02_wide.png")  # a camera whose ROI was changed
+    cfg = runtime_config(random_bundle, [{"kind": "folder", "path": str(replay), "rate_hz": 10, "frame_size": [w, h]}])
+    totals, verdicts = _run(cfg)
+    assert sorted(v["seq"] for v in verdicts) == list(range(1, 8))
+    bad = [v for v in verdicts if v["reason"] == "bad_frame"]
+    assert len(bad) == 1 and bad[0]["verdict"] == "NOT_INSPECTED" and totals["wrong_size"] == 1
+    assert sum(v["verdict"] in ("OK", "NG") for v in verdicts) == 6  # the right-sized frames are inspected
+
+
 def test_slots_of_an_acquisition_killed_mid_write_are_reclaimed(tmp_path):
     import multiprocessing as mp
 
