@@ -507,10 +507,10 @@ def _demo_line(root: Path, data: Path, cls: str) -> None:
     cfg = load_runtime_config(overrides={
         "bundle": str(bundle_dir), "workers": 1, "deadline_ms": 5000, "verdict_endpoint": endpoint,
         "telemetry_endpoint": f"tcp://127.0.0.1:{port()}", "control_endpoint": f"tcp://127.0.0.1:{port()}",
-        "cameras": [{"kind": "folder", "camera_id": "line1", "path": str(replay), "rate_hz": 2}],
+        "cameras": [{"kind": "folder", "camera_id": "line1", "path": str(replay), "rate_hz": 4}],
     })
     stop_view = _demo_view(cfg, port())
-    typer.echo(f"edge runtime: {len(items)} parts replayed at 2 Hz; verdicts over ZeroMQ ({endpoint}) to the PLC bridge:")
+    typer.echo(f"edge runtime: {len(items)} parts replayed at 4 Hz; verdicts over ZeroMQ ({endpoint}) to the PLC bridge:")
     correct: list[bool] = []
 
     def judged(seq: int, verdict: str | None) -> str:

@@ -1,6 +1,5 @@
 """The operator view: a real runtime, the real web app, a real headless Chromium (Debian's package)."""
 
-import os
 import shutil
 import threading
 import time
@@ -77,7 +76,7 @@ def test_view_api_refuses_bad_commands_and_a_wrong_token(random_bundle, replay):
 
 
 @pytest.mark.skipif(shutil.which("chromedriver") is None, reason="needs Debian's chromium-driver (.ci/run installs it)")
-def test_operator_page_shows_each_verdict_within_a_second_counts_like_the_bridge_and_pauses(random_bundle, replay, tmp_path):
+def test_operator_page_shows_each_verdict_within_a_second_counts_like_the_bridge_and_pauses(random_bundle, replay):
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
@@ -128,10 +127,6 @@ def test_operator_page_shows_each_verdict_within_a_second_counts_like_the_bridge
         assert counts["ng"] == sum(v["verdict"] == "NG" for v in verdicts)
         assert counts["ni"] == sum(v["verdict"] == "NOT_INSPECTED" for v in verdicts) and counts["ni"] > 0
         assert browser.find_element(By.ID, "state").text in ("inspecting", "PAUSED")
-        shot = tmp_path / "view.png"
-        browser.save_screenshot(str(shot))
-        if os.environ.get("SCLVI_VIEW_SCREENSHOT"):  # how deploy/view.png is made
-            shutil.copy(shot, os.environ["SCLVI_VIEW_SCREENSHOT"])
     finally:
         browser.quit()
         view.close()

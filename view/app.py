@@ -67,10 +67,18 @@ def build_app(cfg: RuntimeConfig, feed: TelemetryFeed) -> Starlette:
 
     async def events(request: Request) -> StreamingResponse:
         async def stream():
-            version = -1
-            while not await request.is_disconnected():
-                version = await asyncio.to_thread(feed.wait, version, 1.0)
-                yield f"data: {json.dumps(feed.snapshot())}\n\n"
+            version, quiet = -1, 0.0
+            while not await request.is_disconnected():  # polls: no thread per client, nothing left at shutdown
+                if feed.version != version:
+                    version = feed.version
+                    yield f"data: {json.dumps(feed.snapshot())}\n\n"
+                    quiet = 0.0
+                elif quiet > 15:
+                    yield ": keep-alive\n\n"  # proxies close silent streams
+                    quiet = 0.0
+                else:
+                    await asyncio.sleep(0.05)
+                    quiet += 0.05
 
         return StreamingResponse(stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
