@@ -19,7 +19,7 @@ from sclvi.edge.messages import TOPIC_HEARTBEAT, TOPIC_PREVIEW, unpack
 
 
 class TelemetryFeed(threading.Thread):
-    """Subscribes to `endpoint`; `snapshot()` is the view's state, `wait(version)` blocks until it changes."""
+    """Subscribes to `endpoint`; `snapshot()` is the view's state, `version` counts its changes."""
 
     def __init__(self, endpoint: str, last_parts: int = 12, history: int = 600,
                  curve_keys: tuple[bytes, bytes, bytes] | None = None) -> None:
@@ -83,12 +83,6 @@ class TelemetryFeed(threading.Thread):
                 "parts": list(self.parts), "history": list(self.history),
                 "latency_ms": (self.parts[0].get("latency_ms") if self.parts else None),
             }
-
-    def wait(self, version: int, timeout: float) -> int:
-        """Block until the state is newer than `version` (or `timeout` s); returns the current version."""
-        with self.changed:
-            self.changed.wait_for(lambda: self.version != version or self.stop_event.is_set(), timeout)
-            return self.version
 
     def stop(self) -> None:
         self.stop_event.set()
