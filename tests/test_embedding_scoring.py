@@ -84,9 +84,10 @@ def test_bundle_normalises_with_its_own_photometric_mode(tmp_path, random_bundle
     from sclvi.bundle import load_bundle, save_bundle
     from sclvi.images import normalise
 
-    cfg = random_bundle.config.model_copy(update={"preprocess": random_bundle.config.preprocess.model_copy(update={"photometric": "frame"})})
-    save_bundle(tmp_path / "b", cfg, random_bundle.weights, random_bundle.mean, {})
-    b = load_bundle(tmp_path / "b")
     frame = np.random.default_rng(1).integers(0, 255, random_bundle.mean.shape).astype(np.uint8)
-    np.testing.assert_array_equal(b.normalise(frame), normalise(frame, b.mean, "frame"))
-    np.testing.assert_array_equal(random_bundle.normalise(frame), normalise(frame, b.mean, "none"))
+    for mode in ("frame", "none"):
+        cfg = random_bundle.config.model_copy(update={"preprocess": random_bundle.config.preprocess.model_copy(update={"photometric": mode})})
+        save_bundle(tmp_path / mode, cfg, random_bundle.weights, random_bundle.mean, {})
+        b = load_bundle(tmp_path / mode)
+        np.testing.assert_array_equal(b.normalise(frame), normalise(frame, b.mean, mode))
+    assert not np.array_equal(load_bundle(tmp_path / "frame").normalise(frame), load_bundle(tmp_path / "none").normalise(frame))
