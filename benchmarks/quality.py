@@ -66,8 +66,8 @@ TASKS = ("none", "jigsaw8", "scl12")
 #: preset (label -> config overrides); the `default` rows have both.
 IMPROVEMENTS: dict[str, dict[str, Any]] = {
     "paper loss and input": {"preprocess": {"photometric": "none"}, "train": {"defect_weight": 0.0}},
-    "frame photometric only": {"preprocess": {"photometric": "frame"}, "train": {"defect_weight": 0.0}},
     "synthetic defects only": {"preprocess": {"photometric": "none"}, "train": {"defect_weight": 1.0}},
+    "frame photometric only": {"preprocess": {"photometric": "frame"}, "train": {"defect_weight": 0.0}},
 }
 ETAS = (1, 3, 5, 10, 20)
 CORESETS = (0.1, 0.01)
@@ -178,9 +178,10 @@ def _mean_of(*values: Any) -> float | None:
 
 
 def run_quality(name: str, root: Path, protocol: str, tasks: list[str], seeds: list[int], work: Path,
-                out: Path, improvements: bool = False) -> list[dict[str, Any]]:
+                out: Path, improvements: bool = False, progress: Any = None) -> list[dict[str, Any]]:
     """Floors, then every (task, seed) of the protocol's preset: one row each, eta 10; with `improvements`,
-    also each IMPROVEMENTS variant on the first task and seed."""
+    also each IMPROVEMENTS variant on the first task and seed. `progress(rows)` after each row, so an
+    interrupted run still leaves a report of what it measured."""
     from sclvi.benchmarks.common import untrained_bundle
     from sclvi.benchmarks.floors import raw_pixel_floor
     from sclvi.dataset import read_dataset
@@ -202,6 +203,8 @@ def run_quality(name: str, root: Path, protocol: str, tasks: list[str], seeds: l
                      "task": task, "seed": seed, "train_s": train_s, "embed_ms": 1000 * embed_s, "score_ms": 1000 * score_s,
                      **facts, **m})
         log.info("%s | %s %s %s seed %s: image AUROC %.3f", name, kind, variant or "", task or "", seed, m["image_auroc"])
+        if progress is not None:
+            progress(rows)
 
     # The floors depend only on the geometry, bank, scoring and preset: cached beside the bundles.
     cache = work / name / "floors.json"
@@ -454,7 +457,9 @@ def main(argv: list[str] | None = None) -> Path:
         return path
     rows: list[dict[str, Any]] = []
     for name in args.sets:
-        rows += run_quality(name, args.data / name, args.protocol, args.tasks, args.seeds, work, args.out, args.improvements)
+        done = list(rows)
+        rows += run_quality(name, args.data / name, args.protocol, args.tasks, args.seeds, work, args.out, args.improvements,
+                            lambda partial: write_quality_report(done + partial, args.protocol, args.out, time.perf_counter() - t0))
         path = write_quality_report(rows, args.protocol, args.out, time.perf_counter() - t0)
     print(f"report: {path}")
     return path

@@ -17,8 +17,8 @@ def test_quality_benchmark_rows_stand_next_to_the_floors_over_seeds(tmp_path):
     assert kinds == [("floor: raw pixels", None, None, None), ("floor: untrained encoder", None, 0, None),
                      ("trained", "scl12", 0, "default"), ("trained", "scl12", 1, "default"),
                      ("trained", "none", 0, "default"), ("trained", "none", 1, "default"),
-                     ("trained", "scl12", 0, "paper loss and input"), ("trained", "scl12", 0, "frame photometric only"),
-                     ("trained", "scl12", 0, "synthetic defects only")]
+                     ("trained", "scl12", 0, "paper loss and input"), ("trained", "scl12", 0, "synthetic defects only"),
+                     ("trained", "scl12", 0, "frame photometric only")]
     # each variant really trains what its label says
     variants = {r["variant"]: (r["photometric"], r["defect_weight"]) for r in data["rows"] if r["kind"] == "trained"}
     assert variants["paper loss and input"] == ("none", 0.0) and variants["frame photometric only"] == ("frame", 0.0)
