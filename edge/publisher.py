@@ -19,7 +19,6 @@ import msgpack
 import zmq
 
 from sclvi.edge import curve
-
 from sclvi.edge.config import RuntimeConfig
 from sclvi.edge.drift import DriftWatch, Reference
 from sclvi.edge.journal import SeqGaps, VerdictJournal
@@ -42,7 +41,7 @@ def _ack_key(body: Any, run_id: str) -> tuple[str, int] | None:
     return camera, seq
 
 
-def publisher_main(cfg: RuntimeConfig, shared: Shared, row: int) -> None:
+def publisher_main(cfg: RuntimeConfig, shared: Shared, row: int, drift_reference: Reference | None) -> None:
     from sclvi.edge.logs import child_process_setup
 
     child_process_setup()
@@ -71,7 +70,7 @@ def publisher_main(cfg: RuntimeConfig, shared: Shared, row: int) -> None:
                 auth = curve.start_authenticator(ctx, cfg.curve)
                 curve.as_server(pub, cfg.curve)
             pub.bind(cfg.telemetry_endpoint)
-        _serve(cfg, shared, row, dealer, pull, pub, journal)
+        _serve(cfg, shared, row, dealer, pull, pub, journal, drift_reference)
     finally:
         for sock in sockets:
             sock.close()
@@ -81,7 +80,7 @@ def publisher_main(cfg: RuntimeConfig, shared: Shared, row: int) -> None:
 
 
 def _serve(cfg: RuntimeConfig, shared: Shared, row: int, dealer: zmq.Socket, pull: zmq.Socket, pub: zmq.Socket | None,
-           journal: VerdictJournal) -> None:
+           journal: VerdictJournal, drift_reference: Reference | None) -> None:
     poller = zmq.Poller()
     poller.register(dealer, zmq.POLLIN)
     poller.register(pull, zmq.POLLIN)
@@ -94,7 +93,7 @@ def _serve(cfg: RuntimeConfig, shared: Shared, row: int, dealer: zmq.Socket, pul
     next_beat = time.monotonic()
     flushing_since: float | None = None
     drained_since: float | None = None
-    drift = DriftWatch(_drift_reference(cfg), cfg.drift_window, cfg.drift_limit)
+    drift = DriftWatch(drift_reference, cfg.drift_window, cfg.drift_limit)
 
     def send(key: tuple[str, int], frames: list[bytes], first: bool) -> None:
         try:
@@ -181,19 +180,6 @@ def _serve(cfg: RuntimeConfig, shared: Shared, row: int, dealer: zmq.Socket, pul
                     log.error("shutdown: %d verdicts were never acknowledged by the PLC bridge", len(pending))
                 journal.close(remove=not pending)
                 return
-
-
-def _drift_reference(cfg: RuntimeConfig) -> Reference | None:
-    """The bundle's calibrated good-part scores; None (no drift watch) when it has none or cannot be read
-    here (the workers report a broken bundle)."""
-    from sclvi.bundle import load_bundle
-    from sclvi.errors import SclviError
-
-    try:
-        return Reference.from_calibration(load_bundle(cfg.bundle).manifest.get("calibration"))
-    except SclviError as exc:
-        log.warning("drift watch off: %s", exc)
-        return None
 
 
 def heartbeat(shared: Shared, pending: OrderedDict, ack_timeout: float, drift: DriftWatch | None = None) -> dict[str, Any]:

@@ -24,6 +24,7 @@ import zmq
 
 from sclvi.edge import curve
 from sclvi.edge.config import RuntimeConfig, check_threshold, configured_thresholds
+from sclvi.edge.drift import Reference
 from sclvi.edge.messages import Reason
 from sclvi.edge.ring import FREE, PROCESSING, READY, WRITING, SharedRing
 from sclvi.edge.shared import FLUSH, Shared, make_shared
@@ -125,7 +126,8 @@ class Runtime:
         from sclvi.edge.publisher import publisher_main
 
         self.publisher = self.ctx.Process(
-            target=publisher_main, args=(self.cfg, self.shared, self.shared.row_publisher(self.cfg.workers)), name="publisher", daemon=True
+            target=publisher_main, name="publisher", daemon=True,
+            args=(self.cfg, self.shared, self.shared.row_publisher(self.cfg.workers), Reference.from_calibration(self.calibration)),
         )
         self.publisher.start()
         self._publisher_starts.append(time.monotonic())
@@ -180,7 +182,7 @@ class Runtime:
             if not self.stopping:
                 self._worker_deaths.append(time.monotonic())
                 _crash_loop(self._worker_deaths, 6, 60, f"inference worker {w}", self.workers[w].exitcode,
-                            f"the bundle or its engines fail inside the worker: run `sclvi check` on this config")
+                            "the bundle or its engines fail inside the worker: run `sclvi check` on this config")
                 log.error("worker %d died (exit code %s): restarting", w, self.workers[w].exitcode)
                 self.shared.counters.add(0, "worker_restarts")
                 self._start_worker(w)
