@@ -52,8 +52,9 @@ class DriftWatch:
         return {"window": len(self.scores), "median": median, "calibration_p50": self.reference.p50,
                 "shift": shift, "alarm": abs(shift) > self.limit}
 
-    def alarm(self) -> str | None:
-        s = self.status()
+    def alarm(self, s: dict[str, Any] | None = None) -> str | None:
+        """The alarm text for `s` (default: the current status), None when there is no alarm."""
+        s = self.status() if s is None else s
         if s is None or not s["alarm"]:
             return None
         return (f"score drift: median of the last {s['window']} OK parts {s['median']:.4g} vs {s['calibration_p50']:.4g} "

@@ -182,10 +182,11 @@ def _serve(cfg: RuntimeConfig, shared: Shared, row: int, dealer: zmq.Socket, pul
                 return
 
 
-def heartbeat(shared: Shared, pending: OrderedDict, ack_timeout: float, drift: DriftWatch | None = None) -> dict[str, Any]:
+def heartbeat(shared: Shared, pending: OrderedDict, ack_timeout: float, drift: DriftWatch) -> dict[str, Any]:
     totals = shared.counters.totals()
     alarms = []
-    drift_alarm = drift.alarm() if drift is not None else None
+    drift_status = drift.status()  # one median per heartbeat, for the figures and the alarm
+    drift_alarm = drift.alarm(drift_status)
     if drift_alarm:
         alarms.append(drift_alarm)
     oldest = next(iter(pending.values()), None)
@@ -196,4 +197,4 @@ def heartbeat(shared: Shared, pending: OrderedDict, ack_timeout: float, drift: D
             alarms.append(f"{name}: {totals[name]}")
     depths = {"pending_verdicts": len(pending)}
     return {"schema": SCHEMA, "t_ns": time.time_ns(), "counters": totals, "queue_depths": depths,
-            "paused": shared.paused.is_set(), "alarms": alarms, "drift": drift.status() if drift is not None else None}
+            "paused": shared.paused.is_set(), "alarms": alarms, "drift": drift_status}
