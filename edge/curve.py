@@ -88,11 +88,14 @@ def as_server(sock: zmq.Socket, curve: CurveConfig) -> None:
 def as_client(sock: zmq.Socket, curve: CurveConfig) -> None:
     """Before connect: talk to the server whose public certificate is `curve.server_key`."""
     public, secret = load_secret(curve.secret_key)
-    sock.curve_publickey = public
-    sock.curve_secretkey = secret
     if not curve.server_key:
         raise ConfigError("curve.server_key is needed to connect (the server's public certificate)")
-    sock.curve_serverkey = load_public(curve.server_key)
+    set_client_keys(sock, (public, secret, load_public(curve.server_key)))
+
+
+def set_client_keys(sock: zmq.Socket, keys: tuple[bytes, bytes, bytes]) -> None:
+    """Before connect: (our public, our secret, the server's public) key."""
+    sock.curve_publickey, sock.curve_secretkey, sock.curve_serverkey = keys
 
 
 def make_keys(folder: str | Path) -> dict[str, Path]:

@@ -21,6 +21,7 @@ from starlette.responses import FileResponse, JSONResponse, StreamingResponse
 from starlette.routing import Route
 
 from sclvi.edge.config import RuntimeConfig
+from sclvi.edge.curve import set_client_keys
 from sclvi.view.feed import TelemetryFeed
 
 STATIC = Path(__file__).parent / "static"
@@ -47,7 +48,7 @@ def ask_control(cfg: RuntimeConfig, request: dict[str, Any], timeout_ms: int = 3
     sock.setsockopt(zmq.LINGER, 0)
     keys = control_keys(cfg)
     if keys is not None:
-        sock.curve_publickey, sock.curve_secretkey, sock.curve_serverkey = keys
+        set_client_keys(sock, keys)
     try:
         sock.connect(cfg.control_endpoint)
         sock.send(json.dumps(request).encode())

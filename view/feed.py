@@ -15,6 +15,7 @@ from typing import Any
 
 import zmq
 
+from sclvi.edge.curve import set_client_keys
 from sclvi.edge.messages import TOPIC_HEARTBEAT, TOPIC_PREVIEW, unpack
 
 
@@ -38,7 +39,7 @@ class TelemetryFeed(threading.Thread):
         sub = ctx.socket(zmq.SUB)
         sub.setsockopt(zmq.LINGER, 0)
         if self.curve_keys is not None:
-            sub.curve_publickey, sub.curve_secretkey, sub.curve_serverkey = self.curve_keys
+            set_client_keys(sub, self.curve_keys)
         for topic in (TOPIC_HEARTBEAT, TOPIC_PREVIEW):
             sub.setsockopt(zmq.SUBSCRIBE, topic)
         sub.connect(self.endpoint)
