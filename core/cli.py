@@ -532,33 +532,15 @@ def _demo_line(root: Path, data: Path, cls: str) -> None:
 
 def _demo_view(cfg: Any, http_port: int) -> Any:
     """The operator view on loopback while the replay runs; returns its stop function."""
-    import threading
-    import time
-
     try:
-        import uvicorn
-
-        from sclvi.view.app import build_app
-        from sclvi.view.feed import TelemetryFeed
+        import uvicorn  # noqa: F401 - the view extra, with starlette
+        from sclvi.view.app import BackgroundView
     except ImportError:
         typer.echo("(install '.[view]' to watch the line in a browser while the demo runs)")
         return lambda: None
-    feed = TelemetryFeed(cfg.telemetry_endpoint)
-    feed.start()
-    server = uvicorn.Server(uvicorn.Config(build_app(cfg, feed), host="127.0.0.1", port=http_port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    end = time.time() + 10
-    while not server.started and time.time() < end:
-        time.sleep(0.05)
-    typer.echo(f"live view: http://127.0.0.1:{http_port}/  (open it now: last parts, heatmaps, counters, alarms)")
-
-    def stop() -> None:
-        server.should_exit = True
-        thread.join(5)
-        feed.stop()
-
-    return stop
+    view = BackgroundView(cfg, port=http_port, start_timeout_s=10)
+    typer.echo(f"live view: {view.url}/  (open it now: last parts, heatmaps, counters, alarms)")
+    return view.close
 
 
 def _demo_plc(endpoint: str, modbus_port: int, judged: Any, run: Any) -> None:

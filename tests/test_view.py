@@ -9,36 +9,10 @@ import pytest
 
 from sclvi.edge.config import load_runtime_config
 from sclvi.edge.supervisor import Runtime
+from sclvi.view.app import BackgroundView
 from test_edge_runtime import Collector, free_port, replay, runtime_config  # noqa: F401 (fixture)
 
 TOKEN = "operator-token-0123456789"
-
-
-class ViewServer:
-    """`sclvi view` in this process: the telemetry feed and uvicorn on a free loopback port."""
-
-    def __init__(self, cfg):
-        import uvicorn
-
-        from sclvi.view.app import build_app
-        from sclvi.view.feed import TelemetryFeed
-
-        self.feed = TelemetryFeed(cfg.telemetry_endpoint)
-        self.feed.start()
-        self.port = free_port()
-        self.server = uvicorn.Server(uvicorn.Config(build_app(cfg, self.feed), host="127.0.0.1", port=self.port,
-                                                    log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.thread.start()
-        end = time.time() + 20
-        while not self.server.started and time.time() < end:
-            time.sleep(0.05)
-        self.url = f"http://127.0.0.1:{self.port}"
-
-    def close(self):
-        self.server.should_exit = True
-        self.thread.join(10)
-        self.feed.stop()
 
 
 def _station(random_bundle, replay, frames, rate):
@@ -54,7 +28,7 @@ def test_view_api_refuses_bad_commands_and_a_wrong_token(random_bundle, replay):
     rt = Runtime(cfg)
     t = threading.Thread(target=rt.run, daemon=True)
     t.start()
-    view = ViewServer(cfg)
+    view = BackgroundView(cfg, port=free_port())
     try:
         with httpx.Client(base_url=view.url, timeout=10) as http:
             assert "<title>SCL-VI station</title>" in http.get("/").text
@@ -87,7 +61,7 @@ def test_operator_page_shows_each_verdict_within_a_second_counts_like_the_bridge
     plc.start()
     rt = Runtime(cfg)
     t = threading.Thread(target=rt.run, daemon=True)
-    view = ViewServer(cfg)
+    view = BackgroundView(cfg, port=free_port())
     opts = webdriver.ChromeOptions()
     for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1280,900"):
         opts.add_argument(arg)

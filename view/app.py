@@ -98,17 +98,47 @@ def build_app(cfg: RuntimeConfig, feed: TelemetryFeed) -> Starlette:
     return Starlette(routes=routes)
 
 
-def serve(cfg: RuntimeConfig, host: str = "127.0.0.1", port: int = 8080) -> None:
-    """Run the view until interrupted."""
-    import uvicorn
-
+def _feed(cfg: RuntimeConfig) -> TelemetryFeed:
+    """The started telemetry feed of the station `cfg` describes."""
     if not cfg.telemetry_endpoint:
         from sclvi.errors import ConfigError
 
         raise ConfigError("the view needs the runtime's telemetry_endpoint (heartbeats and previews)")
     feed = TelemetryFeed(cfg.telemetry_endpoint, curve_keys=control_keys(cfg))
     feed.start()
+    return feed
+
+
+def serve(cfg: RuntimeConfig, host: str = "127.0.0.1", port: int = 8080) -> None:
+    """Run the view until interrupted (`sclvi view`)."""
+    import uvicorn
+
+    feed = _feed(cfg)
     try:
         uvicorn.run(build_app(cfg, feed), host=host, port=port, log_level="warning")
     finally:
         feed.stop()
+
+
+class BackgroundView:
+    """The view in a thread of this process (`sclvi demo`, tests): serving when the constructor returns."""
+
+    def __init__(self, cfg: RuntimeConfig, host: str = "127.0.0.1", port: int = 8080, start_timeout_s: float = 20) -> None:
+        import threading
+        import time
+
+        import uvicorn
+
+        self.feed = _feed(cfg)
+        self.server = uvicorn.Server(uvicorn.Config(build_app(cfg, self.feed), host=host, port=port, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, name="view", daemon=True)
+        self.thread.start()
+        end = time.time() + start_timeout_s
+        while not self.server.started and time.time() < end:
+            time.sleep(0.05)
+        self.url = f"http://{host}:{port}"
+
+    def close(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(10)
+        self.feed.stop()
