@@ -68,21 +68,19 @@ def check(curve: CurveConfig, serves: bool, connects: bool) -> None:
                               "(*.key) of the clients allowed to connect")
 
 
-def start_authenticator(ctx: zmq.Context, curve: CurveConfig) -> ThreadAuthenticator:
-    """ZAP for every CURVE server socket of `ctx`: only certificates in `curve.authorized` get in."""
+def as_server(ctx: zmq.Context, sock: zmq.Socket, curve: CurveConfig) -> ThreadAuthenticator:
+    """Before bind: `sock` encrypts, and a ZAP authenticator on `ctx` admits only the certificates in
+    `curve.authorized` (each context here serves one CURVE socket). Stop the returned authenticator
+    before terminating `ctx`."""
     check(curve, serves=True, connects=False)
+    public, secret = load_secret(curve.secret_key)
     auth = ThreadAuthenticator(ctx)
     auth.start()
     auth.configure_curve(domain="*", location=str(curve.authorized))
-    return auth
-
-
-def as_server(sock: zmq.Socket, curve: CurveConfig) -> None:
-    """Before bind: this socket encrypts and only admits authorized clients (needs start_authenticator)."""
-    public, secret = load_secret(curve.secret_key)
     sock.curve_publickey = public
     sock.curve_secretkey = secret
     sock.curve_server = True
+    return auth
 
 
 def as_client(sock: zmq.Socket, curve: CurveConfig) -> None:

@@ -11,7 +11,7 @@ from typing import Any
 import msgpack
 import zmq
 
-from sclvi.edge.curve import CurveConfig, as_server, start_authenticator
+from sclvi.edge.curve import CurveConfig, as_server
 from sclvi.edge.messages import TOPIC_ACK, TOPIC_VERDICT, unpack
 
 
@@ -22,8 +22,7 @@ class VerdictListener:
         self.sock.setsockopt(zmq.LINGER, 0)
         self.auth = None
         if curve is not None:  # only stations whose certificate is in curve.authorized are heard
-            self.auth = start_authenticator(self.ctx, curve)
-            as_server(self.sock, curve)
+            self.auth = as_server(self.ctx, self.sock, curve)
         self.sock.bind(endpoint)
         self.ack = ack
         self.seen: set[tuple[str | None, str, int]] = set()

@@ -67,8 +67,7 @@ def publisher_main(cfg: RuntimeConfig, shared: Shared, row: int, drift_reference
             sockets.append(pub)
             pub.setsockopt(zmq.LINGER, 0)
             if cfg.curve is not None:
-                auth = curve.start_authenticator(ctx, cfg.curve)
-                curve.as_server(pub, cfg.curve)
+                auth = curve.as_server(ctx, pub, cfg.curve)
             pub.bind(cfg.telemetry_endpoint)
         _serve(cfg, shared, row, dealer, pull, pub, journal, drift_reference)
     finally:

@@ -103,8 +103,7 @@ class Runtime:
             self.control.setsockopt(zmq.LINGER, 0)
             self.control.setsockopt(zmq.MAXMSGSIZE, MAX_CONTROL_BYTES)  # a larger message drops its sender
             if cfg.curve is not None:  # encrypted, and only authorized certificates get a REP at all
-                self._auth = curve.start_authenticator(self.zmq, cfg.curve)
-                curve.as_server(self.control, cfg.curve)
+                self._auth = curve.as_server(self.zmq, self.control, cfg.curve)
             self.control.bind(cfg.control_endpoint)
 
     # -- processes -------------------------------------------------------------------------------

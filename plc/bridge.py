@@ -24,7 +24,7 @@ from typing import Any
 import msgpack
 import zmq
 
-from sclvi.edge.curve import as_server, start_authenticator
+from sclvi.edge.curve import as_server
 from sclvi.edge.messages import TOPIC_ACK, TOPIC_VERDICT, unpack
 from sclvi.plc.config import BridgeConfig
 from sclvi.plc.modbus import ModbusClientPlc, ModbusServerPlc, Plc, PlcError
@@ -58,8 +58,7 @@ class Bridge:
         self.sock.setsockopt(zmq.LINGER, 0)
         self.auth = None
         if cfg.curve is not None:  # only stations whose certificate is authorized may send verdicts
-            self.auth = start_authenticator(self.ctx, cfg.curve)
-            as_server(self.sock, cfg.curve)
+            self.auth = as_server(self.ctx, self.sock, cfg.curve)
         self.sock.bind(cfg.verdict_endpoint)
         self._timers: list[threading.Timer] = []
 
