@@ -17,7 +17,7 @@ import threading
 from typing import Any
 
 from sclvi.plc.modbus import PlcError
-from sclvi.plc.registers import BLOCK, COUNT, FLAGS, FRAME_ID, NEW, REASON, REGIONS, REJECT, RUN, SCORE, SEQ, TRIGGER, VERDICT
+from sclvi.plc.registers import BLOCK, COUNT, FLAGS, FRAME_ID, NEW, REASON, REGIONS, REJECT, RUN, SCORE, SEQ, TRIGGER, VERDICT, u32
 
 log = logging.getLogger("sclvi.plc")
 
@@ -31,7 +31,7 @@ FIELDS: tuple[tuple[str, int, int, str], ...] = (
 
 
 def _value(registers: list[int], offset: int, width: int, kind: str) -> Any:
-    v = registers[offset] if width == 1 else (registers[offset] << 16) | registers[offset + 1]
+    v = registers[offset] if width == 1 else u32(registers, offset)
     return bool(v) if kind == "Boolean" else v
 
 

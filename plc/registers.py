@@ -63,19 +63,21 @@ class Block:
         return cls(regs, reject)
 
 
+def u32(regs: list[int], i: int) -> int:
+    """The 32-bit value in registers i, i + 1 (high word first)."""
+    return (regs[i] << 16) | regs[i + 1]
+
+
 def decode(regs: list[int]) -> dict[str, Any]:
     """What a PLC reads back (tests, `sclvi demo`)."""
-    def u32(i: int) -> int:
-        return (regs[i] << 16) | regs[i + 1]
-
     verdicts = {c: v for v, c in VERDICT_CODES.items()}
     reasons = {c: r for r, c in REASON_CODES.items()}
-    score = u32(SCORE)
-    trigger = u32(TRIGGER)
+    score = u32(regs, SCORE)
+    trigger = u32(regs, TRIGGER)
     return {
         "new": regs[NEW], "verdict": verdicts.get(regs[VERDICT]), "reject": bool(regs[REJECT]),
-        "reason": reasons.get(regs[REASON]), "seq": u32(SEQ), "run_code": u32(RUN), "frame_id": u32(FRAME_ID),
+        "reason": reasons.get(regs[REASON]), "seq": u32(regs, SEQ), "run_code": u32(regs, RUN), "frame_id": u32(regs, FRAME_ID),
         "trigger": None if trigger == NONE32 else trigger, "score": None if score == NONE32 else score / 1000,
         "regions": regs[REGIONS], "late": bool(regs[FLAGS] & FLAG_LATE), "overrun": bool(regs[FLAGS] & FLAG_OVERRUN),
-        "count": u32(COUNT),
+        "count": u32(regs, COUNT),
     }
