@@ -31,7 +31,7 @@ class TelemetryFeed(threading.Thread):
         self.history: deque[dict[str, Any]] = deque(maxlen=history)  # counters over time: yield plot
         self.heartbeat: dict[str, Any] | None = None
         self.version = 0
-        self.changed = threading.Condition()
+        self.lock = threading.Lock()  # the feed thread writes, web requests read
         self.stop_event = threading.Event()
 
     def run(self) -> None:
@@ -56,7 +56,7 @@ class TelemetryFeed(threading.Thread):
             sub.close()
 
     def _take(self, topic: bytes, body: dict[str, Any]) -> None:
-        with self.changed:
+        with self.lock:
             if topic == TOPIC_PREVIEW:
                 part = {k: v for k, v in body.items() if k not in ("jpeg", "preview")}
                 part["image"] = "data:image/jpeg;base64," + base64.b64encode(body.get("jpeg") or b"").decode()
@@ -68,10 +68,9 @@ class TelemetryFeed(threading.Thread):
                 self.history.append({"t": body.get("t_ns", time.time_ns()) / 1e9, "ok": c.get("verdict_ok", 0),
                                      "ng": c.get("verdict_ng", 0), "ni": c.get("not_inspected", 0)})
             self.version += 1
-            self.changed.notify_all()
 
     def snapshot(self) -> dict[str, Any]:
-        with self.changed:
+        with self.lock:
             hb = self.heartbeat or {}
             c = hb.get("counters", {})
             ok, ng, ni = c.get("verdict_ok", 0), c.get("verdict_ng", 0), c.get("not_inspected", 0)
@@ -87,5 +86,3 @@ class TelemetryFeed(threading.Thread):
 
     def stop(self) -> None:
         self.stop_event.set()
-        with self.changed:
-            self.changed.notify_all()
