@@ -66,17 +66,17 @@ def untrained_bundle(path: Path, cfg, train_images: list[Path] | None = None, se
 
     from sclvi.bundle import load_bundle, save_bundle
     from sclvi.engines.torch_backend import TorchBackend
-    from sclvi.images import mean_image, read_rgb
+    from sclvi.images import mean_image
     from sclvi.memory_bank import build_memory_bank
     from sclvi.model import build_model, state_to_numpy
+    from sclvi.roi import read_input
 
     torch.manual_seed(seed)
     model = build_model(cfg.encoder).eval()
-    size = cfg.geometry.image_size
     if train_images:
-        mean = mean_image(np.stack([read_rgb(p, size) for p in train_images]), cfg.preprocess.photometric)
+        mean = mean_image(np.stack([read_input(p, cfg.geometry) for p in train_images]), cfg.preprocess.photometric)
     else:
-        mean = np.full((size, size, 3), 128, np.float32)
+        mean = np.full((*cfg.geometry.input_hw, 3), 128, np.float32)
     save_bundle(path, cfg, state_to_numpy(model), mean, {"note": "untrained (random weights)"})
     bundle = load_bundle(path)
     if train_images:

@@ -21,7 +21,8 @@ from tqdm.auto import tqdm
 from sclvi.config import Config, ScoringConfig
 from sclvi.dataset import MVTecDataset
 from sclvi.geometry import PatchGrid
-from sclvi.images import mean_image, photometric, read_rgb
+from sclvi.images import mean_image, photometric
+from sclvi.roi import read_input
 from sclvi.knn import make_patch_scorer
 from sclvi.knn.buckets import grid_positions
 from sclvi.maps import image_score, pixel_map, smooth_map
@@ -31,37 +32,36 @@ CELL = 8
 
 
 def raw_pixel_codes(frame: np.ndarray, mean: np.ndarray, patch: int, stride: int, mode: str = "none") -> np.ndarray:
-    """(S, S, 3) uint8 -> (n, n, 3 * CELL * CELL): every strided patch, block-averaged to CELL x CELL, after
+    """(H, W, 3) uint8 -> (rows, cols, 3 * CELL * CELL): every strided patch, block-averaged to CELL x CELL, after
     the same photometric step (`preprocess.photometric`) as the product, so the floor differs only in learning."""
     f = (photometric(frame, mode) - mean) / 255.0
-    s = f.shape[0]
+    h, w = f.shape[:2]
     block = patch // CELL
-    if patch % CELL or stride % block or s % block:
-        raise ValueError(f"patch {patch} / stride {stride} / size {s} do not fall on {block}-px blocks")
-    small = f.reshape(s // block, block, s // block, block, 3).mean(axis=(1, 3)).transpose(2, 0, 1)
-    views = PatchGrid(s // block, CELL, stride // block).patches(np.ascontiguousarray(small))
-    n = views.shape[0]
-    return np.ascontiguousarray(views.reshape(n, n, -1))
+    if patch % CELL or stride % block or h % block or w % block:
+        raise ValueError(f"patch {patch} / stride {stride} / size {w}x{h} do not fall on {block}-px blocks")
+    small = f.reshape(h // block, block, w // block, block, 3).mean(axis=(1, 3)).transpose(2, 0, 1)
+    views = PatchGrid(h // block, w // block, CELL, stride // block).patches(np.ascontiguousarray(small))
+    return np.ascontiguousarray(views.reshape(*views.shape[:2], -1))
 
 
 def raw_pixel_floor(cfg: Config, dataset: MVTecDataset, bank_images: list) -> tuple[np.ndarray, np.ndarray, float]:
     """(image scores, maps, seconds per test image) of the raw-pixel floor at the config's geometry."""
     g = cfg.geometry
-    size, patch, stride = g.image_size, g.small_patch, g.small_stride
+    patch, stride = g.small_patch, g.small_stride
     mode = cfg.preprocess.photometric
-    frames = np.stack([read_rgb(p, size) for p in bank_images])
+    frames = np.stack([read_input(p, g) for p in bank_images])
     mean = mean_image(frames, mode)
     bank = np.concatenate([raw_pixel_codes(f, mean, patch, stride, mode).reshape(-1, 3 * CELL * CELL)
                            for f in tqdm(frames, desc="raw-pixel bank", unit="img")])
-    grid = PatchGrid(size, patch, stride)
-    positions = grid_positions(grid.n)
-    scorer = make_patch_scorer(bank, np.tile(positions, (len(frames), 1)), grid.n,
+    grid = PatchGrid(*g.input_hw, patch, stride)
+    positions = grid_positions(grid.shape)
+    scorer = make_patch_scorer(bank, np.tile(positions, (len(frames), 1)), grid.shape,
                                ScoringConfig(eta=1, formula="authors", knn="numba"))  # eta 1: plain 1-NN distance
     scores = np.empty(len(dataset.test))
-    maps = np.empty((len(dataset.test), size, size), dtype=np.float32)
+    maps = np.empty((len(dataset.test), *g.input_hw), dtype=np.float32)
     t0 = time.perf_counter()
     for i, item in enumerate(tqdm(dataset.test, desc="raw-pixel floor", unit="img")):
-        q = raw_pixel_codes(read_rgb(item.path, size), mean, patch, stride, mode).reshape(-1, 3 * CELL * CELL)
-        maps[i] = smooth_map(pixel_map(grid, scorer.score(q, positions).reshape(grid.n, grid.n)), cfg.scoring.map_sigma)
+        q = raw_pixel_codes(read_input(item.path, g), mean, patch, stride, mode).reshape(-1, 3 * CELL * CELL)
+        maps[i] = smooth_map(pixel_map(grid, scorer.score(q, positions).reshape(grid.shape)), cfg.scoring.map_sigma)
         scores[i] = image_score(maps[i])
     return scores, maps, (time.perf_counter() - t0) / max(1, len(dataset.test))

@@ -36,7 +36,7 @@ def reduced_banks(bundle: Any, window: int | None, ratio: float) -> dict[str, tu
     if ratio >= 1:
         return None
     geometry = TwoScaleGeometry.from_config(bundle.config.geometry)
-    grids = {"small": geometry.small.n, "large": geometry.large.n}
+    grids = {"small": geometry.small.shape, "large": geometry.large.shape}
     banks = {}
     for scale, n in grids.items():
         codes, positions, _ = bundle.bank_data(scale)
@@ -58,7 +58,7 @@ def run_set(name: str, root: Path, protocol: str, seeds: list[int], work: Path) 
         cfg = protocol_config(protocol, "scl12", seed=seed)
         bundle, _ = _trained_bundle(cfg, root, work / name / f"scl12-seed{seed}")
         codes, _ = embed_test_set(bundle, ds, load_backend(bundle))
-        masks = test_masks(ds, cfg.geometry.image_size)
+        masks = test_masks(ds, cfg.geometry)
         scoring = resolve_scoring(cfg.scoring.model_copy(update={"knn": "numba"}), bundle)
         modes = [(r, "numba") for r in (ALIGNED_RATIOS if scoring.window is not None else GLOBAL_RATIOS)]
         if scoring.window is None:

@@ -1,6 +1,7 @@
 """Per-stage latency and throughput of the line, per backend and preset, against the Patch SVDD peer.
 
     sclvi bench latency [--presets lite dense-lite] [--backends auto] [--frames 30]
+    sclvi bench latency --presets dense-lite --geometries 256 1024x1024 2448x2048@0.5 2448x2048   # native rois
 
 For each preset and each encoder backend usable here:
   * compute: the in-process per-frame cost of our path (one main-encoder call on all 32-px patches, one
@@ -15,6 +16,8 @@ model: a per-patch dataset and data loader feeding the encoder in mini-batches, 
 embedded from pixels (their four quarters through the main encoder again), then plain nearest-neighbour
 search (eta = 1, exact) on the full bank. The ratio shows what one-call batching, the shared main encoder
 and the fused kernel buy. Weights are random: timing does not depend on them.
+Geometries: `256` squashes every frame to 256x256 (the paper's protocol); `WxH[@SCALE]` replays native W x H
+camera frames and inspects the whole frame as the roi at SCALE (the worker cuts and scales it: `preprocess`).
 Writes latency-<cpu|gpu>.md / .json and a latency histogram PNG.
 """
 
@@ -38,15 +41,21 @@ log = logging.getLogger(__name__)
 COMPUTE_STAGES = ("preprocess", "embed", "knn", "fuse")
 
 
-def _frames(replay: Path, size: int, n: int) -> list[np.ndarray]:
+#: Largest model input (pixels) the peer is timed on: its per-patch data loader takes minutes per frame above.
+PEER_MAX_PIXELS = 512 * 512
+
+
+def _frames(replay: Path, n: int) -> list[np.ndarray]:
+    """Camera frames as the replay folder holds them (the runtime's source reads the same files)."""
     from sclvi.images import read_rgb
 
     files = sorted(replay.iterdir())
-    return [read_rgb(files[i % len(files)], size) for i in range(n)]
+    return [read_rgb(files[i % len(files)], None) for i in range(n)]
 
 
 def time_ours(bundle: Any, backend: Any, frames: list[np.ndarray], warmup: int) -> dict[str, np.ndarray]:
-    """In-process ms per stage of our per-frame path (what an inference worker does, minus the ring)."""
+    """In-process ms per stage of our per-frame path (what an inference worker does, minus the ring):
+    preprocess = roi cut + scale + normalisation."""
     from sclvi.images import check_frame
     from sclvi.scorer import AnomalyScorer
 
@@ -55,7 +64,7 @@ def time_ours(bundle: Any, backend: Any, frames: list[np.ndarray], warmup: int) 
     for i, f in enumerate(frames):
         lat: dict[str, float] = {}
         t0 = time.perf_counter()
-        x = bundle.normalise(check_frame(f, scorer.size))[None]
+        x = bundle.normalise(check_frame(scorer.mapping.to_input(f), scorer.input_hw))[None]
         t1 = time.perf_counter()
         codes = scorer.embedder.embed(x)
         t2 = time.perf_counter()
@@ -86,8 +95,8 @@ def time_peer(bundle: Any, frames: list[np.ndarray], warmup: int, batch_size: in
 
         def __init__(self, image: np.ndarray, size: int, stride: int) -> None:
             self.image, self.size = image, size
-            n = (image.shape[-1] - size) // stride + 1
-            self.offsets = [(r * stride, c * stride) for r in range(n) for c in range(n)]
+            rows, cols = ((n - size) // stride + 1 for n in image.shape[-2:])
+            self.offsets = [(r * stride, c * stride) for r in range(rows) for c in range(cols)]
 
         def __len__(self) -> int:
             return len(self.offsets)
@@ -102,7 +111,7 @@ def time_peer(bundle: Any, frames: list[np.ndarray], warmup: int, batch_size: in
     model.eval()
     g = TwoScaleGeometry.from_config(cfg.geometry)
     plain_nn = cfg.scoring.model_copy(update={"eta": 1, "knn": "numpy", "position_window": None})
-    nn = {s: make_patch_scorer(*bundle.bank_data(s)[:2], grid.n, plain_nn)
+    nn = {s: make_patch_scorer(*bundle.bank_data(s)[:2], grid.shape, plain_nn)
           for s, grid in (("small", g.small), ("large", g.large))}
     embed_fn = {"small": model.embed_small, "large": model.embed_large}
     out: dict[str, list[float]] = {"embed": [], "knn": [], "fuse": [], "frame": []}
@@ -117,7 +126,7 @@ def time_peer(bundle: Any, frames: list[np.ndarray], warmup: int, batch_size: in
         t1 = time.perf_counter()
         scores = {s: nn[s].score(codes[s]) for s in codes}
         t2 = time.perf_counter()
-        maps = {s: pixel_map(grid, scores[s].reshape(grid.n, grid.n)) for s, grid in (("small", g.small), ("large", g.large))}
+        maps = {s: pixel_map(grid, scores[s].reshape(grid.shape)) for s, grid in (("small", g.small), ("large", g.large))}
         fuse_maps(maps["small"], maps["large"], cfg.scoring.scale_fusion).max()
         t3 = time.perf_counter()
         if i < warmup:
@@ -129,8 +138,9 @@ def time_peer(bundle: Any, frames: list[np.ndarray], warmup: int, batch_size: in
     return {k: np.asarray(v) for k, v in out.items()}
 
 
-def bench_one(preset: str, mode: str, args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
-    """One preset at one k-NN mode ("WINDOW/CORESET[/KERNEL]", e.g. auto/1.0, 2/0.1, none/1.0/faiss-ivf)."""
+def bench_one(preset: str, mode: str, geometry: str, args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
+    """One preset at one k-NN mode ("WINDOW/CORESET[/KERNEL]", e.g. auto/1.0, 2/0.1, none/1.0/faiss-ivf) and one
+    geometry (`256`, `1024x1024`, `2448x2048@0.5`)."""
     from sclvi.bundle import load_bundle
     from sclvi.engines import available_backends, load_backend
     from sclvi.knn import choose_kernel
@@ -138,10 +148,13 @@ def bench_one(preset: str, mode: str, args: argparse.Namespace, work: Path) -> l
 
     parts = mode.split("/")
     window, coreset, knn = parts[0], (parts[1:2] or ["1.0"])[0], (parts[2:3] or ["auto"])[0]
-    cfg = bench_config(preset, args.image_size, args.small_stride, window, float(coreset), knn)
-    bundle_dir, replay = prepare_bundle(work / f"{preset}-{mode.replace('/', '_')}", cfg, args.train_images, args.replay_images)
+    cfg = bench_config(preset, geometry, args.small_stride, window, float(coreset), knn)
+    log.info("%s / %s: %s", preset, mode, cfg.geometry.describe())
+    tag = f"{preset}-{mode.replace('/', '_')}-{geometry.replace('@', '_')}"
+    bundle_dir, replay = prepare_bundle(work / tag, cfg, args.train_images, args.replay_images)
     bundle = load_bundle(bundle_dir)
-    frames = _frames(replay, cfg.geometry.image_size, args.warmup + args.compute_frames)
+    frames = _frames(replay, args.warmup + args.compute_frames)
+    in_h, in_w = cfg.geometry.input_hw
     backends = available_backends(bundle) if args.backends == ["auto"] else args.backends
     rows = []
     for name in backends:
@@ -160,6 +173,7 @@ def bench_one(preset: str, mode: str, args: argparse.Namespace, work: Path) -> l
         samples = stage_samples(warm)
         rows.append({
             "preset": preset, "backend": name, "knn": choose_kernel(bundle.config.scoring),
+            "geometry": geometry, "frame": [frames[0].shape[1], frames[0].shape[0]], "input": [in_w, in_h],
             "window": resolve_scoring(bundle.config.scoring, bundle).window, "coreset": cfg.bank.coreset_ratio,
             "bank_codes": int(sum(bundle.manifest["banks"][s]["count"] for s in ("small", "large"))),
             "compute_ms": {k: percentiles(v) for k, v in compute.items()},
@@ -171,9 +185,12 @@ def bench_one(preset: str, mode: str, args: argparse.Namespace, work: Path) -> l
         })
         print(f"{preset:10s} {name:12s} compute {np.median(compute['frame']):8.1f} ms/frame  "
               f"end-to-end p50 {rows[-1]['stages_ms']['total']['p50']:8.1f} ms  throughput {throughput:6.2f} frames/s", flush=True)
-    if args.peer:
+    if args.peer and in_h * in_w <= PEER_MAX_PIXELS:
         log.info("%s: Patch SVDD reference inference (peer)", preset)
-        peer = time_peer(bundle, frames[: args.warmup + args.peer_frames], args.warmup)
+        from sclvi.roi import FrameMapping
+
+        to_input = FrameMapping.from_config(cfg.geometry).to_input
+        peer = time_peer(bundle, [to_input(f) for f in frames[: args.warmup + args.peer_frames]], args.warmup)
         for r in rows:
             r["peer_ms"] = {k: percentiles(v) for k, v in peer.items()}
             r["peer_ratio"] = r["peer_ms"]["frame"]["p50"] / r["compute_ms"]["frame"]["p50"]
@@ -194,7 +211,8 @@ def save_histogram(path: Path, rows: list[dict[str, Any]], title: str) -> None:
     fig, ax = plt.subplots(figsize=(7, 4))
     for r in rows:
         x = np.asarray(r["total_samples_ms"])
-        label = f"{r['preset']} / {r['backend']} / w {r['window']} / cs {r['coreset']:g} (p50 {np.median(x):.0f} ms)"
+        label = (f"{r['preset']} / {r['backend']} / {r['geometry']} / w {r['window']} / cs {r['coreset']:g} "
+                 f"(p50 {np.median(x):.0f} ms)")
         ax.hist(x, bins=min(40, max(5, len(x) // 2)), alpha=0.5, label=label)
     ax.set_xlabel("acquisition -> verdict at the PLC (ms)")
     ax.set_ylabel("frames")
@@ -209,11 +227,13 @@ def write_report(rows: list[dict[str, Any]], args: argparse.Namespace, out: Path
     info = machine()
     tag = "gpu" if "gpu" in info else "cpu"
     hist = out / f"{args.report}-{tag}.png"
-    save_histogram(hist, rows, f"End-to-end latency ({tag}, {args.image_size} px, stride {args.small_stride})")
+    save_histogram(hist, rows, f"End-to-end latency ({tag}, stride {args.small_stride})")
     lines = [
         f"# Line latency and throughput ({tag})",
         "",
-        f"Frames {args.image_size}x{args.image_size}, 32-px patches at stride {args.small_stride}, 64-px at stride 16; "
+        f"Geometry per row: `256` = frames squashed to 256x256; `WxH@s` = native W x H camera frames, the whole frame "
+        f"inspected at scale s (aspect kept; `preprocess` includes the cut and scale). 32-px patches at stride "
+        f"{args.small_stride}, 64-px at stride 16; "
         f"memory bank from {args.train_images} images (window and coreset per row: a coreset is taken per grid "
         f"cell when windowed); one inference worker; random weights. Latency: {args.frames} frames through the runtime paced at "
         f"{100 * args.load:.0f}% of the measured capacity, {args.warmup} warm-up frames excluded. Throughput: "
@@ -222,20 +242,20 @@ def write_report(rows: list[dict[str, Any]], args: argparse.Namespace, out: Path
         "",
         "## Summary",
         "",
-        "| preset | backend | k-NN | window | coreset | bank codes | compute ms/frame (p50) | k-NN ms (p50) | end-to-end p50 / p95 / p99 ms | throughput frames/s | peer ms/frame (p50) | peer / ours |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| preset | backend | geometry | model input | k-NN | window | coreset | bank codes | compute ms/frame (p50) | k-NN ms (p50) | end-to-end p50 / p95 / p99 ms | throughput frames/s | peer ms/frame (p50) | peer / ours |",
+        "|---|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         t = r["stages_ms"]["total"]
         peer = r.get("peer_ms", {}).get("frame", {}).get("p50")
         lines.append(
-            f"| {r['preset']} | {r['backend']} | {r['knn']} | {'none' if r['window'] is None else f'+-' + str(r['window'])} | "
+            f"| {r['preset']} | {r['backend']} | {r['geometry']} | {r['input'][0]}x{r['input'][1]} | {r['knn']} | {'none' if r['window'] is None else '+-' + str(r['window'])} | "
             f"{r['coreset']:g} | {r['bank_codes']:,} | {r['compute_ms']['frame']['p50']:.1f} | {r['compute_ms']['knn']['p50']:.1f} | "
             f"{t['p50']:.1f} / {t['p95']:.1f} / {t['p99']:.1f} | {r['throughput_fps']:.2f} | "
             f"{_ms(peer)} | {'-' if peer is None else format(r['peer_ratio'], '.1f') + 'x'} |"
         )
     for r in rows:
-        lines += ["", f"## {r['preset']} / {r['backend']} / window {r['window']} / coreset {r['coreset']:g} (k-NN: {r['knn']}; {r['rate_hz']:.2f} frames/s offered; "
+        lines += ["", f"## {r['preset']} / {r['backend']} / {r['geometry']} / window {r['window']} / coreset {r['coreset']:g} (k-NN: {r['knn']}; {r['rate_hz']:.2f} frames/s offered; "
                   f"verdicts {r['verdicts']} of {r['grabbed']} frames grabbed)", ""]
         lines += stage_table(r["stages_ms"])
         if "peer_ms" in r:
@@ -257,7 +277,8 @@ def main(argv: list[str] | None = None) -> Path:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--presets", nargs="+", default=["lite", "dense-lite"])
     ap.add_argument("--backends", nargs="+", default=["auto"], help="auto: every backend usable here")
-    ap.add_argument("--image-size", type=int, default=256)
+    ap.add_argument("--geometries", nargs="+", default=["256"],
+                    help="per row: SIZE (frames squashed to SIZE x SIZE) or WxH[@SCALE] (native W x H frames at SCALE)")
     ap.add_argument("--small-stride", type=int, default=4)
     ap.add_argument("--train-images", type=int, default=20, help="images in the memory bank")
     ap.add_argument("--knn-modes", nargs="+", default=["auto/1.0"],
@@ -279,8 +300,10 @@ def main(argv: list[str] | None = None) -> Path:
     with tempfile.TemporaryDirectory() as tmp:
         work = args.work or Path(tmp)
         for preset in args.presets:
-            for mode in args.knn_modes:
-                rows += bench_one(preset, mode, args, work)
+            for geometry in args.geometries:
+                for mode in args.knn_modes:
+                    rows += bench_one(preset, mode, geometry, args, work)
+                    write_report(rows, args, args.out, time.perf_counter() - t0)  # partial reports as rows finish
     path = write_report(rows, args, args.out, time.perf_counter() - t0)
     print(f"report: {path}")
     return path

@@ -29,16 +29,30 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def bench_config(preset: str, image_size: int, small_stride: int, window: str = "auto", coreset: float = 1.0,
+def parse_geometry(spec: str) -> dict[str, Any]:
+    """A benchmark geometry: `256` (frames squashed to 256x256) or `WxH[@SCALE]` (native W x H camera frames,
+    the whole frame as the roi, at SCALE)."""
+    try:
+        if "x" not in spec:
+            return {"image_size": int(spec)}
+        size, _, scale = spec.partition("@")
+        w, h = (int(v) for v in size.split("x"))
+        return {"frame": [w, h], "scale": float(scale or 1.0)}
+    except ValueError:
+        raise ValueError(f"geometry {spec!r}: expected SIZE or WIDTHxHEIGHT[@SCALE], e.g. 256 or 2448x2048@0.5") from None
+
+
+def bench_config(preset: str, image_size: int | str, small_stride: int, window: str = "auto", coreset: float = 1.0,
                  knn: str = "auto") -> Any:
-    """A preset at the benchmark's frame size and small-patch stride; `window` (auto, none or cells),
-    `coreset` (bank fraction kept; per cell when windowed) and `knn` (kernel) pick the k-NN mode."""
+    """A preset at the benchmark's geometry (a square size, or a `parse_geometry` spec) and small-patch stride;
+    `window` (auto, none or cells), `coreset` (bank fraction kept; per cell when windowed) and `knn` (kernel)
+    pick the k-NN mode."""
     from sclvi.config import build_config
 
     position_window: Any = {"auto": "auto", "none": None}.get(window, window)
     if isinstance(position_window, str) and position_window != "auto":
         position_window = int(position_window)
-    return build_config(preset, {"geometry": {"image_size": image_size, "small_stride": small_stride},
+    return build_config(preset, {"geometry": {**parse_geometry(str(image_size)), "small_stride": small_stride},
                                  "scoring": {"position_window": position_window, "knn": knn},
                                  "bank": {"coreset_ratio": coreset}})
 
@@ -54,10 +68,13 @@ def prepare_bundle(work: Path, cfg: Any, n_train: int, n_replay: int, seed: int 
     from sclvi.engines.export import export_onnx
     from sclvi.synthetic import DEFECTS, write_synthetic
 
-    size = cfg.geometry.image_size
+    frame = cfg.geometry.frame
+    size = cfg.geometry.image_size if frame is None else 256  # native frames: made at 256 px, then resized
     n_defect = max(1, n_replay // 8)  # per defect type: about half the parts are defective
     data = write_synthetic(work / "data", "object", size=size, n_train=n_train + 4,
                            n_test_good=max(1, n_replay - len(DEFECTS) * n_defect), n_test_defect=n_defect, seed=seed)
+    if frame is not None:
+        _resize_all(data, tuple(frame))
     ds = read_dataset(data)
     bundle_dir = work / "bundle"
     bundle = untrained_bundle(bundle_dir, cfg, ds.train[:n_train], seed)
@@ -70,6 +87,17 @@ def prepare_bundle(work: Path, cfg: Any, n_train: int, n_replay: int, seed: int 
     for i, t in enumerate(ds.test):
         (replay / f"{i:04d}{t.path.suffix}").write_bytes(t.path.read_bytes())
     return bundle_dir, replay
+
+
+def _resize_all(data: Path, frame: tuple[int, int]) -> None:
+    """Every image and mask of a synthetic data set resized to the camera frame (timing needs the pixels, not
+    fine detail)."""
+    from PIL import Image
+
+    for p in data.rglob("*.png"):
+        with Image.open(p) as im:
+            resized = im.resize(frame, Image.NEAREST if "ground_truth" in p.parts else Image.BILINEAR)
+        resized.save(p)
 
 
 @dataclass

@@ -129,7 +129,7 @@ def run_set(name: str, root: Path, protocol: str, work: Path, out: Path) -> dict
         cfg = protocol_config(protocol, task)
         bundle, train_s = _trained_bundle(cfg, root, work / name / task)
         codes, embed_s = embed_test_set(bundle, ds, load_backend(bundle))
-        masks = test_masks(ds, cfg.geometry.image_size)
+        masks = test_masks(ds, cfg.geometry)
         for label, scoring_over, ratio in _variants(cfg, task):
             scoring = cfg.scoring.model_copy(update=scoring_over)
             banks = None
@@ -151,7 +151,7 @@ def run_set(name: str, root: Path, protocol: str, work: Path, out: Path) -> dict
             if label.endswith("eta 10"):
                 curves[task] = (*roc(labels, scores), m["image_auroc"])
             if label == "scl12, eta 10":
-                write_overlays(out / f"heatmaps-{protocol}-{name}", ds.test, maps, scores, cfg.geometry.image_size, 6, masks)
+                write_overlays(out / f"heatmaps-{protocol}-{name}", ds.test, maps, scores, cfg.geometry, 6, masks)
     save_roc(out / f"roc-{protocol}-{name}.png", curves, f"{name}: image ROC by pretext task ({protocol} budget)")
     return {"set": name, "n_test": len(ds.test), "n_train": len(ds.train), "has_masks": ds.has_masks, "rows": rows}
 
@@ -193,7 +193,7 @@ def run_quality(name: str, root: Path, protocol: str, tasks: list[str], seeds: l
     ds = read_dataset(root)
     preset = PROTOCOLS[protocol]["preset"]
     base = protocol_config(protocol, "scl12")
-    masks = test_masks(ds, base.geometry.image_size)
+    masks = test_masks(ds, base.geometry)
     rows: list[dict[str, Any]] = []
 
     def row(kind: str, task: str | None, seed: int | None, scores, maps, embed_s: float, score_s: float,
@@ -236,7 +236,7 @@ def run_quality(name: str, root: Path, protocol: str, tasks: list[str], seeds: l
             {**_model_facts(bundle), "window": resolve_scoring(cfg.scoring, bundle).window,
              "photometric": cfg.preprocess.photometric, "defect_weight": cfg.train.defect_weight}, variant)
         if seed == seeds[0] and task == tasks[0] and variant == "default":
-            write_overlays(out / f"heatmaps-{protocol}-{name}", ds.test, maps, scores, cfg.geometry.image_size, 6, masks)
+            write_overlays(out / f"heatmaps-{protocol}-{name}", ds.test, maps, scores, cfg.geometry, 6, masks)
             curve = bundle.path / "training_curve.png"
             if curve.is_file():
                 (out / f"training-curve-{protocol}-{name}.png").write_bytes(curve.read_bytes())
@@ -340,7 +340,7 @@ def run_families(name: str, root: Path, protocol: str, presets: list[str], work:
         bundle, train_s = _trained_bundle(cfg, root, cache)
         codes, embed_s = embed_test_set(bundle, ds, load_backend(bundle))
         scores, maps, score_s = score_test_set(bundle, codes, cfg.scoring)
-        m = metrics_report(ds, scores, maps, test_masks(ds, cfg.geometry.image_size))
+        m = metrics_report(ds, scores, maps, test_masks(ds, cfg.geometry))
         rows.append({"set": name, "preset": preset, "gmac_per_frame": frame_macs(cfg) / 1e9, "train_s": train_s,
                      "embed_ms": 1000 * embed_s, "score_ms": 1000 * score_s, **m})
         log.info("%s | %s: image AUROC %.3f", name, preset, m["image_auroc"])

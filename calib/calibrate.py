@@ -20,7 +20,8 @@ from tqdm.auto import tqdm
 from sclvi.bundle import ModelBundle, set_calibration
 from sclvi.embedding import EncoderBackend
 from sclvi.errors import DataError
-from sclvi.images import IMAGE_SUFFIXES, read_rgb
+from sclvi.images import IMAGE_SUFFIXES
+from sclvi.roi import read_input
 from sclvi.scorer import AnomalyScorer
 
 log = logging.getLogger(__name__)
@@ -52,10 +53,9 @@ def required_images(target_frr: float) -> int:
 
 
 def score_images(scorer: AnomalyScorer, images: list[Path], desc: str) -> tuple[np.ndarray, np.ndarray]:
-    size = scorer.size
     scores, pixels = [], []
     for p in tqdm(images, desc=desc, unit="img"):
-        r = scorer.score([read_rgb(p, size)])[0]
+        r = scorer.score([read_input(p, scorer.bundle.config.geometry)])[0]
         scores.append(r.score)
         pixels.append(r.anomaly_map[::4, ::4].ravel())  # a strided sample keeps memory flat
     return np.array(scores), np.concatenate(pixels)

@@ -33,29 +33,34 @@ class Alignment:
 
 
 def measure_alignment(codes: np.ndarray, window: int = WINDOW, max_ratio: float = MAX_RATIO, probes: int = 6,
-                      others: int = 48, seed: int = 0) -> Alignment:
-    """`codes`: (images, n, n, D) codes of one scale. Each of `probes` images is compared with up to
-    `others` other images, windowed and globally."""
-    m, n, _, d = codes.shape
+                      others: int = 48, seed: int = 0, max_cells: int = 4096, max_bank: int = 1 << 21) -> Alignment:
+    """`codes`: (images, rows, cols, D) codes of one scale. Each of `probes` images is compared with up to
+    `others` other images, windowed and globally. Large grids (a native-resolution roi) are sampled: at most
+    `max_cells` query cells per probe, and fewer other images so the compared bank stays under `max_bank`
+    codes; small grids use every cell, as before."""
+    m, nr, nc, d = codes.shape
     if m < 2:
         return Alignment(float("nan"), None, 0)
     rng = np.random.default_rng(seed)
     probe_idx = rng.choice(m, min(probes, m), replace=False)
+    others = max(1, min(others, max_bank // (nr * nc)))
     win, glob = [], []
     for p in probe_idx:
         rest = np.delete(np.arange(m), p)
         rest = rest if len(rest) <= others else rng.choice(rest, others, replace=False)
-        q = codes[p].astype(np.float64)  # (n, n, D)
-        bank = codes[rest].astype(np.float64)  # (r, n, n, D)
-        glob.append(knn_exact(q.reshape(-1, d), bank.reshape(-1, d), 1)[0][:, 0])
-        best = np.full((n, n), np.inf)
+        cells = np.arange(nr * nc) if nr * nc <= max_cells else np.sort(rng.choice(nr * nc, max_cells, replace=False))
+        rows, cols = cells // nc, cells % nc
+        q = codes[p].reshape(-1, d)[cells].astype(np.float64)  # (cells, D)
+        bank = codes[rest]  # (r, rows, cols, D)
+        glob.append(knn_exact(q, bank.reshape(-1, d).astype(np.float64), 1)[0][:, 0])
+        best = np.full(len(cells), np.inf)
         for dr in range(-window, window + 1):
             for dc in range(-window, window + 1):
-                r0, r1 = max(0, -dr), min(n, n - dr)
-                c0, c1 = max(0, -dc), min(n, n - dc)
-                diff = bank[:, r0 + dr : r1 + dr, c0 + dc : c1 + dc] - q[None, r0:r1, c0:c1]
-                best[r0:r1, c0:c1] = np.minimum(best[r0:r1, c0:c1], (diff**2).sum(-1).min(axis=0))
-        win.append(np.sqrt(best).ravel())
+                r, c = rows + dr, cols + dc
+                ok = (r >= 0) & (r < nr) & (c >= 0) & (c < nc)
+                diff = bank[:, r[ok], c[ok]].astype(np.float64) - q[None, ok]  # (r, cells, D)
+                best[ok] = np.minimum(best[ok], (diff**2).sum(-1).min(axis=0))
+        win.append(np.sqrt(best))
     g = float(np.mean(np.concatenate(glob)))
     ratio = float(np.mean(np.concatenate(win)) / g) if g > 0 else 1.0
     return Alignment(ratio, window if ratio <= max_ratio else None, len(probe_idx))

@@ -29,7 +29,7 @@ class BankHeader:
     scale: str  # "small" | "large"
     patch: int
     stride: int
-    grid: int  # patches per axis of one image
+    grid: int | list[int]  # [rows, cols] of one image's patch grid (an int: square, older banks)
     dim: int
     count: int
     dtype: str

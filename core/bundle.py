@@ -79,14 +79,14 @@ class ModelBundle:
     def mean(self) -> np.ndarray:
         if self._mean is None:
             mean = _load_npy(self.path / MEAN)
-            s = self.config.geometry.image_size
-            if mean.shape != (s, s, 3):
-                raise BundleError(f"{self.path / MEAN} has shape {mean.shape}, expected ({s}, {s}, 3)")
+            h, w = self.config.geometry.input_hw
+            if mean.shape != (h, w, 3):
+                raise BundleError(f"{self.path / MEAN} has shape {mean.shape}, expected ({h}, {w}, 3)")
             self._mean = mean.astype(np.float32)
         return self._mean
 
     def normalise(self, frame: np.ndarray) -> np.ndarray:
-        """(S, S, 3) uint8 -> the (3, S, S) encoder input, with this bundle's photometric mode and mean image."""
+        """(H, W, 3) uint8 -> the (3, H, W) encoder input, with this bundle's photometric mode and mean image."""
         return normalise(frame, self.mean, self.config.preprocess.photometric)
 
     def has_bank(self) -> bool:

@@ -15,7 +15,7 @@ from typing import Any, Iterator, Optional
 import typer
 
 from sclvi import __version__
-from sclvi.errors import SclviError
+from sclvi.errors import ConfigError, SclviError
 
 app = typer.Typer(
     name="sclvi",
@@ -99,7 +99,11 @@ def train(
     lr: Optional[float] = typer.Option(None, help="Adam learning rate."),
     task: Optional[Task] = typer.Option(None, help="Pretext task: scl12 (paper), jigsaw8 (Patch SVDD), none."),
     seed: Optional[int] = typer.Option(None, help="Random seed."),
-    image_size: Optional[int] = typer.Option(None, help="Input size images are resized to."),
+    image_size: Optional[int] = typer.Option(None, help="Square input size frames are resized to (without --roi/--scale)."),
+    roi: Optional[str] = typer.Option(
+        None, help="Inspect this region x,y,width,height of the camera frame at native resolution, aspect kept "
+        "(`sclvi roi DATA` proposes one); frames of another size are then refused, never resized."),
+    scale: Optional[float] = typer.Option(None, help="Resize factor of the roi (or of the whole frame), e.g. 0.5."),
     threads: Optional[int] = typer.Option(None, help="torch CPU threads (0: torch's default)."),
     resume: bool = typer.Option(False, help="Continue from the bundle's checkpoint."),
     bank: bool = typer.Option(True, help="Build the memory bank after training."),
@@ -111,12 +115,63 @@ def train(
         overrides = _drop_none(
             {
                 "train": {"steps": steps, "batch_size": batch_size, "lr": lr, "task": task, "seed": seed, "threads": threads},
-                "geometry": {"image_size": image_size},
+                "geometry": {"image_size": image_size, "roi": _parse_roi(roi), "scale": scale,
+                             "frame": _data_frame(data) if roi is not None or scale is not None else None},
             }
         )
         cfg = load_config(config, preset.value if preset else None, overrides, default_preset=default_preset())
-        log.info("preset %s", cfg.preset)
+        log.info("preset %s; geometry: %s", cfg.preset, cfg.geometry.describe())
         _train_and_bank(cfg, data, out, resume, bank)
+
+
+def _parse_roi(text: str | None) -> list[int] | None:
+    if text is None:
+        return None
+    try:
+        values = [int(v) for v in text.replace(" ", "").split(",")]
+    except ValueError:
+        values = []
+    if len(values) != 4:
+        raise ConfigError(f"--roi {text!r}: expected four integers x,y,width,height in frame pixels")
+    return values
+
+
+def _data_frame(data: Path) -> list[int]:
+    """The camera frame size of a data set's training images (all must share it)."""
+    from sclvi.dataset import read_dataset
+    from sclvi.roi import frame_size_of
+
+    return list(frame_size_of(read_dataset(data, need_test=False).train))
+
+
+@app.command("roi")
+def roi_cmd(
+    data: Path = typer.Argument(..., help="Data set folder in MVTec AD layout (uses train/good)."),
+    scale: float = typer.Option(1.0, help="Resize factor the roi will be trained at."),
+    preset: Optional[Preset] = typer.Option(None, help="Model preset whose patch strides the roi must tile."),
+    margin: int = typer.Option(16, help="Pixels kept around the part."),
+    figure: Optional[Path] = typer.Option(None, help="Write the mean frame with the roi drawn on it here (PNG)."),
+) -> None:
+    """Propose a region of interest around the part in the training frames, for you to confirm."""
+    with _user_errors():
+        from sclvi.config import build_config
+        from sclvi.dataset import read_dataset
+        from sclvi.roi import frame_size_of
+        from sclvi.roi_propose import propose_roi, save_roi_figure
+
+        images = read_dataset(data, need_test=False).train
+        frame_size_of(images)
+        cfg = build_config(preset.value if preset else default_preset())
+        p = propose_roi(images, cfg.geometry, scale, margin)
+        roi = ",".join(str(v) for v in p.roi)
+        found = ("no part stands out from the background: the whole frame" if p.part_box is None else
+                 f"part at {list(p.part_box)}" + ("" if p.cover < 1 else ", filling most of the frame: the whole frame"))
+        typer.echo(f"frames {p.frame[0]}x{p.frame[1]}; {found}; proposed roi {roi} ({100 * p.cover:.0f}% of the frame, "
+                   f"model input {round(p.roi[2] * scale)}x{round(p.roi[3] * scale)} px at scale {scale:g})")
+        if figure is not None:
+            save_roi_figure(figure, images, p)
+            typer.echo(f"figure: {figure}")
+        typer.echo(f"check it, then: sclvi train {data} --out BUNDLE --roi {roi} --scale {scale:g}")
 
 
 def default_preset() -> str:

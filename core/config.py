@@ -61,9 +61,22 @@ class PreprocessConfig(_Strict):
 
 
 class GeometryConfig(_Strict):
-    """Input size and the two patch scales; the large scale is a 2x2 grid of small patches."""
+    """What the model looks at and the two patch scales (the large scale is a 2x2 grid of small patches).
 
-    image_size: int = Field(256, ge=64)
+    Two ways to map a camera frame to the model input:
+    - `frame` unset: any frame is resized to `image_size` x `image_size` (the paper's protocol; aspect lost);
+    - `frame` set (the camera's [width, height]): only frames of that size are inspected (any other gets
+      NOT_INSPECTED bad_frame, never a silent resize); the `roi` [x, y, width, height] is cut out at native
+      resolution, times `scale`, aspect kept. Maps and defect boxes come back in camera pixels.
+    """
+
+    image_size: int = Field(256, ge=64, description="square input size when `frame` is unset")
+    frame: tuple[int, int] | None = Field(
+        None, description="[width, height] of the camera frames the model is trained on (None: any size, resized "
+        "to image_size square)")
+    roi: tuple[int, int, int, int] | None = Field(
+        None, description="[x, y, width, height] of the inspected region in frame pixels (None: the whole frame)")
+    scale: float = Field(1.0, gt=0, le=4, description="resize factor of the ROI (0.5: a 5 MP camera at half resolution)")
     small_patch: int = Field(32, description="main-encoder patch size (fixed by Table 5)")
     small_stride: int = Field(4, ge=1)
     large_stride: int = Field(16, ge=1)
@@ -72,14 +85,70 @@ class GeometryConfig(_Strict):
     def large_patch(self) -> int:
         return 2 * self.small_patch
 
+    @property
+    def region(self) -> tuple[int, int, int, int] | None:
+        """The ROI in frame pixels (the whole frame when only `frame` is given); None when frames are squashed."""
+        if self.frame is None:
+            return None
+        return self.roi if self.roi is not None else (0, 0, self.frame[0], self.frame[1])
+
+    @property
+    def input_hw(self) -> tuple[int, int]:
+        """(height, width) of the model input."""
+        region = self.region
+        if region is None:
+            return self.image_size, self.image_size
+        return round(region[3] * self.scale), round(region[2] * self.scale)
+
+    def tiles(self, side: int) -> bool:
+        """Does an input side of `side` px hold both patch scales with no pixel left over?"""
+        return side >= self.large_patch and all(
+            (side - patch) % stride == 0
+            for patch, stride in ((self.small_patch, self.small_stride), (self.large_patch, self.large_stride)))
+
+    def nearest_tiling(self, side: int) -> int:
+        """The largest input side <= `side` that `tiles` (what an ROI should be shrunk to)."""
+        while side > self.large_patch and not self.tiles(side):
+            side -= 1
+        return side
+
+    def describe(self) -> str:
+        """One line for logs and preflight: what part of which frames the model sees, at what size."""
+        h, w = self.input_hw
+        if self.frame is None:
+            return f"{w}x{h} px input (any frame resized to it)"
+        return (f"roi {list(self.region)} of {self.frame[0]}x{self.frame[1]} frames at scale {self.scale:g} -> "
+                f"{w}x{h} px input")
+
     @model_validator(mode="after")
     def _check(self) -> "GeometryConfig":
         if self.small_patch != 32:
             raise ValueError("small_patch must be 32: the main encoder (Table 5) maps 32x32 -> 1x1")
         # The 64-px codes reuse 32-px codes: quarter offsets (32 px) and the large stride must fall on
-        # the small-stride grid, and both scales must tile the image exactly (no silent border loss).
+        # the small-stride grid, and both scales must tile the input exactly (no silent border loss).
         if self.small_patch % self.small_stride or self.large_stride % self.small_stride:
             raise ValueError("small_stride must divide 32 and large_stride")
+        if self.roi is not None and self.frame is None:
+            raise ValueError("an roi needs the camera frame size: set geometry.frame [width, height] too")
+        if self.frame is not None:
+            if min(self.frame) < 1:
+                raise ValueError("geometry.frame must be [width, height] in pixels")
+            x, y, w, h = self.region
+            if x < 0 or y < 0 or w < 1 or h < 1 or x + w > self.frame[0] or y + h > self.frame[1]:
+                raise ValueError(f"roi {list(self.region)} (x, y, width, height) does not lie inside the "
+                                 f"{self.frame[0]}x{self.frame[1]} frame")
+            ih, iw = self.input_hw
+            bad = [(name, side, raw) for name, side, raw in (("width", iw, w), ("height", ih, h)) if not self.tiles(side)]
+            if bad:
+                hint = ", ".join(
+                    f"{name} {raw} px -> {side} px at scale {self.scale:g}; nearest that fits: "
+                    f"{self.nearest_tiling(side)} px (roi {name} {int(self.nearest_tiling(side) / self.scale)})"
+                    for name, side, raw in bad)
+                raise ValueError(
+                    f"the roi at this scale is not tiled exactly by {self.small_patch}-px patches at stride "
+                    f"{self.small_stride} and {self.large_patch}-px patches at stride {self.large_stride} "
+                    f"(no border may be left uninspected): {hint}")
+            return self
         for patch, stride in ((self.small_patch, self.small_stride), (self.large_patch, self.large_stride)):
             if (self.image_size - patch) % stride:
                 raise ValueError(

@@ -27,8 +27,8 @@ class EncoderBackend(Protocol):
 
 @dataclass(frozen=True)
 class FrameCodes:
-    small: np.ndarray  # (B, n_small, n_small, D)
-    large: np.ndarray  # (B, n_large, n_large, D)
+    small: np.ndarray  # (B, rows_small, cols_small, D)
+    large: np.ndarray  # (B, rows_large, cols_large, D)
 
 
 class FrameEmbedder:
@@ -41,7 +41,7 @@ class FrameEmbedder:
         self.dense = callable(getattr(backend, "encode_frames", None))
 
     def embed(self, frames: np.ndarray) -> FrameCodes:
-        """(B, 3, S, S) normalised frames -> codes of all patches of both scales."""
+        """(B, 3, H, W) normalised model inputs -> codes of all patches of both scales."""
         if frames.ndim == 3:
             frames = frames[None]
         if self.dense:
@@ -58,6 +58,6 @@ class FrameEmbedder:
         grids = grids.reshape(b * g.large.count, 2, 2, dim).transpose(0, 3, 1, 2)
         large = self.backend.encode_grid(np.ascontiguousarray(grids, dtype=np.float32))
         return FrameCodes(
-            small=small.reshape(b, g.small.n, g.small.n, dim),
-            large=large.reshape(b, g.large.n, g.large.n, dim),
+            small=small.reshape(b, *g.small.shape, dim),
+            large=large.reshape(b, *g.large.shape, dim),
         )

@@ -13,11 +13,11 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from sclvi.bundle import ModelBundle
-from sclvi.config import ScoringConfig
+from sclvi.config import GeometryConfig, ScoringConfig
 from sclvi.dataset import MVTecDataset
 from sclvi.embedding import EncoderBackend, FrameCodes
 from sclvi.errors import BundleError
-from sclvi.images import read_mask, read_rgb
+from sclvi.roi import read_input, read_input_mask
 from sclvi.metrics import auroc, pro_auc, roc
 from sclvi.plots import save_overlay, save_roc
 from sclvi.scorer import AnomalyScorer
@@ -36,11 +36,11 @@ def _metrics(labels: np.ndarray, scores: np.ndarray, masks: np.ndarray | None, m
 def embed_test_set(bundle: ModelBundle, dataset: MVTecDataset, backend: EncoderBackend, batch: int = 4) -> tuple[FrameCodes, float]:
     """Codes of every test image (both scales) and the embedding time per image."""
     scorer = AnomalyScorer(bundle, backend)  # embeds only: its k-NN (and banks) are never built
-    size = bundle.config.geometry.image_size
+    geometry = bundle.config.geometry
     parts = []
     t0 = time.perf_counter()
     for start in tqdm(range(0, len(dataset.test), batch), desc="embed test set", unit="batch"):
-        parts.append(scorer.embed([read_rgb(t.path, size) for t in dataset.test[start : start + batch]]))
+        parts.append(scorer.embed([read_input(t.path, geometry) for t in dataset.test[start : start + batch]]))
     seconds = (time.perf_counter() - t0) / max(1, len(dataset.test))
     return FrameCodes(np.concatenate([p.small for p in parts]), np.concatenate([p.large for p in parts])), seconds
 
@@ -54,9 +54,8 @@ def score_test_set(
     """(image scores, fused maps, seconds per image) for embedded test images under one scoring config."""
     scorer = AnomalyScorer(bundle, None, scoring, banks=banks)
     n = len(codes.small)
-    size = bundle.config.geometry.image_size
     scores = np.empty(n)
-    maps = np.empty((n, size, size), dtype=np.float32)
+    maps = np.empty((n, *bundle.config.geometry.input_hw), dtype=np.float32)
     if n:
         scorer.score_codes(codes.small[0], codes.large[0])  # warm-up: JIT compilation is not scoring time
     t0 = time.perf_counter()
@@ -66,11 +65,12 @@ def score_test_set(
     return scores, maps, (time.perf_counter() - t0) / max(1, n)
 
 
-def test_masks(dataset: MVTecDataset, size: int) -> np.ndarray | None:
-    """Ground-truth masks of all test images (zeros for good ones), or None without masks."""
+def test_masks(dataset: MVTecDataset, geometry: GeometryConfig) -> np.ndarray | None:
+    """Ground-truth masks of all test images on the model input (zeros for good ones), or None without masks."""
     if not dataset.has_masks:
         return None
-    return np.stack([read_mask(t.mask, size) if t.mask else np.zeros((size, size), bool) for t in dataset.test])
+    return np.stack([read_input_mask(t.mask, geometry) if t.mask else np.zeros(geometry.input_hw, bool)
+                     for t in dataset.test])
 
 
 def metrics_report(dataset: MVTecDataset, scores: np.ndarray, maps: np.ndarray, masks: np.ndarray | None) -> dict[str, Any]:
@@ -103,16 +103,16 @@ def evaluate(
     scoring = scoring or bundle.config.scoring
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    size = bundle.config.geometry.image_size
+    geometry = bundle.config.geometry
     codes, embed_s = embed_test_set(bundle, dataset, backend)
     scores, maps, score_s = score_test_set(bundle, codes, scoring)
-    masks = test_masks(dataset, size)
+    masks = test_masks(dataset, geometry)
     report: dict[str, Any] = {
         "dataset": str(dataset.root),
         "bundle": str(bundle.path),
         "backend": getattr(backend, "name", type(backend).__name__),
         "scoring": scoring.model_dump(),
-        "image_size": size,
+        "geometry": geometry.describe(),
         "seconds_per_image": embed_s + score_s,
         **metrics_report(dataset, scores, maps, masks),
     }
@@ -123,7 +123,7 @@ def evaluate(
     labels = np.array([t.is_anomalous for t in dataset.test])
     fpr, tpr = roc(labels, scores)
     save_roc(out / "roc.png", {"image": (fpr, tpr, report["image_auroc"])}, f"{dataset.root.name}: image-level ROC")
-    write_overlays(out / "overlays", dataset.test, maps, scores, size, n_overlays, masks)
+    write_overlays(out / "overlays", dataset.test, maps, scores, geometry, n_overlays, masks)
     return report
 
 
@@ -138,7 +138,8 @@ def _nan_to_none(value: Any) -> Any:
     return value
 
 
-def write_overlays(folder: Path, items: list, maps: np.ndarray, scores: np.ndarray, size: int, n: int, masks) -> None:
+def write_overlays(folder: Path, items: list, maps: np.ndarray, scores: np.ndarray, geometry: GeometryConfig, n: int,
+                   masks: np.ndarray | None) -> None:
     """A few good and a few defective examples, sharing one colour scale so they compare."""
     if n <= 0:
         return
@@ -150,7 +151,7 @@ def write_overlays(folder: Path, items: list, maps: np.ndarray, scores: np.ndarr
         t = items[i]
         save_overlay(
             folder / f"{t.defect}_{t.path.stem}.png",
-            read_rgb(t.path, size),
+            read_input(t.path, geometry),
             maps[i],
             masks[i] if masks is not None else None,
             f"{t.defect}/{t.path.name}  score {scores[i]:.4g}",

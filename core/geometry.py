@@ -17,29 +17,38 @@ from sclvi.config import GeometryConfig
 
 @dataclass(frozen=True)
 class PatchGrid:
-    """Square patches of side `patch` placed every `stride` pixels over a square image."""
+    """Square patches of side `patch` placed every `stride` pixels over a `height` x `width` input."""
 
-    image_size: int
+    height: int
+    width: int
     patch: int
     stride: int
 
     @property
-    def n(self) -> int:
-        """Patches per axis."""
-        return (self.image_size - self.patch) // self.stride + 1
+    def rows(self) -> int:
+        return (self.height - self.patch) // self.stride + 1
+
+    @property
+    def cols(self) -> int:
+        return (self.width - self.patch) // self.stride + 1
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(rows, cols) of patches."""
+        return self.rows, self.cols
 
     @property
     def count(self) -> int:
-        return self.n * self.n
+        return self.rows * self.cols
 
-    def offsets(self) -> np.ndarray:
-        """Top-left pixel coordinate of the patches along one axis."""
-        return np.arange(self.n) * self.stride
+    def offsets(self, axis: int = 0) -> np.ndarray:
+        """Top-left pixel coordinate of the patches along one axis (0: rows, 1: columns)."""
+        return np.arange(self.shape[axis]) * self.stride
 
     def patches(self, image: np.ndarray) -> np.ndarray:
-        """A zero-copy (n, n, C, patch, patch) view of all patches of a (C, H, W) image."""
-        if image.ndim != 3 or image.shape[1:] != (self.image_size, self.image_size):
-            raise ValueError(f"expected a (C, {self.image_size}, {self.image_size}) image, got {image.shape}")
+        """A zero-copy (rows, cols, C, patch, patch) view of all patches of a (C, H, W) image."""
+        if image.ndim != 3 or image.shape[1:] != (self.height, self.width):
+            raise ValueError(f"expected a (C, {self.height}, {self.width}) image, got {image.shape}")
         windows = np.lib.stride_tricks.sliding_window_view(image, (self.patch, self.patch), axis=(1, 2))
         # windows: (C, H-p+1, W-p+1, p, p) -> keep strided positions, put the channel axis after them
         windows = windows[:, :: self.stride, :: self.stride]
@@ -48,27 +57,26 @@ class PatchGrid:
     @cached_property
     def coverage(self) -> np.ndarray:
         """How many patches cover each pixel (the denominator of the pixel score), computed once."""
-        cover = self.spread(np.ones((self.n, self.n)))
+        cover = self.spread(np.ones(self.shape))
         cover.flags.writeable = False
         return cover
 
     def spread(self, scores: np.ndarray) -> np.ndarray:
-        """Sum, for each pixel, the scores of the patches covering it (an (S, S) float64 map).
+        """Sum, for each pixel, the scores of the patches covering it (an (H, W) float64 map).
 
-        Box-sum via a 2-D prefix sum of corner impulses: O(S^2) whatever the patch count.
+        Box-sum via a 2-D prefix sum of corner impulses: O(H W) whatever the patch count.
         """
-        if scores.shape != (self.n, self.n):
-            raise ValueError(f"expected a ({self.n}, {self.n}) score grid, got {scores.shape}")
-        s, p = self.image_size, self.patch
-        impulses = np.zeros((s + 1, s + 1), dtype=np.float64)
-        o = self.offsets()
-        y0, x0 = np.meshgrid(o, o, indexing="ij")
+        if scores.shape != self.shape:
+            raise ValueError(f"expected a {self.shape} score grid, got {scores.shape}")
+        h, w, p = self.height, self.width, self.patch
+        impulses = np.zeros((h + 1, w + 1), dtype=np.float64)
+        y0, x0 = np.meshgrid(self.offsets(0), self.offsets(1), indexing="ij")
         v = scores.astype(np.float64)
         np.add.at(impulses, (y0, x0), v)
         np.add.at(impulses, (y0, x0 + p), -v)
         np.add.at(impulses, (y0 + p, x0), -v)
         np.add.at(impulses, (y0 + p, x0 + p), v)
-        return impulses.cumsum(0).cumsum(1)[:s, :s]
+        return impulses.cumsum(0).cumsum(1)[:h, :w]
 
 
 @dataclass(frozen=True)
@@ -80,9 +88,10 @@ class TwoScaleGeometry:
 
     @classmethod
     def from_config(cls, geometry: GeometryConfig) -> "TwoScaleGeometry":
+        h, w = geometry.input_hw
         return cls(
-            small=PatchGrid(geometry.image_size, geometry.small_patch, geometry.small_stride),
-            large=PatchGrid(geometry.image_size, geometry.large_patch, geometry.large_stride),
+            small=PatchGrid(h, w, geometry.small_patch, geometry.small_stride),
+            large=PatchGrid(h, w, geometry.large_patch, geometry.large_stride),
         )
 
     def quarter_index(self) -> np.ndarray:
@@ -93,8 +102,8 @@ class TwoScaleGeometry:
         """
         step = self.small.stride
         half = self.small.patch
-        o = self.large.offsets()
-        rows = (o[:, None, None, None] + half * np.arange(2)[None, None, :, None]) // step
-        cols = (o[None, :, None, None] + half * np.arange(2)[None, None, None, :]) // step
-        flat = rows * self.small.n + cols  # (n, n, 2, 2) via broadcasting
+        oy, ox = self.large.offsets(0), self.large.offsets(1)
+        rows = (oy[:, None, None, None] + half * np.arange(2)[None, None, :, None]) // step
+        cols = (ox[None, :, None, None] + half * np.arange(2)[None, None, None, :]) // step
+        flat = rows * self.small.cols + cols  # (rows, cols, 2, 2) via broadcasting
         return flat.reshape(self.large.count, 2, 2)

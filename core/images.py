@@ -12,8 +12,9 @@ from sclvi.errors import DataError
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
 
-def read_rgb(path: str | Path, size: int) -> np.ndarray:
-    """An image file as (size, size, 3) uint8: any mode (gray, RGBA, 16-bit) and size accepted."""
+def read_rgb(path: str | Path, size: int | None) -> np.ndarray:
+    """An image file as (size, size, 3) uint8, or at its own size when `size` is None: any mode (gray,
+    RGBA, 16-bit) accepted."""
     path = Path(path)
     try:
         with Image.open(path) as im:
@@ -25,38 +26,41 @@ def read_rgb(path: str | Path, size: int) -> np.ndarray:
         raise DataError(f"cannot read image {path}: {exc} (is it a valid image file?)") from None
 
 
-def to_rgb_array(im: Image.Image, size: int) -> np.ndarray:
+def to_rgb_array(im: Image.Image, size: int | None) -> np.ndarray:
     if im.mode in ("I;16", "I;16B", "I;16L", "I"):
         arr = np.asarray(im, dtype=np.float64)
         im = Image.fromarray((arr * (255.0 / max(arr.max(), 1.0))).astype(np.uint8))
     im = im.convert("RGB")  # grayscale is repeated to 3 channels, alpha dropped
-    if im.size != (size, size):
+    if size is not None and im.size != (size, size):
         im = im.resize((size, size), Image.BILINEAR)
     return np.asarray(im, dtype=np.uint8)
 
 
-def read_mask(path: str | Path, size: int) -> np.ndarray:
-    """A ground-truth mask as (size, size) bool (nearest-neighbour resize keeps it binary)."""
+def read_mask(path: str | Path, size: int | None) -> np.ndarray:
+    """A ground-truth mask as (size, size) bool, or at its own size when `size` is None (nearest-neighbour
+    resize keeps it binary)."""
     try:
         with Image.open(path) as im:
             m = im.convert("L")
-            if m.size != (size, size):
+            if size is not None and m.size != (size, size):
                 m = m.resize((size, size), Image.NEAREST)
             return np.asarray(m) > 127
     except (FileNotFoundError, UnidentifiedImageError, OSError) as exc:
         raise DataError(f"cannot read mask {path}: {exc}") from None
 
 
-def check_frame(frame: np.ndarray, size: int) -> np.ndarray:
-    """Validate an in-memory frame (H, W, 3) uint8 at the configured size; gray (H, W) is expanded."""
+def check_frame(frame: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
+    """Validate an in-memory model input (H, W, 3) uint8 at the configured (height, width) (an int: square);
+    gray (H, W) is expanded."""
+    hw = (size, size) if isinstance(size, int) else tuple(size)
     if frame.ndim == 2:
         frame = np.repeat(frame[:, :, None], 3, axis=2)
     if frame.ndim != 3 or frame.shape[2] != 3:
         raise DataError(f"expected an (H, W, 3) or (H, W) image, got shape {frame.shape}")
-    if frame.shape[:2] != (size, size):
+    if frame.shape[:2] != hw:
         raise DataError(
-            f"image is {frame.shape[1]}x{frame.shape[0]} but the model expects {size}x{size}: "
-            "resize it first (read_rgb does) or retrain with geometry.image_size"
+            f"image is {frame.shape[1]}x{frame.shape[0]} but the model input is {hw[1]}x{hw[0]}: map camera frames "
+            "with FrameMapping.to_input (roi + scale), or retrain with another geometry"
         )
     return frame
 
@@ -79,7 +83,7 @@ def photometric(frame: np.ndarray, mode: str = "none") -> np.ndarray:
 
 
 def mean_image(frames: np.ndarray, mode: str = "none") -> np.ndarray:
-    """Per-pixel mean of the training frames after `photometric(mode)`, (S, S, 3) float32."""
+    """Per-pixel mean of the training inputs after `photometric(mode)`, (H, W, 3) float32."""
     acc = np.zeros(frames.shape[1:], dtype=np.float64)
     for f in frames:
         acc += photometric(f, mode)
@@ -87,5 +91,5 @@ def mean_image(frames: np.ndarray, mode: str = "none") -> np.ndarray:
 
 
 def normalise(frame: np.ndarray, mean: np.ndarray, mode: str = "none") -> np.ndarray:
-    """(S, S, 3) uint8 -> (3, S, S) float32: (photometric(x) - mean) / 255, as Patch SVDD feeds its encoder."""
+    """(H, W, 3) uint8 -> (3, H, W) float32: (photometric(x) - mean) / 255, as Patch SVDD feeds its encoder."""
     return np.ascontiguousarray(((photometric(frame, mode) - mean) / 255.0).transpose(2, 0, 1))

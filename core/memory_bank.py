@@ -15,7 +15,7 @@ from sclvi.bundle import ModelBundle, add_bank, record
 from sclvi.config import Config
 from sclvi.embedding import EncoderBackend, FrameEmbedder
 from sclvi.geometry import TwoScaleGeometry
-from sclvi.images import read_rgb
+from sclvi.roi import read_input
 from sclvi.knn.buckets import grid_positions
 from sclvi.knn.coreset import cell_coreset, greedy_coreset
 
@@ -30,7 +30,7 @@ def bank_images(images: Sequence[Path], max_images: int | None, seed: int) -> li
     return [images[i] for i in pick]
 
 
-def coreset_keep(codes: np.ndarray, positions: np.ndarray, grid: int, window: int | None, ratio: float,
+def coreset_keep(codes: np.ndarray, positions: np.ndarray, grid: tuple[int, int], window: int | None, ratio: float,
                  cfg: Config) -> np.ndarray:
     """Indices of a bank's coreset: per grid cell when the bank is searched in position windows (every
     window keeps its share, at least eta codes per cell), greedy k-center over the whole bank otherwise."""
@@ -55,18 +55,17 @@ def build_memory_bank(
     dim = cfg.encoder.embed_dim
     small = np.empty((len(images) * geometry.small.count, dim), dtype=np.float32)
     large = np.empty((len(images) * geometry.large.count, dim), dtype=np.float32)
-    size = cfg.geometry.image_size
     with tqdm(total=len(images), desc="memory bank", unit="img") as bar:
         for start in range(0, len(images), batch):
             chunk = images[start : start + batch]
-            frames = np.stack([bundle.normalise(read_rgb(p, size)) for p in chunk])
+            frames = np.stack([bundle.normalise(read_input(p, cfg.geometry)) for p in chunk])
             codes = embedder.embed(frames)
             n = len(chunk)
             small[start * geometry.small.count : (start + n) * geometry.small.count] = codes.small.reshape(-1, dim)
             large[start * geometry.large.count : (start + n) * geometry.large.count] = codes.large.reshape(-1, dim)
             bar.update(n)
     scales = (("small", geometry.small, small), ("large", geometry.large, large))
-    measured = {scale: measure_alignment(codes.reshape(len(images), grid.n, grid.n, dim), seed=bc.seed)
+    measured = {scale: measure_alignment(codes.reshape(len(images), *grid.shape, dim), seed=bc.seed)
                 for scale, grid, codes in scales}
     aligned = all(a.window is not None for a in measured.values())
     window = measured["small"].window if aligned else None
@@ -75,11 +74,11 @@ def build_memory_bank(
              measured["small"].ratio, measured["large"].ratio,
              f"aligned part, position window +-{window} cells" if aligned else "not aligned, whole-bank search")
     for scale, grid, codes in scales:
-        positions = np.tile(grid_positions(grid.n), (len(images), 1))
+        positions = np.tile(grid_positions(grid.shape), (len(images), 1))
         if bc.coreset_ratio < 1:
-            keep = coreset_keep(codes, positions, grid.n, window, bc.coreset_ratio, cfg)
+            keep = coreset_keep(codes, positions, grid.shape, window, bc.coreset_ratio, cfg)
             codes, positions = codes[keep], positions[keep]
-        header = BankHeader(scale, grid.patch, grid.stride, grid.n, dim, len(codes), "float32", bc.coreset_ratio)
+        header = BankHeader(scale, grid.patch, grid.stride, list(grid.shape), dim, len(codes), "float32", bc.coreset_ratio)
         add_bank(bundle, codes, positions, header)
         log.info("memory bank %s: %d codes of dim %d (coreset ratio %g)", scale, len(codes), dim, bc.coreset_ratio)
     return bundle.bank("small"), bundle.bank("large")

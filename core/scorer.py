@@ -12,6 +12,7 @@ from sclvi.config import ScoringConfig
 from sclvi.embedding import EncoderBackend, FrameCodes, FrameEmbedder
 from sclvi.geometry import TwoScaleGeometry
 from sclvi.images import check_frame
+from sclvi.roi import FrameMapping
 from sclvi.knn import PatchScorer, make_patch_scorer
 from sclvi.knn.buckets import grid_positions
 from sclvi.maps import fuse_maps, image_score, pixel_map, smooth_map
@@ -20,9 +21,9 @@ from sclvi.maps import fuse_maps, image_score, pixel_map, smooth_map
 @dataclass(frozen=True)
 class FrameScore:
     score: float  # image score: max of the fused map
-    anomaly_map: np.ndarray  # (S, S) fused pixel map
-    small_map: np.ndarray  # (S, S) 32-px scale
-    large_map: np.ndarray  # (S, S) 64-px scale
+    anomaly_map: np.ndarray  # (H, W) fused pixel map over the model input
+    small_map: np.ndarray  # (H, W) 32-px scale
+    large_map: np.ndarray  # (H, W) 64-px scale
 
 
 def resolve_scoring(scoring: ScoringConfig, bundle: ModelBundle) -> ScoringConfig:
@@ -49,11 +50,12 @@ class AnomalyScorer:
         self.scoring = resolve_scoring(scoring or bundle.config.scoring, bundle)
         self.geometry = TwoScaleGeometry.from_config(bundle.config.geometry)
         self.embedder = FrameEmbedder(backend, self.geometry) if backend is not None else None
-        self.size = bundle.config.geometry.image_size
+        self.input_hw = bundle.config.geometry.input_hw
+        self.mapping = FrameMapping.from_config(bundle.config.geometry)
         self.grids = {"small": self.geometry.small, "large": self.geometry.large}
         self._banks = banks
         self._knn: dict[str, PatchScorer] | None = None
-        self.positions = {scale: grid_positions(grid.n) for scale, grid in self.grids.items()}
+        self.positions = {scale: grid_positions(grid.shape) for scale, grid in self.grids.items()}
 
     @property
     def knn(self) -> dict[str, PatchScorer]:
@@ -62,14 +64,14 @@ class AnomalyScorer:
             self._knn = {}
             for scale, grid in self.grids.items():
                 codes, positions = self._banks[scale] if self._banks else self.bundle.bank_data(scale)[:2]
-                self._knn[scale] = make_patch_scorer(codes, positions, grid.n, self.scoring)
+                self._knn[scale] = make_patch_scorer(codes, positions, grid.shape, self.scoring)
         return self._knn
 
     def embed(self, frames: list[np.ndarray] | np.ndarray) -> FrameCodes:
-        """Codes of all patches of (S, S, 3) uint8 frames (already at the model's size)."""
+        """Codes of all patches of (H, W, 3) uint8 model inputs (`mapping.to_input` of a camera frame)."""
         if self.embedder is None:
             raise ValueError("this scorer was built without an encoder backend: it can only score codes")
-        batch = np.stack([self.bundle.normalise(check_frame(f, self.size)) for f in frames])
+        batch = np.stack([self.bundle.normalise(check_frame(f, self.input_hw)) for f in frames])
         return self.embedder.embed(batch)
 
     def score_codes(self, small: np.ndarray, large: np.ndarray, timings: dict[str, float] | None = None) -> FrameScore:
@@ -80,7 +82,7 @@ class AnomalyScorer:
         patch = {scale: self.knn[scale].score(c.reshape(-1, c.shape[-1]), self.positions[scale])
                  for scale, c in (("small", small), ("large", large))}
         t1 = time.perf_counter()
-        maps = {scale: pixel_map(self.grids[scale], p.reshape(self.grids[scale].n, -1)) for scale, p in patch.items()}
+        maps = {scale: pixel_map(self.grids[scale], p.reshape(self.grids[scale].shape)) for scale, p in patch.items()}
         fused = smooth_map(fuse_maps(maps["small"], maps["large"], self.scoring.scale_fusion), self.scoring.map_sigma)
         if timings is not None:
             timings["knn"] = 1000 * (t1 - t0)
@@ -88,6 +90,6 @@ class AnomalyScorer:
         return FrameScore(image_score(fused), fused, maps["small"], maps["large"])
 
     def score(self, frames: list[np.ndarray] | np.ndarray) -> list[FrameScore]:
-        """Score (S, S, 3) uint8 frames (already at the model's size)."""
+        """Score (H, W, 3) uint8 model inputs (already cut and scaled: `mapping.to_input`)."""
         codes = self.embed(frames)
         return [self.score_codes(codes.small[i], codes.large[i]) for i in range(len(codes.small))]

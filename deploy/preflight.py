@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from sclvi.edge.config import RuntimeConfig, SourceConfig, check_threshold, configured_thresholds
+from sclvi.edge.config import RuntimeConfig, SourceConfig, camera_frames, check_threshold, configured_thresholds
 from sclvi.errors import SclviError
 
 
@@ -42,7 +42,13 @@ def _bundle_checks(cfg: RuntimeConfig) -> list[Check]:
         bundle = load_bundle(cfg.bundle)
     except SclviError as exc:
         return [Check("bundle", False, str(exc))]
-    checks = [Check("bundle", True, f"{cfg.bundle} (preset {bundle.config.preset}, {bundle.config.geometry.image_size} px)")]
+    checks = [Check("bundle", True, f"{cfg.bundle} (preset {bundle.config.preset}, {bundle.config.geometry.describe()})")]
+    try:
+        camera_frames(cfg, bundle.config.geometry.frame)
+        checks.append(Check("camera frames", True, "any size (resized)" if bundle.config.geometry.frame is None else
+                            f"{bundle.config.geometry.frame[0]}x{bundle.config.geometry.frame[1]} on every camera"))
+    except SclviError as exc:
+        checks.append(Check("camera frames", False, str(exc)))
     checks.append(Check("memory bank", bundle.has_bank(),
                         "present" if bundle.has_bank() else "missing: train the bundle with `sclvi train` (it builds the bank)"))
     calibration = bundle.manifest.get("calibration", {})

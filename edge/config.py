@@ -155,3 +155,19 @@ def load_runtime_config(path: str | Path | None = None, overrides: dict[str, Any
     if cfg.curve is not None:
         check_curve(cfg.curve, serves=bool(cfg.control_endpoint or cfg.telemetry_endpoint), connects=True)
     return cfg
+
+
+def camera_frames(cfg: RuntimeConfig, frame: tuple[int, int] | None) -> RuntimeConfig:
+    """The runtime config with every camera's `frame_size` set to the frame the model was trained on
+    (`geometry.frame`), so acquisition refuses other sizes as bad_frame; a camera configured for another
+    size is a ConfigError at start, not a line that rejects every part."""
+    if frame is None:
+        return cfg
+    cameras = []
+    for cam in cfg.cameras:
+        if cam.frame_size is not None and tuple(cam.frame_size) != tuple(frame):
+            raise ConfigError(
+                f"camera {cam.camera_id}: frame_size {list(cam.frame_size)} but the bundle's model inspects "
+                f"{frame[0]}x{frame[1]} frames (geometry.frame): fix frame_size or retrain on this camera's frames")
+        cameras.append(cam.model_copy(update={"frame_size": tuple(frame)}))
+    return cfg.model_copy(update={"cameras": cameras})

@@ -17,7 +17,6 @@ from sclvi.edge.messages import Reason, Verdict, verdict_message
 from sclvi.edge.pixel_formats import to_rgb
 from sclvi.edge.ring import SharedRing
 from sclvi.edge.shared import Shared
-from sclvi.images import to_rgb_array
 
 log = logging.getLogger("sclvi.edge.inference")
 
@@ -34,8 +33,7 @@ def load_scorer(cfg: RuntimeConfig) -> Any:
     bundle = load_bundle(cfg.bundle)
     threads = cfg.threads_per_worker or max(1, (os.cpu_count() or 1) // cfg.workers)  # no oversubscription
     scorer = AnomalyScorer(bundle, load_backend(bundle, cfg.backend, threads))
-    size = scorer.size
-    scorer.score([np.zeros((size, size, 3), np.uint8)])
+    scorer.score([np.zeros((*scorer.input_hw, 3), np.uint8)])
     return scorer
 
 
@@ -49,7 +47,6 @@ def worker_main(cfg: RuntimeConfig, w: int, shared: Shared) -> None:
     generation = shared.generation.value
     scorer = load_scorer(cfg)
     recorder = Recorder(cfg.record_dir, cfg.record_max_mb) if cfg.record_dir else None
-    size = scorer.size
     preview_every = 1.0 / cfg.preview_hz if cfg.preview_hz and cfg.telemetry_endpoint else None
     next_preview = 0.0
     shared.workers_ready[w] = 1
@@ -84,14 +81,14 @@ def worker_main(cfg: RuntimeConfig, w: int, shared: Shared) -> None:
             try:
                 t0 = time.perf_counter()
                 frame = to_rgb(ring.image(slot))
-                model_input = to_rgb_array(Image.fromarray(frame), size)
+                model_input = scorer.mapping.to_input(frame)
                 t1 = time.perf_counter()
                 codes = scorer.embed([model_input])
                 t2 = time.perf_counter()
                 result = scorer.score_codes(codes.small[0], codes.large[0], lat)
                 t3 = time.perf_counter()
                 it, pt = shared.image_threshold.value, shared.pixel_threshold.value
-                decision = decide(result.score, result.anomaly_map, it, pt, frame.shape[:2])
+                decision = decide(result.score, result.anomaly_map, it, pt, frame.shape[:2], scorer.mapping)
                 lat.update(preprocess=1000 * (t1 - t0), embed=1000 * (t2 - t1), decide=1000 * (time.perf_counter() - t3))
                 lat["total"] = (time.time_ns() - t_acq) / 1e6
                 msg = verdict_message(shared.camera_ids[cam], seq, frame_id, t_acq, decision.verdict, trigger=trigger,
@@ -112,11 +109,11 @@ def worker_main(cfg: RuntimeConfig, w: int, shared: Shared) -> None:
                     shared.counters.add(row, "not_inspected")
                     shared.counters.add(row, "nis_error")
                 if recorder and msg["verdict"] != "OK" and frame is not None:
-                    recorder.save(msg, frame, result.anomaly_map if result is not None else None)
+                    recorder.save(msg, frame, camera_map(scorer, result, frame))
                 if preview_every is not None and frame is not None and time.monotonic() >= next_preview:
                     next_preview = time.monotonic() + preview_every
                     try:
-                        shared.send(preview_message(msg, frame, result.anomaly_map if result is not None else None,
+                        shared.send(preview_message(msg, frame, camera_map(scorer, result, frame),
                                                     shared.pixel_threshold.value, cfg.preview_px))
                     except Exception:  # a preview must never cost a verdict
                         log.exception("worker %d: preview failed", w)
@@ -127,6 +124,11 @@ def worker_main(cfg: RuntimeConfig, w: int, shared: Shared) -> None:
         shared.close_sender()
         for ring in rings:
             ring.close()
+
+
+def camera_map(scorer: Any, result: Any, frame: np.ndarray) -> np.ndarray | None:
+    """The fused map placed on the camera frame (inside the roi), for the recorder and the preview."""
+    return None if result is None else scorer.mapping.to_camera_map(result.anomaly_map, frame.shape[:2])
 
 
 def heatmap_rgb(anomaly_map: np.ndarray, size: tuple[int, int]) -> np.ndarray:

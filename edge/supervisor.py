@@ -23,7 +23,7 @@ from typing import Any
 import zmq
 
 from sclvi.edge import curve
-from sclvi.edge.config import RuntimeConfig, check_threshold, configured_thresholds
+from sclvi.edge.config import RuntimeConfig, camera_frames, check_threshold, configured_thresholds
 from sclvi.edge.drift import Reference
 from sclvi.edge.messages import Reason
 from sclvi.edge.ring import FREE, PROCESSING, READY, WRITING, SharedRing
@@ -37,13 +37,11 @@ MUTATING = frozenset({"set_threshold", "pause", "resume", "reload"})
 MAX_CONTROL_BYTES = 64 * 1024
 
 
-def _thresholds(cfg: RuntimeConfig) -> tuple[float, float, dict[str, Any]]:
+def _thresholds(cfg: RuntimeConfig, bundle: Any) -> tuple[float, float, dict[str, Any]]:
     """Image and pixel thresholds (the config's override, else the bundle's calibration), and the
     calibration they are checked against."""
-    from sclvi.bundle import load_bundle
     from sclvi.engines import available_backends
 
-    bundle = load_bundle(cfg.bundle)
     if not bundle.has_bank():
         raise ConfigError(f"bundle {cfg.bundle} has no memory bank: train it with `sclvi train`")
     if not available_backends(bundle):
@@ -81,8 +79,11 @@ def _stop(p: Any, timeout_s: float) -> None:
 
 class Runtime:
     def __init__(self, cfg: RuntimeConfig) -> None:
-        self.cfg = cfg
-        *thresholds, self.calibration = _thresholds(cfg)
+        from sclvi.bundle import load_bundle
+
+        bundle = load_bundle(cfg.bundle)
+        self.cfg = cfg = camera_frames(cfg, bundle.config.geometry.frame)
+        *thresholds, self.calibration = _thresholds(cfg, bundle)
         self.shared: Shared = make_shared(
             [c.camera_id for c in cfg.cameras], cfg.ring_slots, [c.max_frame_bytes for c in cfg.cameras],
             cfg.workers, thresholds,
@@ -256,7 +257,11 @@ class Runtime:
             return {"ok": True, "paused": s.paused.is_set()}
         if cmd == "reload":
             try:
-                image, pixel, self.calibration = _thresholds(self.cfg)
+                from sclvi.bundle import load_bundle
+
+                bundle = load_bundle(self.cfg.bundle)
+                camera_frames(self.cfg, bundle.config.geometry.frame)  # the cameras keep their size: refuse another
+                image, pixel, self.calibration = _thresholds(self.cfg, bundle)
             except Exception as exc:
                 return {"ok": False, "error": str(exc)}
             s.image_threshold.value, s.pixel_threshold.value = image, pixel

@@ -19,7 +19,7 @@ from onnxconverter_common import float16
 
 from sclvi.bundle import WEIGHTS, ModelBundle, register_files
 from sclvi.geometry import TwoScaleGeometry
-from sclvi.images import read_rgb
+from sclvi.roi import read_input
 from sclvi.model import DenseFrameEncoder, build_model, load_numpy_state
 
 log = logging.getLogger(__name__)
@@ -73,7 +73,7 @@ def export_onnx(bundle: ModelBundle, check_images: list[Path] | None = None) -> 
     if cfg.encoder.family == "dense":  # both scales of a whole frame from one graph
         g = cfg.geometry
         frame_model = DenseFrameEncoder(model, g.small_stride, g.large_stride).eval()
-        example = torch.zeros(1, 3, g.image_size, g.image_size)
+        example = torch.zeros(1, 3, *g.input_hw)
         _export(frame_model, example, out / "frame.onnx", FRAME_GRAPH)
         _to_fp16(out / "frame.onnx", out / "frame.fp16.onnx")
         files["frame"], files["frame.fp16"] = f"{ENGINE_DIR}/frame.onnx", f"{ENGINE_DIR}/frame.fp16.onnx"
@@ -83,7 +83,7 @@ def export_onnx(bundle: ModelBundle, check_images: list[Path] | None = None) -> 
     small = rng.normal(scale=0.5, size=(256, 3, 32, 32)).astype(np.float32)
     if check_images:
         geometry = TwoScaleGeometry.from_config(cfg.geometry)
-        real = [geometry.small.patches(bundle.normalise(read_rgb(p, cfg.geometry.image_size))) for p in check_images[:2]]
+        real = [geometry.small.patches(bundle.normalise(read_input(p, cfg.geometry))) for p in check_images[:2]]
         small = np.concatenate([small, np.concatenate([r.reshape(-1, 3, 32, 32) for r in real])[::7]])
     with torch.no_grad():
         ref_small = model.main(torch.from_numpy(small)).numpy()
@@ -100,7 +100,7 @@ def export_onnx(bundle: ModelBundle, check_images: list[Path] | None = None) -> 
         cos = (a * b).sum(1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-12)
         checks[f"{name}_fp16_min_cosine"] = float(cos.min())
     if "frame" in files:
-        frames = rng.normal(scale=0.5, size=(1, 3, cfg.geometry.image_size, cfg.geometry.image_size)).astype(np.float32)
+        frames = rng.normal(scale=0.5, size=(1, 3, *cfg.geometry.input_hw)).astype(np.float32)
         with torch.no_grad():
             ref = [t.numpy() for t in frame_model(torch.from_numpy(frames))]
         sess = ort.InferenceSession(str(out / "frame.onnx"), providers=["CPUExecutionProvider"])

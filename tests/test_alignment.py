@@ -7,14 +7,15 @@ from sclvi.config import ScoringConfig
 from sclvi.scorer import resolve_scoring
 
 
-def _codes(aligned: bool, m=12, n=10, d=8, seed=0):
+def _codes(aligned: bool, m=12, n=10, d=8, seed=0, cols=None):
     rng = np.random.default_rng(seed)
-    layout = rng.normal(size=(n, n, d))  # what each place of the part looks like
-    codes = np.empty((m, n, n, d))
+    cols = cols or n
+    layout = rng.normal(size=(n, cols, d))  # what each place of the part looks like
+    codes = np.empty((m, n, cols, d))
     for i in range(m):
         img = layout + 0.05 * rng.normal(size=layout.shape)
         if not aligned:  # the part sits anywhere: its patches appear at random places
-            img = img.reshape(n * n, d)[rng.permutation(n * n)].reshape(n, n, d)
+            img = img.reshape(n * cols, d)[rng.permutation(n * cols)].reshape(n, cols, d)
         codes[i] = img
     return codes
 
@@ -24,6 +25,14 @@ def test_a_fixtured_part_is_aligned_and_a_moving_one_is_not():
     moving = measure_alignment(_codes(False))
     assert aligned.ratio < 1.05 and aligned.window == 2 and aligned.images == 6
     assert moving.ratio > 1.5 and moving.window is None
+
+
+def test_a_native_resolution_grid_is_sampled_not_compared_whole():
+    # a 60x90 grid (a large roi): at most 500 query cells per probe and a 20k-code bank, same verdicts
+    aligned = measure_alignment(_codes(True, m=8, n=60, cols=90), max_cells=500, max_bank=20_000)
+    moving = measure_alignment(_codes(False, m=8, n=60, cols=90), max_cells=500, max_bank=20_000)
+    assert aligned.window == 2 and aligned.ratio < 1.05
+    assert moving.window is None and moving.ratio > 1.5
 
 
 def test_auto_window_follows_the_bundles_measurement():

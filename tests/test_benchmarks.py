@@ -69,20 +69,27 @@ def test_latency_benchmark_smoke(tmp_path):
     from sclvi.benchmarks.latency import main
     from sclvi.benchmarks.line import STAGES
 
-    report = main(["--presets", "dense-lite", "--backends", "onnxruntime", "--image-size", "96", "--small-stride", "16",
-                   "--train-images", "3", "--replay-images", "8", "--frames", "6", "--compute-frames", "2",
-                   "--warmup", "1", "--peer-frames", "1", "--knn-modes", "1/1.0", "--work", str(tmp_path / "work"),
-                   "--out", str(tmp_path)])
-    (row,) = json.loads((tmp_path / "latency-cpu.json").read_text())["rows"]
-    assert row["window"] == 1 and row["coreset"] == 1.0
-    assert row["verdicts"] == row["grabbed"] == 14  # paced and free-running runs, 7 frames each
-    assert set(row["stages_ms"]) == set(STAGES)
-    for s in row["stages_ms"].values():
-        assert 0 <= s["p50"] <= s["p95"] <= s["p99"]
-    total = row["stages_ms"]["total"]["p50"]
-    assert row["stages_ms"]["embed"]["p50"] < total and row["stages_ms"]["knn"]["p50"] < total
-    assert row["throughput_fps"] > 0 and row["peer_ratio"] > 0
-    assert "| dense-lite | onnxruntime | numba | +-1 | 1 |" in report.read_text()
+    # a squashed square, and native 160x120 camera frames inspected whole at scale 0.8 (aspect kept)
+    report = main(["--presets", "dense-lite", "--backends", "onnxruntime", "--geometries", "96", "160x120@0.8",
+                   "--small-stride", "16", "--train-images", "3", "--replay-images", "8", "--frames", "6",
+                   "--compute-frames", "2", "--warmup", "1", "--peer-frames", "1", "--knn-modes", "1/1.0",
+                   "--work", str(tmp_path / "work"), "--out", str(tmp_path)])
+    rows = json.loads((tmp_path / "latency-cpu.json").read_text())["rows"]
+    assert [(r["geometry"], r["frame"], r["input"]) for r in rows] == [("96", [96, 96], [96, 96]),
+                                                                      ("160x120@0.8", [160, 120], [128, 96])]
+    for row in rows:
+        assert row["window"] == 1 and row["coreset"] == 1.0
+        assert row["verdicts"] == row["grabbed"] == 14  # paced and free-running runs, 7 frames each
+        assert row["verdict_counts"].get("NOT_INSPECTED (bad_frame)", 0) == 0  # native frames are inspected
+        assert set(row["stages_ms"]) == set(STAGES)
+        for s in row["stages_ms"].values():
+            assert 0 <= s["p50"] <= s["p95"] <= s["p99"]
+        total = row["stages_ms"]["total"]["p50"]
+        assert row["stages_ms"]["embed"]["p50"] < total and row["stages_ms"]["knn"]["p50"] < total
+        assert row["throughput_fps"] > 0 and row["peer_ratio"] > 0
+    text = report.read_text()
+    assert "| dense-lite | onnxruntime | 96 | 96x96 | numba | +-1 | 1 |" in text
+    assert "| dense-lite | onnxruntime | 160x120@0.8 | 128x96 | numba | +-1 | 1 |" in text
     assert (tmp_path / "latency-cpu.png").stat().st_size > 1000
 
 

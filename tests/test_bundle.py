@@ -75,7 +75,7 @@ def test_unknown_config_key_in_bundle(tmp_path):
 
 def test_bank_file_header_and_positions(random_bundle):
     codes, positions, header = random_bundle.bank_data("small")
-    assert (header.scale, header.patch, header.stride, header.grid, header.count) == ("small", 32, 4, 17, 6 * 289)
+    assert (header.scale, header.patch, header.stride, header.grid, header.count) == ("small", 32, 4, [17, 17], 6 * 289)
     assert positions.dtype == np.int16 and positions.max() == 16
     assert positions[:289].tolist() == [[r, c] for r in range(17) for c in range(17)]
 

@@ -74,7 +74,7 @@ def test_train_without_a_preset_picks_the_cpu_preset_here(tmp_path):
     assert default_preset() == "dense-lite"  # no CUDA GPU on this machine / CI
     data = write_synthetic(tmp_path / "d", "texture", size=176, n_train=4, n_test_good=1, n_test_defect=1, seed=0)
     small = runner.invoke(app, ["train", str(data), "--out", str(tmp_path / "b"), "--steps", "1", "--image-size", "128"])
-    assert small.exit_code == 2 and "raise geometry.image_size" in small.output  # a user error, not a traceback
+    assert small.exit_code == 2 and "enlarge the input" in small.output  # a user error, not a traceback
     result = runner.invoke(app, ["train", str(data), "--out", str(tmp_path / "b"), "--steps", "1", "--image-size", "176",
                                  "--threads", "1"])
     assert result.exit_code == 0, result.output

@@ -10,14 +10,14 @@ from sclvi.maps import fuse_maps, image_score, pixel_map
 
 def test_paper_geometry_counts():
     g = TwoScaleGeometry.from_config(build_config("paper").geometry)
-    assert (g.small.n, g.small.count) == (57, 3249)
-    assert (g.large.n, g.large.count) == (13, 169)
+    assert (g.small.shape, g.small.count) == ((57, 57), 3249)
+    assert (g.large.shape, g.large.count) == ((13, 13), 169)
 
 
 def test_strided_views_equal_naive_crops_without_copying():
     rng = np.random.default_rng(0)
     img = rng.normal(size=(3, 96, 96)).astype(np.float32)
-    grid = PatchGrid(96, 32, 4)
+    grid = PatchGrid(96, 96, 32, 4)
     view = grid.patches(img)
     assert view.shape == (17, 17, 3, 32, 32)
     assert np.shares_memory(view, img)
@@ -41,7 +41,7 @@ def test_quarter_index_points_at_the_quarters_of_each_large_patch():
 
 
 def test_pixel_score_is_the_mean_of_covering_patches():
-    grid = PatchGrid(8, 4, 2)
+    grid = PatchGrid(8, 8, 4, 2)
     scores = np.arange(9, dtype=float).reshape(3, 3)
     naive_sum, naive_cnt = np.zeros((8, 8)), np.zeros((8, 8))
     for i in range(3):
@@ -54,7 +54,7 @@ def test_pixel_score_is_the_mean_of_covering_patches():
 
 
 def test_coverage_on_the_paper_grid():
-    cover = PatchGrid(256, 32, 4).coverage
+    cover = PatchGrid(256, 256, 32, 4).coverage
     assert cover[0, 0] == 1 and cover[128, 128] == 64 and cover.min() >= 1
 
 

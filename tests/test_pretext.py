@@ -29,7 +29,7 @@ def test_the_papers_example_pairs_share_one_class():
 
 @pytest.mark.parametrize("patch", [32, 64])
 def test_grid_pairs_are_inside_the_image_and_match_their_label(patch):
-    s = PretextSampler(n_images=5, image_size=256, jitter_frac=0.25, svdd_shift_frac=1 / 32, seed=3)
+    s = PretextSampler(n_images=5, image_hw=256, jitter_frac=0.25, svdd_shift_frac=1 / 32, seed=3)
     pairs = s.grid_pairs("scl12", patch, 2000)
     for corners in (pairs.first, pairs.second):
         assert corners.min() >= 0 and corners.max() <= 256 - patch
@@ -72,5 +72,5 @@ def test_same_seed_same_samples_and_too_small_images_are_refused():
     a = PretextSampler(4, 256, 0.25, 1 / 32, seed=7).grid_pairs("scl12", 64, 50)
     b = PretextSampler(4, 256, 0.25, 1 / 32, seed=7).grid_pairs("scl12", 64, 50)
     assert (a.first == b.first).all() and (a.label == b.label).all()
-    with pytest.raises(ConfigError, match="raise geometry.image_size"):
+    with pytest.raises(ConfigError, match="enlarge the input"):
         PretextSampler(4, 128, 0.25, 1 / 32, seed=0).grid_pairs("scl12", 64, 4)

@@ -70,7 +70,7 @@ def test_ablation_tasks(tmp_path, data176, task, n_classes):
 
 def test_images_too_small_for_the_large_grid_are_refused(tmp_path, data176):
     cfg = tiny_config(128, train={"steps": 1, "batch_size": 2})
-    with pytest.raises(ConfigError, match="raise geometry.image_size"):
+    with pytest.raises(ConfigError, match="enlarge the input"):
         train(cfg, data176, tmp_path / "b")
 
 

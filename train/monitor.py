@@ -39,7 +39,7 @@ class HeldOutPretext:
     def sample(cls, task: str, images: torch.Tensor, scales: tuple[int, ...], jitter_frac: float, n: int, seed: int) -> "HeldOutPretext | None":
         if N_CLASSES[task] == 0 or len(images) == 0:
             return None
-        sampler = PretextSampler(len(images), images.shape[-1], jitter_frac, 1 / 32, seed)
+        sampler = PretextSampler(len(images), tuple(images.shape[-2:]), jitter_frac, 1 / 32, seed)
         return cls(images, {k: sampler.grid_pairs(task, k, n) for k in scales})
 
     @torch.no_grad()
@@ -67,10 +67,10 @@ def code_statistics(model: torch.nn.Module, images: torch.Tensor, n: int = 512, 
     was_training = model.training
     model.eval()
     stats = {}
-    size = images.shape[-1]
+    hw = np.array(images.shape[-2:])
     for k in (32, 64):
         which = rng.integers(0, len(images), n)
-        corners = rng.integers(0, size - k + 1, (n, 2))
+        corners = rng.integers(0, hw - k + 1, (n, 2))
         z = model.embed(crop(images, which, corners, k)).double().numpy()
         stats[str(k)] = describe_codes(z)
     model.train(was_training)

@@ -60,13 +60,13 @@ class PatchPairs:
 
 
 class PretextSampler:
-    """Draws 3x3 jittered grids, cell pairs and patch-SVDD twins from a stack of square images."""
+    """Draws 3x3 jittered grids, cell pairs and patch-SVDD twins from a stack of (height, width) images."""
 
     def __init__(
-        self, n_images: int, image_size: int, jitter_frac: float, svdd_shift_frac: float, seed: int
+        self, n_images: int, image_hw: int | tuple[int, int], jitter_frac: float, svdd_shift_frac: float, seed: int
     ) -> None:
         self.n_images = n_images
-        self.image_size = image_size
+        self.image_hw = np.array((image_hw, image_hw) if isinstance(image_hw, int) else image_hw, dtype=np.int64)
         self.jitter_frac = jitter_frac
         self.svdd_shift_frac = svdd_shift_frac
         self.rng = np.random.default_rng(seed)
@@ -80,10 +80,11 @@ class PretextSampler:
         return 3 * patch - j
 
     def check_fits(self, patch: int) -> None:
-        if self.grid_span(patch) > self.image_size:
+        if self.grid_span(patch) > self.image_hw.min():
             raise ConfigError(
                 f"a 3x3 grid of {patch}-px patches spans {self.grid_span(patch)} px, more than the "
-                f"{self.image_size}-px images: raise geometry.image_size or lower train.jitter_frac"
+                f"{self.image_hw[1]}x{self.image_hw[0]}-px training inputs: enlarge the input (geometry.image_size, "
+                "or the roi / scale) or lower train.jitter_frac"
             )
 
     def grid_pairs(self, task: str, patch: int, batch: int) -> PatchPairs:
@@ -101,7 +102,7 @@ class PretextSampler:
             cell1, cell2 = np.full(batch, 4), _NEIGHBOURS[label]
         else:
             raise ValueError(f"task {task!r} has no cell pairs")
-        origin = rng.integers(0, self.image_size - self.grid_span(patch) + 1, (batch, 2))
+        origin = rng.integers(0, self.image_hw - self.grid_span(patch) + 1, (batch, 2))
 
         def corner(cell: np.ndarray) -> np.ndarray:
             rc = np.stack([cell // 3, cell % 3], axis=1)
@@ -114,7 +115,7 @@ class PretextSampler:
         """A patch and a twin shifted by 1..s pixels (never zero), both inside the image."""
         rng = self.rng
         s = max(1, int(round(patch * self.svdd_shift_frac)))
-        top = self.image_size - patch
+        top = self.image_hw - patch  # (row, col) bounds
         first = rng.integers(0, top + 1, (batch, 2))
         shift = rng.integers(-s, s + 1, (batch, 2))
         zero = (shift == 0).all(axis=1)

@@ -23,7 +23,8 @@ from sclvi.bundle import ModelBundle, load_bundle, save_bundle
 from sclvi.config import Config, config_from_dict, config_to_dict
 from sclvi.dataset import read_dataset
 from sclvi.errors import ConfigError, DataError
-from sclvi.images import mean_image, normalise, read_rgb
+from sclvi.images import mean_image, normalise
+from sclvi.roi import read_input
 from sclvi.model import SCLVINet, build_model, state_to_numpy
 from sclvi.plots import save_training_curve
 from sclvi.train.defects import KINDS, make_defects
@@ -80,7 +81,7 @@ def _new_state(cfg: Config, n_images: int) -> TrainState:
         heads.update({f"defect{k}": DefectClassifier(cfg.encoder.embed_dim, len(KINDS)) for k in SCALES})
     params = list(model.parameters()) + list(heads.parameters())
     optimizer = torch.optim.Adam(params, lr=tc.lr)
-    sampler = PretextSampler(n_images, cfg.geometry.image_size, tc.jitter_frac, tc.svdd_shift_frac, tc.seed)
+    sampler = PretextSampler(n_images, cfg.geometry.input_hw, tc.jitter_frac, tc.svdd_shift_frac, tc.seed)
     for k in SCALES:
         if n_cls:
             sampler.check_fits(k)
@@ -221,9 +222,8 @@ def train(cfg: Config, data_root: str | Path, out: str | Path, resume: bool = Fa
     if tc.threads:
         torch.set_num_threads(tc.threads)
     dataset = read_dataset(data_root, need_test=False)
-    size = cfg.geometry.image_size
     log.info("training %s preset, task %s, on %d images from %s", cfg.preset, tc.task, len(dataset.train), data_root)
-    frames = np.stack([read_rgb(p, size) for p in tqdm(dataset.train, desc="load images", unit="img")])
+    frames = np.stack([read_input(p, cfg.geometry) for p in tqdm(dataset.train, desc="load images", unit="img")])
     if len(frames) < 2:
         raise DataError(f"{data_root}/train/good has {len(frames)} image(s); training needs at least 2")
     mode = cfg.preprocess.photometric

@@ -41,7 +41,7 @@ def choose_kernel(scoring: ScoringConfig) -> str:
     return "numba"
 
 
-def make_patch_scorer(codes: np.ndarray, positions: np.ndarray, grid: int, scoring: ScoringConfig) -> PatchScorer:
+def make_patch_scorer(codes: np.ndarray, positions: np.ndarray, grid: int | tuple[int, int], scoring: ScoringConfig) -> PatchScorer:
     kind = choose_kernel(scoring)
     if kind == "numpy":
         from sclvi.knn.reference import NumpyPatchScorer

@@ -47,7 +47,7 @@ def greedy_coreset(codes: np.ndarray, ratio: float, projection_dim: int = 32, se
 
 
 def cell_coreset(
-    codes: np.ndarray, positions: np.ndarray, grid: int, ratio: float, min_per_cell: int, projection_dim: int = 32,
+    codes: np.ndarray, positions: np.ndarray, grid: int | tuple[int, int], ratio: float, min_per_cell: int, projection_dim: int = 32,
     seed: int = 0,
 ) -> np.ndarray:
     """Sorted indices of a greedy coreset taken inside every grid cell (aligned parts).
@@ -58,7 +58,7 @@ def cell_coreset(
 
     buckets = CellBuckets.build(np.asarray(positions), grid)
     keep = []
-    for cell in range(grid * grid):
+    for cell in range(buckets.rows * buckets.cols):
         idx = buckets.order[buckets.offsets[cell] : buckets.offsets[cell + 1]]
         if len(idx) == 0:
             continue

@@ -19,7 +19,7 @@ from numba import njit, prange
 from threadpoolctl import threadpool_limits
 
 from sclvi.config import ScoringConfig
-from sclvi.knn.buckets import CellBuckets
+from sclvi.knn.buckets import CellBuckets, grid_shape
 from sclvi.knn.topk import insert_sorted
 
 #: Extra candidates kept by the float32 pre-selection so float32 rounding cannot drop a true neighbour.
@@ -103,7 +103,7 @@ def _finish(queries, bank, cand, k, lam, authors, out):
 
 
 @njit(parallel=True, cache=True, fastmath=_REASSOC)
-def _windowed(q, qrow, qcol, tile_start, sbank, sbank_sq, offsets, order, bank, grid, window, keep, k, lam,
+def _windowed(q, qrow, qcol, tile_start, sbank, sbank_sq, offsets, order, bank, rows, cols, window, keep, k, lam,
               authors, out, short):
     """Position windows without candidate lists (queries sorted by tile, then row, then column).
 
@@ -118,15 +118,15 @@ def _windowed(q, qrow, qcol, tile_start, sbank, sbank_sq, offsets, order, bank, 
             continue
         best_d = np.full((b - a, keep), np.inf, dtype=np.float32)
         best_i = np.full((b - a, keep), -1, dtype=np.int64)
-        for br in range(max(0, qrow[a] - window), min(grid, qrow[b - 1] + window + 1)):
+        for br in range(max(0, qrow[a] - window), min(rows, qrow[b - 1] + window + 1)):
             for r in range(a, b):
                 if abs(qrow[r] - br) > window:
                     continue
                 bd = best_d[r - a]
                 bi = best_i[r - a]
                 worst = bd[keep - 1]
-                j0 = offsets[br * grid + max(0, qcol[r] - window)]
-                j1 = offsets[br * grid + min(grid, qcol[r] + window + 1)]
+                j0 = offsets[br * cols + max(0, qcol[r] - window)]
+                j1 = offsets[br * cols + min(cols, qcol[r] + window + 1)]
                 for j in range(j0, j1):
                     dot = np.float32(0.0)
                     for c in range(dim):
@@ -150,7 +150,7 @@ class NumbaPatchScorer:
         self,
         codes: np.ndarray,
         positions: np.ndarray,
-        grid: int,
+        grid: int | tuple[int, int],
         scoring: ScoringConfig,
         bank_block: int = 4096,
         threads: int = 0,
@@ -159,7 +159,7 @@ class NumbaPatchScorer:
         self.codes = np.ascontiguousarray(codes, dtype=np.float32)
         self.bank_sq = np.einsum("nd,nd->n", self.codes, self.codes)
         self.scoring = scoring
-        self.grid = grid
+        self.rows, self.cols = grid_shape(grid)
         self.bank_block = bank_block
         self.threads = threads or os.cpu_count() or 1
         self.pool = ThreadPoolExecutor(self.threads)  # made once: this runs for every frame
@@ -205,14 +205,14 @@ class NumbaPatchScorer:
         short = np.zeros(len(q), dtype=np.uint8)
         pos = np.asarray(positions, dtype=np.int64)
         tr, tc = self.tile
-        tiles = (pos[:, 0] // tr) * (-(-self.grid // tc)) + pos[:, 1] // tc
+        tiles = (pos[:, 0] // tr) * (-(-self.cols // tc)) + pos[:, 1] // tc
         perm = np.lexsort((pos[:, 1], pos[:, 0], tiles))
         tile_start = np.zeros(int(tiles.max()) + 2, dtype=np.int64)
         np.cumsum(np.bincount(tiles, minlength=len(tile_start) - 1), out=tile_start[1:])
         sorted_out = np.empty(len(q), dtype=np.float64)
         b = self.buckets
         _windowed(q[perm], pos[perm, 0], pos[perm, 1], tile_start, self.sorted_codes, self.sorted_sq, b.offsets,
-                  b.order, self.codes, self.grid, s.window, s.eta + MARGIN, s.eta, s.lam, authors, sorted_out, short)
+                  b.order, self.codes, self.rows, self.cols, s.window, s.eta + MARGIN, s.eta, s.lam, authors, sorted_out, short)
         out[perm] = sorted_out
         if short.any():
             raise ValueError(f"fewer than eta={s.eta} bank codes in some position windows: widen the window or lower eta")

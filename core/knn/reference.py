@@ -12,7 +12,7 @@ from sclvi.knn.buckets import CellBuckets
 class NumpyPatchScorer:
     name = "numpy"
 
-    def __init__(self, codes: np.ndarray, positions: np.ndarray, grid: int, scoring: ScoringConfig) -> None:
+    def __init__(self, codes: np.ndarray, positions: np.ndarray, grid: int | tuple[int, int], scoring: ScoringConfig) -> None:
         self.codes = np.asarray(codes, dtype=np.float32)
         self.scoring = scoring
         self.buckets = CellBuckets.build(np.asarray(positions), grid) if scoring.window is not None else None
