@@ -345,6 +345,45 @@ def check(
             raise typer.Exit(1)
 
 
+class ControlCommand(str, Enum):
+    status = "status"
+    stats = "stats"
+    pause = "pause"
+    resume = "resume"
+    reload = "reload"
+    set_threshold = "set_threshold"
+
+
+@app.command()
+def ctl(
+    config: Path = typer.Argument(..., help="Runtime config (YAML) of the running station."),
+    command: ControlCommand = typer.Argument(..., help="What to ask or tell the runtime."),
+    image: Optional[float] = typer.Option(None, help="set_threshold: new image threshold."),
+    pixel: Optional[float] = typer.Option(None, help="set_threshold: new pixel threshold."),
+    token: Optional[str] = typer.Option(
+        None, envvar="SCLVI_CONTROL_TOKEN", help="The station's control_token (needed by pause, resume, reload, "
+        "set_threshold); default: $SCLVI_CONTROL_TOKEN."),
+    timeout_s: float = typer.Option(5.0, help="How long to wait for the answer."),
+) -> None:
+    """Send one command to a running station over its control socket (ipc:// by default) and print the answer."""
+    with _user_errors():
+        from sclvi.edge.config import load_runtime_config
+        from sclvi.edge.control_client import ask_control
+
+        cfg = load_runtime_config(config)
+        request: dict[str, Any] = {"cmd": command.value}
+        if command is ControlCommand.set_threshold:
+            if image is None and pixel is None:
+                raise ConfigError("set_threshold needs --image and/or --pixel")
+            request.update(_drop_none({"image": image, "pixel": pixel}))
+        if token:
+            request["token"] = token
+        reply = ask_control(cfg, request, int(1000 * timeout_s))
+        typer.echo(json.dumps(reply, indent=2))
+        if reply.get("ok", True) is False:  # `stats` answers bare counters
+            raise typer.Exit(1)
+
+
 @app.command()
 def keys(
     folder: Path = typer.Argument(..., help="New folder for the keys (0700; never overwritten)."),

@@ -147,6 +147,12 @@ def _genicam(name: str, src: SourceConfig) -> Check:
 def _bindable(name: str, endpoint: str | None) -> Check:
     if not endpoint:
         return Check(name, True, "off", fatal=False)
+    from sclvi.edge.endpoints import endpoint_free, ipc_path
+
+    if ipc_path(endpoint) is not None:  # binding would unlink a running station's socket: ask its lock instead
+        free = endpoint_free(endpoint)
+        return Check(name, free, f"{endpoint} " + ("is free (private folder, 0600 socket)" if free else
+                                                    "is held by a running sclvi runtime: stop it first"))
     import zmq
 
     ctx = zmq.Context()

@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from sclvi.config import describe_validation_error, read_yaml
 from sclvi.edge.curve import CurveConfig
+from sclvi.edge.endpoints import default_control_endpoint
 from sclvi.edge.curve import check as check_curve
 from sclvi.errors import ConfigError
 
@@ -59,7 +60,11 @@ class RuntimeConfig(_Strict):
     deadline_ms: float = Field(1000.0, gt=0, description="a frame without a verdict by then gets NOT_INSPECTED")
     verdict_endpoint: str = Field("tcp://127.0.0.1:5555", description="the PLC bridge's ROUTER (we connect)")
     telemetry_endpoint: str | None = Field("tcp://127.0.0.1:5556", description="PUB for heartbeats (we bind)")
-    control_endpoint: str | None = Field("tcp://127.0.0.1:5557", description="REP for commands (we bind)")
+    control_endpoint: str | None = Field(
+        default_factory=default_control_endpoint,
+        description="REP for commands (we bind); default: an ipc:// socket in this user's private station folder "
+        "(edge/endpoints.py), reachable by no other local user",
+    )
     control_token: str | None = Field(
         None, min_length=16,
         description="shared secret that commands changing the line (set_threshold, pause, resume, reload) must carry "

@@ -18,7 +18,7 @@ from typing import Any
 import msgpack
 import zmq
 
-from sclvi.edge import curve
+from sclvi.edge import curve, endpoints
 from sclvi.edge.config import RuntimeConfig
 from sclvi.edge.drift import DriftWatch, Reference
 from sclvi.edge.journal import SeqGaps, VerdictJournal
@@ -69,6 +69,7 @@ def publisher_main(cfg: RuntimeConfig, shared: Shared, row: int, drift_reference
             if cfg.curve is not None:
                 auth = curve.as_server(ctx, pub, cfg.curve)
             pub.bind(cfg.telemetry_endpoint)
+            endpoints.restrict(cfg.telemetry_endpoint)
         _serve(cfg, shared, row, dealer, pull, pub, journal, drift_reference)
     finally:
         for sock in sockets:

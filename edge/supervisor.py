@@ -22,7 +22,7 @@ from typing import Any
 
 import zmq
 
-from sclvi.edge import curve
+from sclvi.edge import curve, endpoints
 from sclvi.edge.config import RuntimeConfig, camera_frames, check_threshold, configured_thresholds
 from sclvi.edge.drift import Reference
 from sclvi.edge.messages import Reason
@@ -84,6 +84,9 @@ class Runtime:
         bundle = load_bundle(cfg.bundle)
         self.cfg = cfg = camera_frames(cfg, bundle.config.geometry.frame)
         *thresholds, self.calibration = _thresholds(cfg, bundle)
+        # ipc:// endpoints we serve: private folder, and locked against a second runtime stealing the socket
+        # (claimed before any shared memory exists, so a refusal leaks nothing)
+        self._claims = [endpoints.IpcClaim(e) for e in (cfg.control_endpoint, cfg.telemetry_endpoint) if e]
         self.shared: Shared = make_shared(
             [c.camera_id for c in cfg.cameras], cfg.ring_slots, [c.max_frame_bytes for c in cfg.cameras],
             cfg.workers, thresholds,
@@ -106,6 +109,7 @@ class Runtime:
             if cfg.curve is not None:  # encrypted, and only authorized certificates get a REP at all
                 self._auth = curve.as_server(self.zmq, self.control, cfg.curve)
             self.control.bind(cfg.control_endpoint)
+            endpoints.restrict(cfg.control_endpoint)
 
     # -- processes -------------------------------------------------------------------------------
     def _start_acquisition(self, cam: int) -> None:
@@ -350,6 +354,8 @@ class Runtime:
         totals = s.counters.totals()
         if self.control is not None:
             self.control.close()
+        for claim in self._claims:
+            claim.release()
         if self._auth is not None:
             self._auth.stop()
         self.zmq.term()

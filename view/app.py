@@ -14,49 +14,18 @@ import json
 from pathlib import Path
 from typing import Any
 
-import zmq
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, StreamingResponse
 from starlette.routing import Route
 
 from sclvi.edge.config import RuntimeConfig
-from sclvi.edge.curve import set_client_keys
+from sclvi.edge.control_client import ask_control, control_keys
 from sclvi.view.feed import TelemetryFeed
 
 STATIC = Path(__file__).parent / "static"
 #: Commands the page may send (the runtime checks the token).
 COMMANDS = ("pause", "resume", "set_threshold", "status")
-
-
-def control_keys(cfg: RuntimeConfig) -> tuple[bytes, bytes, bytes] | None:
-    """With CURVE on, the view (on the station) talks to the station's sockets with the station's own
-    certificate, which is in its authorized folder."""
-    if cfg.curve is None:
-        return None
-    from sclvi.edge.curve import load_secret
-
-    public, secret = load_secret(cfg.curve.secret_key)
-    return public, secret, public
-
-
-def ask_control(cfg: RuntimeConfig, request: dict[str, Any], timeout_ms: int = 3000) -> dict[str, Any]:
-    """One request on the control socket (a fresh REQ each time: a timed-out REQ cannot be reused)."""
-    if not cfg.control_endpoint:
-        return {"ok": False, "error": "the runtime has no control_endpoint"}
-    sock = zmq.Context.instance().socket(zmq.REQ)
-    sock.setsockopt(zmq.LINGER, 0)
-    keys = control_keys(cfg)
-    if keys is not None:
-        set_client_keys(sock, keys)
-    try:
-        sock.connect(cfg.control_endpoint)
-        sock.send(json.dumps(request).encode())
-        if not sock.poll(timeout_ms):
-            return {"ok": False, "error": "the runtime did not answer (is `sclvi run` up?)"}
-        return json.loads(sock.recv())
-    finally:
-        sock.close()
 
 
 def build_app(cfg: RuntimeConfig, feed: TelemetryFeed) -> Starlette:
