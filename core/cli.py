@@ -345,6 +345,33 @@ def check(
             raise typer.Exit(1)
 
 
+@app.command("signing-keys")
+def signing_keys(
+    folder: Path = typer.Argument(..., help="Folder for the new key pair (the private key stays on this PC)."),
+) -> None:
+    """Make an Ed25519 key pair for signing bundles: the .pub goes to stations (bundle_public_key)."""
+    with _user_errors():
+        from sclvi.signing import make_keys
+
+        secret, public = make_keys(folder)
+        typer.echo(f"private key: {secret} (0600: keep it on the engineering PC)\npublic key: {public} "
+                   "(copy to each station; bundle_public_key in its config)")
+
+
+@app.command()
+def sign(
+    bundle: Path = typer.Argument(..., help="Model bundle directory (sign last: calibrate and build-engines change it)."),
+    key: Path = typer.Option(..., "--key", help="Private key from `sclvi signing-keys`."),
+) -> None:
+    """Sign a bundle's manifest (which checksums every file and holds the thresholds) for the stations."""
+    with _user_errors():
+        from sclvi.bundle import load_bundle
+        from sclvi.signing import sign_bundle
+
+        load_bundle(bundle)  # never sign a bundle whose files do not match its manifest
+        typer.echo(f"signature: {sign_bundle(bundle, key)}")
+
+
 class ControlCommand(str, Enum):
     status = "status"
     stats = "stats"

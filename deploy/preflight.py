@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from sclvi.edge.config import RuntimeConfig, SourceConfig, camera_frames, check_threshold, configured_thresholds
+from sclvi.edge.config import RuntimeConfig, SourceConfig, camera_frames, check_threshold, configured_thresholds, open_bundle
 from sclvi.errors import SclviError
 
 
@@ -33,16 +33,18 @@ def _python() -> Check:
 
 
 def _bundle_checks(cfg: RuntimeConfig) -> list[Check]:
-    from sclvi.bundle import load_bundle
     from sclvi.engines import available_backends, load_backend
     from sclvi.knn import choose_kernel
     from sclvi.knn.numba_cuda import cuda_available
 
     try:
-        bundle = load_bundle(cfg.bundle)
+        bundle = open_bundle(cfg)
     except SclviError as exc:
         return [Check("bundle", False, str(exc))]
     checks = [Check("bundle", True, f"{cfg.bundle} (preset {bundle.config.preset}, {bundle.config.geometry.describe()})")]
+    checks.append(Check("bundle signature", cfg.bundle_public_key is not None,
+                        f"signed, verified with {cfg.bundle_public_key}" if cfg.bundle_public_key else
+                        "not required (set bundle_public_key so only bundles you signed are loaded)", fatal=False))
     try:
         camera_frames(cfg, bundle.config.geometry.frame)
         checks.append(Check("camera frames", True, "any size (resized)" if bundle.config.geometry.frame is None else

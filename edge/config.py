@@ -52,6 +52,10 @@ class SourceConfig(_Strict):
 
 class RuntimeConfig(_Strict):
     bundle: str
+    bundle_public_key: str | None = Field(
+        None, description="Ed25519 public key file (core/signing.py): only bundles signed by its private key are "
+        "loaded, at start, by every worker and on `reload` (the thresholds live in the signed manifest)",
+    )
     cameras: list[SourceConfig] = Field(min_length=1)
     workers: int = Field(1, ge=1, description="inference worker processes")
     backend: str = "auto"
@@ -176,3 +180,14 @@ def camera_frames(cfg: RuntimeConfig, frame: tuple[int, int] | None) -> RuntimeC
                 f"{frame[0]}x{frame[1]} frames (geometry.frame): fix frame_size or retrain on this camera's frames")
         cameras.append(cam.model_copy(update={"frame_size": tuple(frame)}))
     return cfg.model_copy(update={"cameras": cameras})
+
+
+def open_bundle(cfg: RuntimeConfig) -> Any:
+    """The station's bundle, its signature checked first when the station requires signed bundles."""
+    from sclvi.bundle import load_bundle
+
+    if cfg.bundle_public_key is not None:
+        from sclvi.signing import verify_bundle
+
+        verify_bundle(Path(cfg.bundle), Path(cfg.bundle_public_key))
+    return load_bundle(cfg.bundle)

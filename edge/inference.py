@@ -24,13 +24,13 @@ log = logging.getLogger("sclvi.edge.inference")
 def load_scorer(cfg: RuntimeConfig) -> Any:
     """Bundle, backend and scorer, warmed up on a blank frame (JIT compilation, engine allocation) so the
     first real part is not late. `sclvi check` runs exactly this, so it fails where a worker would."""
-    from sclvi.bundle import load_bundle
+    from sclvi.edge.config import open_bundle
     from sclvi.engines import load_backend
     from sclvi.scorer import AnomalyScorer
 
     import os
 
-    bundle = load_bundle(cfg.bundle)
+    bundle = open_bundle(cfg)
     threads = cfg.threads_per_worker or max(1, (os.cpu_count() or 1) // cfg.workers)  # no oversubscription
     scorer = AnomalyScorer(bundle, load_backend(bundle, cfg.backend, threads))
     scorer.score([np.zeros((*scorer.input_hw, 3), np.uint8)])

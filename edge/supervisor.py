@@ -23,7 +23,7 @@ from typing import Any
 import zmq
 
 from sclvi.edge import curve, endpoints
-from sclvi.edge.config import RuntimeConfig, camera_frames, check_threshold, configured_thresholds
+from sclvi.edge.config import RuntimeConfig, camera_frames, check_threshold, configured_thresholds, open_bundle
 from sclvi.edge.drift import Reference
 from sclvi.edge.messages import Reason
 from sclvi.edge.ring import FREE, PROCESSING, READY, WRITING, SharedRing
@@ -79,9 +79,7 @@ def _stop(p: Any, timeout_s: float) -> None:
 
 class Runtime:
     def __init__(self, cfg: RuntimeConfig) -> None:
-        from sclvi.bundle import load_bundle
-
-        bundle = load_bundle(cfg.bundle)
+        bundle = open_bundle(cfg)
         self.cfg = cfg = camera_frames(cfg, bundle.config.geometry.frame)
         *thresholds, self.calibration = _thresholds(cfg, bundle)
         # ipc:// endpoints we serve: private folder, and locked against a second runtime stealing the socket
@@ -261,9 +259,7 @@ class Runtime:
             return {"ok": True, "paused": s.paused.is_set()}
         if cmd == "reload":
             try:
-                from sclvi.bundle import load_bundle
-
-                bundle = load_bundle(self.cfg.bundle)
+                bundle = open_bundle(self.cfg)
                 camera_frames(self.cfg, bundle.config.geometry.frame)  # the cameras keep their size: refuse another
                 image, pixel, self.calibration = _thresholds(self.cfg, bundle)
             except Exception as exc:
