@@ -101,9 +101,8 @@ def read_input_mask(path: str | Path, geometry: GeometryConfig) -> np.ndarray:
     return mapping.mask_to_input(read_mask(path, None), what=f"mask {path}")
 
 
-def frame_size_of(images: list[Path]) -> tuple[int, int]:
-    """The (width, height) every image shares (headers only); a DataError naming the sizes otherwise: a
-    native-resolution model inspects one camera geometry."""
+def image_sizes(images: list[Path]) -> dict[tuple[int, int], Path]:
+    """Each distinct (width, height) among the images, with the first image of that size (headers only)."""
     sizes: dict[tuple[int, int], Path] = {}
     for p in images:
         try:
@@ -111,6 +110,13 @@ def frame_size_of(images: list[Path]) -> tuple[int, int]:
                 sizes.setdefault(im.size, p)
         except (FileNotFoundError, OSError) as exc:
             raise DataError(f"cannot read image {p}: {exc}") from None
+    return sizes
+
+
+def frame_size_of(images: list[Path]) -> tuple[int, int]:
+    """The (width, height) every image shares; a DataError naming the sizes otherwise: a native-resolution
+    model inspects one camera geometry."""
+    sizes = image_sizes(images)
     if len(sizes) != 1:
         listed = ", ".join(f"{w}x{h} (e.g. {p.name})" for (w, h), p in list(sizes.items())[:4])
         raise DataError(f"the images differ in size ({listed}): an roi / scale needs one frame size; crop them "

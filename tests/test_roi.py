@@ -170,3 +170,19 @@ def test_the_line_inspects_the_roi_and_refuses_other_frame_sizes(tmp_path, synth
     assert len(bad) == 1 and totals["wrong_size"] == 1
     ng = [v for v in verdicts if v["verdict"] == "NG"]
     assert len(ng) == 6 and all(v["regions"][0]["box"] == [16, 0, 80, 96] for v in ng)  # camera pixels
+
+
+def test_training_says_when_a_squash_distorts_the_images(tmp_path, caplog):
+    from sclvi.roi import image_sizes
+    from sclvi.train.trainer import _warn_on_squash
+
+    for name, size in (("a.png", (300, 200)), ("b.png", (256, 256))):
+        Image.new("RGB", size).save(tmp_path / name)
+    sizes = image_sizes(sorted(tmp_path.glob("*.png")))
+    assert set(sizes) == {(300, 200), (256, 256)}
+    with caplog.at_level("WARNING"):
+        _warn_on_squash(sizes, 256)
+    assert "300x200 (e.g. a.png)" in caplog.text and "squashed to 256x256" in caplog.text
+    caplog.clear()
+    _warn_on_squash({(256, 256): tmp_path / "b.png"}, 256)
+    assert caplog.text == ""

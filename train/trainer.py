@@ -24,7 +24,7 @@ from sclvi.config import Config, config_from_dict, config_to_dict
 from sclvi.dataset import read_dataset
 from sclvi.errors import ConfigError, DataError
 from sclvi.images import mean_image, normalise
-from sclvi.roi import read_input
+from sclvi.roi import image_sizes, read_input
 from sclvi.model import SCLVINet, build_model, state_to_numpy
 from sclvi.plots import save_training_curve
 from sclvi.train.defects import KINDS, make_defects
@@ -67,6 +67,16 @@ def split_holdout(n: int, frac: float, seed: int) -> tuple[np.ndarray, np.ndarra
     n_out = min(max(1, int(round(n * frac))), n - 2) if frac > 0 else 0
     order = np.random.default_rng(seed).permutation(n)
     return np.sort(order[n_out:]), np.sort(order[:n_out])
+
+
+def _warn_on_squash(sizes: dict[tuple[int, int], Path], side: int) -> None:
+    """Say when resizing to a square distorts the images: defects and texture change shape with the aspect."""
+    off = {(w, h): p for (w, h), p in sizes.items() if abs(w / h - 1) > 0.02}
+    if off:
+        listed = ", ".join(f"{w}x{h} (e.g. {p.name})" for (w, h), p in list(off.items())[:3])
+        log.warning("images of another aspect (%s%s) are squashed to %dx%d: for camera frames of one size, train "
+                    "at their own geometry (--roi / --scale; `sclvi roi DATA` proposes a region)",
+                    listed, ", ..." if len(off) > 3 else "", side, side)
 
 
 def _new_state(cfg: Config, n_images: int) -> TrainState:
@@ -223,6 +233,9 @@ def train(cfg: Config, data_root: str | Path, out: str | Path, resume: bool = Fa
         torch.set_num_threads(tc.threads)
     dataset = read_dataset(data_root, need_test=False)
     log.info("training %s preset, task %s, on %d images from %s", cfg.preset, tc.task, len(dataset.train), data_root)
+    log.info("geometry: %s", cfg.geometry.describe())
+    if cfg.geometry.frame is None:
+        _warn_on_squash(image_sizes(dataset.train), cfg.geometry.image_size)
     frames = np.stack([read_input(p, cfg.geometry) for p in tqdm(dataset.train, desc="load images", unit="img")])
     if len(frames) < 2:
         raise DataError(f"{data_root}/train/good has {len(frames)} image(s); training needs at least 2")
