@@ -65,7 +65,7 @@ def test_grayscale_and_any_size_are_accepted(tmp_path):
 
 def test_in_memory_frames_are_checked():
     assert check_frame(np.zeros((64, 64), np.uint8), 64).shape == (64, 64, 3)
-    with pytest.raises(DataError, match="model expects 64x64"):
+    with pytest.raises(DataError, match="model input is 64x64"):
         check_frame(np.zeros((60, 64, 3), np.uint8), 64)
     with pytest.raises(DataError, match="expected an"):
         check_frame(np.zeros((64, 64, 5), np.uint8), 64)
