@@ -121,6 +121,9 @@ def check_endpoint(name: str, endpoint: str) -> None:
     """tcp://host:port (port 1-65535) or ipc://path: caught at load, not when a socket fails to bind."""
     scheme, sep, rest = endpoint.partition("://")
     if scheme == "ipc" and sep and rest:
+        if len(rest.encode()) > 100:  # a Unix socket path holds at most 107 bytes; zmq fails at bind otherwise
+            raise ValueError(f"{name} {endpoint!r}: an ipc path must be at most 100 bytes (set a shorter "
+                             "SCLVI_RUNTIME_DIR)")
         return
     if scheme == "tcp" and sep:
         host, colon, port = rest.rpartition(":")

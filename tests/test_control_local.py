@@ -52,3 +52,9 @@ def test_default_control_socket_is_private_ipc_and_ctl_uses_it(tmp_path, monkeyp
         plc.finish()
     assert result["frames_grabbed"] == 40
     assert _bindable("control endpoint", load_runtime_config(path).control_endpoint).ok  # released at exit
+
+
+def test_an_ipc_path_too_long_for_a_unix_socket_is_refused_at_load(tmp_path):
+    with pytest.raises(ConfigError, match="at most 100 bytes"):
+        load_runtime_config(overrides={"bundle": "b", "cameras": [{"kind": "folder", "path": "x"}],
+                                       "control_endpoint": "ipc://" + "/d" * 60 + "/control"})
