@@ -12,12 +12,16 @@ The header's `done` flag guarantees exactly one verdict per frame (worker result
 
 from __future__ import annotations
 
+import os
+import shutil
 import time
 from dataclasses import dataclass
 from multiprocessing import shared_memory
 from typing import Any
 
 import numpy as np
+
+from sclvi.errors import ConfigError
 
 FREE, WRITING, READY, PROCESSING = 0, 1, 2, 3
 HEADER = np.dtype([
@@ -43,11 +47,30 @@ class SharedRing:
         # Spawned children share the creator's resource tracker, so attaching registers nothing new;
         # only the creator unlinks (close(unlink=True)).
         self.shm = shared_memory.SharedMemory(name=spec.name, create=create, size=size)
+        if create:
+            self._reserve(size)
         self.header = np.ndarray((spec.slots,), dtype=HEADER, buffer=self.shm.buf)
         self.data = np.ndarray((spec.slots, spec.slot_bytes), dtype=np.uint8, buffer=self.shm.buf, offset=spec.slots * HEADER.itemsize)
         if create:
             self.header[:] = np.zeros(spec.slots, dtype=HEADER)
             self.header["owner"] = -1
+
+    def _reserve(self, size: int) -> None:
+        """Allocate every page of the ring now. /dev/shm is a tmpfs: an ftruncate'd segment is sparse, and
+        a full tmpfs would otherwise kill the acquisition process with SIGBUS mid-frame, hours later."""
+        fd = getattr(self.shm, "_fd", -1)
+        if fd < 0 or not hasattr(os, "posix_fallocate"):
+            return
+        try:
+            os.posix_fallocate(fd, 0, size)
+        except OSError as exc:
+            self.shm.close()
+            self.shm.unlink()
+            free = shutil.disk_usage("/dev/shm").free if os.path.isdir("/dev/shm") else 0
+            raise ConfigError(
+                f"shared memory has no room for the frame ring ({size / 2**20:.0f} MiB needed, {free / 2**20:.0f} MiB "
+                f"free in /dev/shm: {exc.strerror}): enlarge /dev/shm (docker --shm-size, a bigger tmpfs) or lower "
+                "ring_slots / max_frame_bytes") from None
 
     def acquire_free(self) -> int | None:
         """A free slot to write into (now WRITING), or None when the ring is full."""

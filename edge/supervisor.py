@@ -89,7 +89,17 @@ class Runtime:
             [c.camera_id for c in cfg.cameras], cfg.ring_slots, [c.max_frame_bytes for c in cfg.cameras],
             cfg.workers, thresholds,
         )
-        self.rings = [SharedRing(spec, create=True) for spec in self.shared.rings]
+        self.rings: list[SharedRing] = []
+        try:
+            for spec in self.shared.rings:
+                self.rings.append(SharedRing(spec, create=True))  # reserved now: a full /dev/shm fails here
+        except Exception:
+            for ring in self.rings:
+                ring.close(unlink=True)
+            for claim in self._claims:
+                claim.release()
+            shutil.rmtree(self.shared.runtime_dir, ignore_errors=True)
+            raise
         self.ctx = __import__("multiprocessing").get_context("spawn")
         self.acquisition: list[Any] = [None] * len(cfg.cameras)
         self.workers: list[Any] = [None] * cfg.workers

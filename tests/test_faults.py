@@ -344,3 +344,46 @@ def test_reload_of_a_broken_bundle_stops_the_line_instead_of_a_restart_loop(rand
     verdicts = plc.finish()
     assert not t.is_alive() and errors and "inference worker 0 died 6 times" in errors[0]
     assert sorted(v["seq"] for v in verdicts) == list(range(1, len(verdicts) + 1))  # every grabbed frame decided
+
+
+def _runtime_cfg(bundle, frame_bytes):
+    return load_runtime_config(overrides={
+        "bundle": str(bundle.path), "cameras": [{"kind": "folder", "path": "/tmp", "max_frame_bytes": frame_bytes}],
+        "image_threshold": 1.0, "pixel_threshold": 1.0, "control_endpoint": None, "telemetry_endpoint": None})
+
+
+def test_a_ring_that_does_not_fit_in_shared_memory_refuses_to_start_and_leaves_nothing(random_bundle, monkeypatch):
+    import errno
+
+    from sclvi.edge.supervisor import Runtime
+
+    before = set(os.listdir("/dev/shm"))
+
+    def full(fd, offset, length):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "posix_fallocate", full)
+    with pytest.raises(ConfigError, match="no room for the frame ring"):
+        Runtime(_runtime_cfg(random_bundle, 100_000))
+    assert set(os.listdir("/dev/shm")) == before  # the segment made before the refusal is gone
+
+
+def test_a_full_dev_shm_is_found_at_start_not_by_sigbus_mid_run(tmp_path, random_bundle):
+    """For real: a 2 MiB tmpfs as /dev/shm in a private mount namespace (root only; skipped where unshare is
+    not allowed). Before the fix the ring was sparse, start succeeded and the acquisition died of SIGBUS."""
+    if subprocess.run(["unshare", "-m", "true"], capture_output=True).returncode != 0:
+        pytest.skip("unshare -m is not permitted here (needs root / CAP_SYS_ADMIN)")
+    script = tmp_path / "start.py"
+    script.write_text(
+        "import os, sys\n"
+        "from sclvi.edge.config import load_runtime_config\n"
+        "from sclvi.edge.supervisor import Runtime\n"
+        f"cfg = load_runtime_config(overrides={{'bundle': {str(random_bundle.path)!r}, 'cameras': [{{'kind': 'folder', "
+        "'path': '/tmp', 'max_frame_bytes': 1000000}], 'image_threshold': 1.0, 'pixel_threshold': 1.0, "
+        "'control_endpoint': None, 'telemetry_endpoint': None})\n"
+        "try:\n    Runtime(cfg)\n    print('STARTED')\nexcept Exception as exc:\n    print('REFUSED', exc)\n"
+        "print('LEFT', sorted(os.listdir('/dev/shm')))\n")
+    out = subprocess.run(["unshare", "-m", "sh", "-c", f"mount -t tmpfs -o size=2m tmpfs /dev/shm && "
+                          f"{sys.executable} {script}"], capture_output=True, text=True, timeout=120)
+    assert "REFUSED shared memory has no room for the frame ring (8 MiB needed" in out.stdout, out.stdout + out.stderr
+    assert "LEFT []" in out.stdout
