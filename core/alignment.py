@@ -33,11 +33,12 @@ class Alignment:
 
 
 def measure_alignment(codes: np.ndarray, window: int = WINDOW, max_ratio: float = MAX_RATIO, probes: int = 6,
-                      others: int = 48, seed: int = 0, max_cells: int = 4096, max_bank: int = 1 << 21) -> Alignment:
+                      others: int = 48, seed: int = 0, max_cells: int = 4096, sample_cells: int = 1024,
+                      max_bank: int = 1 << 20) -> Alignment:
     """`codes`: (images, rows, cols, D) codes of one scale. Each of `probes` images is compared with up to
-    `others` other images, windowed and globally. Large grids (a native-resolution roi) are sampled: at most
-    `max_cells` query cells per probe, and fewer other images so the compared bank stays under `max_bank`
-    codes; small grids use every cell, as before."""
+    `others` other images, windowed and globally. A grid of more than `max_cells` cells (a native-resolution
+    roi) is sampled: `sample_cells` query cells per probe, and fewer other images so the compared bank stays
+    under `max_bank` codes (seconds, not the hours a whole 5 MP grid would take); smaller grids use every cell."""
     m, nr, nc, d = codes.shape
     if m < 2:
         return Alignment(float("nan"), None, 0)
@@ -48,7 +49,7 @@ def measure_alignment(codes: np.ndarray, window: int = WINDOW, max_ratio: float 
     for p in probe_idx:
         rest = np.delete(np.arange(m), p)
         rest = rest if len(rest) <= others else rng.choice(rest, others, replace=False)
-        cells = np.arange(nr * nc) if nr * nc <= max_cells else np.sort(rng.choice(nr * nc, max_cells, replace=False))
+        cells = np.arange(nr * nc) if nr * nc <= max_cells else np.sort(rng.choice(nr * nc, sample_cells, replace=False))
         rows, cols = cells // nc, cells % nc
         q = codes[p].reshape(-1, d)[cells].astype(np.float64)  # (cells, D)
         bank = codes[rest]  # (r, rows, cols, D)

@@ -28,9 +28,9 @@ def test_a_fixtured_part_is_aligned_and_a_moving_one_is_not():
 
 
 def test_a_native_resolution_grid_is_sampled_not_compared_whole():
-    # a 60x90 grid (a large roi): at most 500 query cells per probe and a 20k-code bank, same verdicts
-    aligned = measure_alignment(_codes(True, m=8, n=60, cols=90), max_cells=500, max_bank=20_000)
-    moving = measure_alignment(_codes(False, m=8, n=60, cols=90), max_cells=500, max_bank=20_000)
+    # a 60x90 grid (a large roi): 400 sampled query cells per probe and a 20k-code bank, same verdicts
+    aligned = measure_alignment(_codes(True, m=8, n=60, cols=90), max_cells=500, sample_cells=400, max_bank=20_000)
+    moving = measure_alignment(_codes(False, m=8, n=60, cols=90), max_cells=500, sample_cells=400, max_bank=20_000)
     assert aligned.window == 2 and aligned.ratio < 1.05
     assert moving.window is None and moving.ratio > 1.5
 
