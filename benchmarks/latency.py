@@ -17,7 +17,8 @@ embedded from pixels (their four quarters through the main encoder again), then 
 search (eta = 1, exact) on the full bank. The ratio shows what one-call batching, the shared main encoder
 and the fused kernel buy. Weights are random: timing does not depend on them.
 Geometries: `256` squashes every frame to 256x256 (the paper's protocol); `WxH[@SCALE]` replays native W x H
-camera frames and inspects the whole frame as the roi at SCALE (the worker cuts and scales it: `preprocess`).
+camera frames and inspects the largest centred roi whose size at SCALE both patch grids tile (the whole frame
+when it tiles; the worker cuts and scales it: `preprocess`).
 Writes latency-<cpu|gpu>.md / .json and a latency histogram PNG.
 """
 
@@ -231,8 +232,8 @@ def write_report(rows: list[dict[str, Any]], args: argparse.Namespace, out: Path
     lines = [
         f"# Line latency and throughput ({tag})",
         "",
-        f"Geometry per row: `256` = frames squashed to 256x256; `WxH@s` = native W x H camera frames, the whole frame "
-        f"inspected at scale s (aspect kept; `preprocess` includes the cut and scale). 32-px patches at stride "
+        f"Geometry per row: `256` = frames squashed to 256x256; `WxH@s` = native W x H camera frames, the largest centred "
+        f"roi that tiles inspected at scale s (aspect kept; `preprocess` includes the cut and scale). 32-px patches at stride "
         f"{args.small_stride}, 64-px at stride 16; "
         f"memory bank from {args.train_images} images (window and coreset per row: a coreset is taken per grid "
         f"cell when windowed); one inference worker; random weights. Latency: {args.frames} frames through the runtime paced at "

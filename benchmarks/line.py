@@ -42,6 +42,21 @@ def parse_geometry(spec: str) -> dict[str, Any]:
         raise ValueError(f"geometry {spec!r}: expected SIZE or WIDTHxHEIGHT[@SCALE], e.g. 256 or 2448x2048@0.5") from None
 
 
+def centred_roi(frame: list[int], scale: float, small_stride: int, large_stride: int = 16) -> list[int]:
+    """The largest centred roi of a W x H frame whose size at `scale` both patch grids tile exactly (a 2448 px
+    side at scale 0.5 is 1224 px, which 64-px patches at stride 16 do not tile: 2432 px of it are inspected)."""
+    from sclvi.config import GeometryConfig
+
+    g = GeometryConfig(small_stride=small_stride, large_stride=large_stride)
+    out = []
+    for side in frame:
+        inner = g.nearest_tiling(round(side * scale))
+        raw = next(r for r in range(int(inner / scale), side + 1) if round(r * scale) == inner)
+        out.append(raw)
+    (w, h), (fw, fh) = out, frame
+    return [(fw - w) // 2, (fh - h) // 2, w, h]
+
+
 def bench_config(preset: str, image_size: int | str, small_stride: int, window: str = "auto", coreset: float = 1.0,
                  knn: str = "auto") -> Any:
     """A preset at the benchmark's geometry (a square size, or a `parse_geometry` spec) and small-patch stride;
@@ -52,7 +67,10 @@ def bench_config(preset: str, image_size: int | str, small_stride: int, window: 
     position_window: Any = {"auto": "auto", "none": None}.get(window, window)
     if isinstance(position_window, str) and position_window != "auto":
         position_window = int(position_window)
-    return build_config(preset, {"geometry": {**parse_geometry(str(image_size)), "small_stride": small_stride},
+    geometry = {**parse_geometry(str(image_size)), "small_stride": small_stride}
+    if "frame" in geometry:
+        geometry["roi"] = centred_roi(geometry["frame"], geometry["scale"], small_stride)
+    return build_config(preset, {"geometry": geometry,
                                  "scoring": {"position_window": position_window, "knn": knn},
                                  "bank": {"coreset_ratio": coreset}})
 

@@ -10,8 +10,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from sclvi.config import describe_validation_error, read_yaml
 from sclvi.edge.curve import CurveConfig
-from sclvi.edge.endpoints import default_control_endpoint
 from sclvi.edge.curve import check as check_curve
+from sclvi.edge.endpoints import default_control_endpoint
 from sclvi.errors import ConfigError
 
 
