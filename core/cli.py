@@ -561,7 +561,7 @@ def synth(
 def demo(
     workdir: Optional[Path] = typer.Option(None, help="Where data, bundle and report go (default: a temp folder)."),
     cls: str = typer.Option("object", "--class", help="Synthetic class: object or texture."),
-    steps: int = typer.Option(50, help="Training steps (about a minute on 2 cores; the whole demo stays under 2 min)."),
+    steps: int = typer.Option(40, help="Training steps (about a minute on 2 cores; the whole demo stays under 2 min)."),
     line: bool = typer.Option(True, help="End by running the edge runtime on a replay of the test images."),
 ) -> None:
     """Synthetic data -> train the CPU preset (dense-lite) -> memory bank -> evaluate -> table and overlays."""
