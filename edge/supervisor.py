@@ -90,16 +90,6 @@ class Runtime:
             cfg.workers, thresholds,
         )
         self.rings: list[SharedRing] = []
-        try:
-            for spec in self.shared.rings:
-                self.rings.append(SharedRing(spec, create=True))  # reserved now: a full /dev/shm fails here
-        except Exception:
-            for ring in self.rings:
-                ring.close(unlink=True)
-            for claim in self._claims:
-                claim.release()
-            shutil.rmtree(self.shared.runtime_dir, ignore_errors=True)
-            raise
         self.ctx = __import__("multiprocessing").get_context("spawn")
         self.acquisition: list[Any] = [None] * len(cfg.cameras)
         self.workers: list[Any] = [None] * cfg.workers
@@ -110,14 +100,35 @@ class Runtime:
         self.zmq = zmq.Context()
         self.control = None
         self._auth = None
-        if cfg.control_endpoint:
-            self.control = self.zmq.socket(zmq.REP)
-            self.control.setsockopt(zmq.LINGER, 0)
-            self.control.setsockopt(zmq.MAXMSGSIZE, MAX_CONTROL_BYTES)  # a larger message drops its sender
-            if cfg.curve is not None:  # encrypted, and only authorized certificates get a REP at all
-                self._auth = curve.as_server(self.zmq, self.control, cfg.curve)
-            self.control.bind(cfg.control_endpoint)
-            endpoints.restrict(cfg.control_endpoint)
+        try:  # a start that fails from here on (full /dev/shm, control socket) leaves nothing behind
+            for spec in self.shared.rings:
+                self.rings.append(SharedRing(spec, create=True))  # reserved now: a full /dev/shm fails here
+            if cfg.control_endpoint:
+                self.control = self.zmq.socket(zmq.REP)
+                self.control.setsockopt(zmq.LINGER, 0)
+                self.control.setsockopt(zmq.MAXMSGSIZE, MAX_CONTROL_BYTES)  # a larger message drops its sender
+                if cfg.curve is not None:  # encrypted, and only authorized certificates get a REP at all
+                    self._auth = curve.as_server(self.zmq, self.control, cfg.curve)
+                self.control.bind(cfg.control_endpoint)
+                endpoints.restrict(cfg.control_endpoint)
+        except Exception:
+            self._release()
+            raise
+
+    def _release(self) -> None:
+        """Close the control socket and free the endpoint locks and the shared memory (at shutdown, or after a
+        failed start); the run folder goes too unless a publisher still journals into it."""
+        if self.control is not None:
+            self.control.close()
+        for claim in self._claims:
+            claim.release()
+        if self._auth is not None:
+            self._auth.stop()
+        self.zmq.term()
+        for ring in self.rings:
+            ring.close(unlink=True)
+        if not self.publisher or not self.publisher.is_alive():
+            shutil.rmtree(self.shared.runtime_dir, ignore_errors=True)
 
     # -- processes -------------------------------------------------------------------------------
     def _start_acquisition(self, cam: int) -> None:
@@ -358,16 +369,6 @@ class Runtime:
             if p is not None:
                 _stop(p, 1)
         totals = s.counters.totals()
-        if self.control is not None:
-            self.control.close()
-        for claim in self._claims:
-            claim.release()
-        if self._auth is not None:
-            self._auth.stop()
-        self.zmq.term()
-        for ring in self.rings:
-            ring.close(unlink=True)
-        if not self.publisher or not self.publisher.is_alive():
-            shutil.rmtree(s.runtime_dir, ignore_errors=True)
+        self._release()
         log.info("runtime stopped: %s", {k: v for k, v in totals.items() if v})
         return totals
