@@ -30,8 +30,8 @@ def free_port() -> int:
 
 
 def parse_geometry(spec: str) -> dict[str, Any]:
-    """A benchmark geometry: `256` (frames squashed to 256x256) or `WxH[@SCALE]` (native W x H camera frames,
-    the whole frame as the roi, at SCALE)."""
+    """A benchmark geometry: `256` (frames squashed to 256x256) or `WxH[@SCALE]` (native W x H camera frames
+    at SCALE; `centred_roi` picks the roi)."""
     try:
         if "x" not in spec:
             return {"image_size": int(spec)}
@@ -46,15 +46,11 @@ def centred_roi(frame: list[int], scale: float, small_stride: int, large_stride:
     """The largest centred roi of a W x H frame whose size at `scale` both patch grids tile exactly (a 2448 px
     side at scale 0.5 is 1224 px, which 64-px patches at stride 16 do not tile: 2432 px of it are inspected)."""
     from sclvi.config import GeometryConfig
+    from sclvi.roi_propose import snap_span
 
     g = GeometryConfig(small_stride=small_stride, large_stride=large_stride)
-    out = []
-    for side in frame:
-        inner = g.nearest_tiling(round(side * scale))
-        raw = next(r for r in range(int(inner / scale), side + 1) if round(r * scale) == inner)
-        out.append(raw)
-    (w, h), (fw, fh) = out, frame
-    return [(fw - w) // 2, (fh - h) // 2, w, h]
+    (x, w), (y, h) = (snap_span(0, side, side, scale, g) for side in frame)
+    return [x, y, w, h]
 
 
 def bench_config(preset: str, image_size: int | str, small_stride: int, window: str = "auto", coreset: float = 1.0,

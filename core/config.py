@@ -112,6 +112,12 @@ class GeometryConfig(_Strict):
             side -= 1
         return side
 
+    @staticmethod
+    def roi_side(input_side: int, scale: float, limit: int | None = None) -> int | None:
+        """A side in frame pixels (at most `limit`) that `scale` maps onto exactly `input_side` px, None if none."""
+        return next((r for r in (round(input_side / scale) + d for d in (0, -1, 1, -2, 2))
+                     if round(r * scale) == input_side and (limit is None or r <= limit)), None)
+
     def describe(self) -> str:
         """One line for logs and preflight: what part of which frames the model sees, at what size."""
         h, w = self.input_hw
@@ -142,7 +148,7 @@ class GeometryConfig(_Strict):
             if bad:
                 hint = ", ".join(
                     f"{name} {raw} px -> {side} px at scale {self.scale:g}; nearest that fits: "
-                    f"{self.nearest_tiling(side)} px (roi {name} {int(self.nearest_tiling(side) / self.scale)})"
+                    f"{self.nearest_tiling(side)} px (roi {name} {self.roi_side(self.nearest_tiling(side), self.scale)})"
                     for name, side, raw in bad)
                 raise ValueError(
                     f"the roi at this scale is not tiled exactly by {self.small_patch}-px patches at stride "

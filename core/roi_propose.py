@@ -58,17 +58,16 @@ def part_box(mean: np.ndarray) -> tuple[int, int, int, int] | None:
     return int(cols[0]), int(rows[0]), int(cols[-1] - cols[0] + 1), int(rows[-1] - rows[0] + 1)
 
 
-def _snap(start: int, length: int, limit: int, scale: float, g: GeometryConfig) -> tuple[int, int]:
-    """Grow [start, start+length) about its centre to the nearest length whose scaled size `tiles`, inside
-    [0, limit); shrink to the largest that fits when the frame is too small."""
+def snap_span(start: int, length: int, limit: int, scale: float, g: GeometryConfig) -> tuple[int, int]:
+    """(start, length) of [start, start+length) grown about its centre to the nearest length whose scaled size
+    `g.tiles`, inside [0, limit); shrunk to the largest that fits when the frame is too small."""
     side = math.ceil(length * scale)
     cap = math.floor(limit * scale)
     while side <= cap and not g.tiles(side):
         side += 1
     if side > cap:
         side = g.nearest_tiling(cap)
-    raw = next((r for r in (round(side / scale) + d for d in (0, -1, 1, -2, 2)) if round(r * scale) == side
-                and r <= limit), None)
+    raw = g.roi_side(side, scale, limit)
     if raw is None:
         raise ValueError(f"no roi side maps to {side} px at scale {scale:g}")
     new_start = min(max(0, start + (length - raw) // 2), limit - raw)
@@ -89,8 +88,8 @@ def propose_roi(images: list[Path], geometry: GeometryConfig, scale: float = 1.0
         x0, y0 = max(0, box[0] - margin), max(0, box[1] - margin)
         bw, bh = min(w, box[0] + box[2] + margin) - x0, min(h, box[1] + box[3] + margin) - y0
     g = geometry.model_copy(update={"frame": None, "roi": None})
-    x, rw = _snap(x0, bw, w, scale, g)
-    y, rh = _snap(y0, bh, h, scale, g)
+    x, rw = snap_span(x0, bw, w, scale, g)
+    y, rh = snap_span(y0, bh, h, scale, g)
     return RoiProposal((w, h), (x, y, rw, rh), box, (rw * rh) / (w * h))
 
 
