@@ -169,7 +169,7 @@ def roi_cmd(
         typer.echo(f"frames {p.frame[0]}x{p.frame[1]}; {found}; proposed roi {roi} ({100 * p.cover:.0f}% of the frame, "
                    f"model input {round(p.roi[2] * scale)}x{round(p.roi[3] * scale)} px at scale {scale:g})")
         if figure is not None:
-            save_roi_figure(figure, images, p)
+            save_roi_figure(figure, p)
             typer.echo(f"figure: {figure}")
         typer.echo(f"check it, then: sclvi train {data} --out BUNDLE --roi {roi} --scale {scale:g}")
 

@@ -9,7 +9,7 @@ Frames with no separable background (a texture that fills the view) get the whol
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +29,7 @@ class RoiProposal:
     roi: tuple[int, int, int, int]  # (x, y, width, height), tiled exactly at `scale`
     part_box: tuple[int, int, int, int] | None  # the raw bounding box found (None: no separable part)
     cover: float  # fraction of the frame the roi covers
+    mean: np.ndarray = field(repr=False, compare=False)  # the mean training frame it was found on (the figure)
 
 
 def _otsu(values: np.ndarray) -> float:
@@ -90,16 +91,15 @@ def propose_roi(images: list[Path], geometry: GeometryConfig, scale: float = 1.0
     g = geometry.model_copy(update={"frame": None, "roi": None})
     x, rw = snap_span(x0, bw, w, scale, g)
     y, rh = snap_span(y0, bh, h, scale, g)
-    return RoiProposal((w, h), (x, y, rw, rh), box, (rw * rh) / (w * h))
+    return RoiProposal((w, h), (x, y, rw, rh), box, (rw * rh) / (w * h), mean)
 
 
-def save_roi_figure(path: Path, images: list[Path], proposal: RoiProposal) -> None:
+def save_roi_figure(path: Path, proposal: RoiProposal) -> None:
     """The mean training frame with the proposed roi drawn on it (what the user confirms)."""
     from sclvi.plots import plt
 
-    mean = np.stack([read_rgb(p, None) for p in images[:32]]).astype(np.float32).mean(axis=0)
     fig, ax = plt.subplots(figsize=(6, 6 * proposal.frame[1] / proposal.frame[0]))
-    ax.imshow(mean.astype(np.uint8))
+    ax.imshow(proposal.mean.astype(np.uint8))
     x, y, w, h = proposal.roi
     ax.add_patch(plt.Rectangle((x, y), w, h, fill=False, color="lime", lw=2, label=f"roi {list(proposal.roi)}"))
     if proposal.part_box is not None:
