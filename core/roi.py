@@ -41,9 +41,8 @@ class FrameMapping:
                 "camera frames (geometry.frame): restore the camera's ROI / binning, or retrain on frames of this size")
 
     def to_input(self, frame: np.ndarray, what: str = "frame") -> np.ndarray:
-        """(H, W, 3) uint8 camera frame -> (h, w, 3) uint8 model input (roi cut, scaled)."""
-        if frame.ndim == 2:
-            frame = np.repeat(frame[:, :, None], 3, axis=2)
+        """(H, W, 3) uint8 camera frame -> (h, w, 3) uint8 model input (roi cut, scaled; a gray (H, W) frame stays
+        gray: `check_frame` expands it, as for any input)."""
         self.check(frame.shape[:2], what)
         x, y, w, h = self.region(frame.shape[:2])
         crop = frame[y : y + h, x : x + w]

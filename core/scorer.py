@@ -50,12 +50,16 @@ class AnomalyScorer:
         self.scoring = resolve_scoring(scoring or bundle.config.scoring, bundle)
         self.geometry = TwoScaleGeometry.from_config(bundle.config.geometry)
         self.embedder = FrameEmbedder(backend, self.geometry) if backend is not None else None
-        self.input_hw = bundle.config.geometry.input_hw
         self.mapping = FrameMapping.from_config(bundle.config.geometry)
         self.grids = {"small": self.geometry.small, "large": self.geometry.large}
         self._banks = banks
         self._knn: dict[str, PatchScorer] | None = None
         self.positions = {scale: grid_positions(grid.shape) for scale, grid in self.grids.items()}
+
+    @property
+    def input_hw(self) -> tuple[int, int]:
+        """(height, width) of the model input."""
+        return self.mapping.input_hw
 
     @property
     def knn(self) -> dict[str, PatchScorer]:
