@@ -108,13 +108,16 @@ def worker_main(cfg: RuntimeConfig, w: int, shared: Shared) -> None:
                 else:
                     shared.counters.add(row, "not_inspected")
                     shared.counters.add(row, "nis_error")
+                placed = None  # the map on the camera frame: made once, for the recorder and the preview
                 if recorder and msg["verdict"] != "OK" and frame is not None:
-                    recorder.save(msg, frame, camera_map(scorer, result, frame))
+                    placed = camera_map(scorer, result, frame)
+                    recorder.save(msg, frame, placed)
                 if preview_every is not None and frame is not None and time.monotonic() >= next_preview:
                     next_preview = time.monotonic() + preview_every
                     try:
-                        shared.send(preview_message(msg, frame, camera_map(scorer, result, frame),
-                                                    shared.pixel_threshold.value, cfg.preview_px))
+                        if placed is None:
+                            placed = camera_map(scorer, result, frame)
+                        shared.send(preview_message(msg, frame, placed, shared.pixel_threshold.value, cfg.preview_px))
                     except Exception:  # a preview must never cost a verdict
                         log.exception("worker %d: preview failed", w)
             else:
