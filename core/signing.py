@@ -32,9 +32,9 @@ def _crypto() -> Any:
 def make_keys(folder: Path) -> tuple[Path, Path]:
     """A new key pair: `bundle_signing.key` (private, 0600: stays on the engineering PC) and
     `bundle_signing.pub` (goes to every station). Never overwrites."""
+    ed25519 = _crypto()  # first: without cryptography, the install hint rather than an ImportError
     from cryptography.hazmat.primitives import serialization
 
-    ed25519 = _crypto()
     folder.mkdir(parents=True, exist_ok=True, mode=0o700)
     secret, public = folder / "bundle_signing.key", folder / "bundle_signing.pub"
     if secret.exists() or public.exists():
@@ -81,9 +81,9 @@ def sign_bundle(bundle: Path, private_key: Path) -> Path:
 
 def verify_bundle(bundle: Path, public_key: Path) -> None:
     """BundleError unless `bundle.sig` is a valid signature of the manifest by the key's owner."""
+    ed25519 = _crypto()
     from cryptography.exceptions import InvalidSignature
 
-    ed25519 = _crypto()
     key = ed25519.Ed25519PublicKey.from_public_bytes(_read_key(public_key, 32, "bundle public key"))
     path = Path(bundle) / SIGNATURE
     if not path.is_file():
