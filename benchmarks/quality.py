@@ -12,6 +12,7 @@ accuracy and code statistics. Bundles are cached in --work, so an interrupted ru
                                           sweep, the authors' formula, coresets and position windows
     sclvi bench quality --families P...   the encoder presets side by side (scl12, eta 10)
     sclvi bench quality --improvements    also each departure from the paper alone (IMPROVEMENTS), one seed
+    sclvi bench quality --steps N...      the learning curve: quality against the step budget (learning_curve.py)
 """
 
 from __future__ import annotations
@@ -102,6 +103,18 @@ def _trained_bundle(cfg: Config, data: Path, work: Path):
     return load_bundle(work), time.perf_counter() - t0
 
 
+def train_and_score(cfg: Config, ds: Any, work: Path) -> tuple[Any, np.ndarray, np.ndarray, float, float, float | None]:
+    """(bundle, image scores, maps, embed s / image, score s / image, train s) of the model `cfg` trains on `ds`
+    (cached in `work`), scored with its own scoring config."""
+    from sclvi.engines import load_backend
+    from sclvi.evaluate import embed_test_set, score_test_set
+
+    bundle, train_s = _trained_bundle(cfg, ds.root, work)
+    codes, embed_s = embed_test_set(bundle, ds, load_backend(bundle))
+    scores, maps, score_s = score_test_set(bundle, codes, cfg.scoring)
+    return bundle, scores, maps, embed_s, score_s, train_s
+
+
 def _variants(cfg: Config, task: str) -> list[tuple[str, dict[str, Any], float | None]]:
     """(label, scoring overrides, coreset ratio) to score for one trained model."""
     if task != "scl12":
@@ -156,7 +169,7 @@ def run_set(name: str, root: Path, protocol: str, work: Path, out: Path) -> dict
     return {"set": name, "n_test": len(ds.test), "n_train": len(ds.train), "has_masks": ds.has_masks, "rows": rows}
 
 
-def _model_facts(bundle) -> dict[str, Any]:
+def model_facts(bundle) -> dict[str, Any]:
     """What a row says about the trained model: held-out pretext accuracy and its code statistics."""
     t = bundle.manifest.get("training", {})
     pre = t.get("pretext", {})
@@ -229,11 +242,9 @@ def run_quality(name: str, root: Path, protocol: str, tasks: list[str], seeds: l
     for variant, over, task, seed in runs:
         cfg = protocol_config(protocol, task, seed=seed, variant=over)
         slug = variant.replace(" ", "-")
-        bundle, train_s = _trained_bundle(cfg, root, work / name / f"{task}-seed{seed}-{slug}")
-        codes, embed_s = embed_test_set(bundle, ds, load_backend(bundle))
-        scores, maps, score_s = score_test_set(bundle, codes, cfg.scoring)
+        bundle, scores, maps, embed_s, score_s, train_s = train_and_score(cfg, ds, work / name / f"{task}-seed{seed}-{slug}")
         row("trained", task, seed, scores, maps, embed_s, score_s, train_s,
-            {**_model_facts(bundle), "window": resolve_scoring(cfg.scoring, bundle).window,
+            {**model_facts(bundle), "window": resolve_scoring(cfg.scoring, bundle).window,
              "photometric": cfg.preprocess.photometric, "defect_weight": cfg.train.defect_weight}, variant)
         if seed == seeds[0] and task == tasks[0] and variant == "default":
             write_overlays(out / f"heatmaps-{protocol}-{name}", ds.test, maps, scores, cfg.geometry, 6, masks)
@@ -439,8 +450,22 @@ def main(argv: list[str] | None = None) -> Path:
                     help="compare these encoder presets (scl12, eta 10) instead")
     ap.add_argument("--improvements", action="store_true",
                     help="also train each departure from the paper alone (and neither) on the first task and seed")
+    ap.add_argument("--steps", nargs="+", type=int, default=None, metavar="N",
+                    help="learning curve instead: one scl12 model per step budget (quality-steps-<protocol>.md)")
     args = parse_args(ap, argv)
     work = args.work / args.protocol
+    if args.steps:
+        from sclvi.benchmarks.learning_curve import run_curve, write_curve_report
+
+        t0 = time.perf_counter()
+        curve: list[dict[str, Any]] = []
+        for name in args.sets:
+            before = list(curve)
+            curve += run_curve(name, args.data / name, args.protocol, args.steps, args.seeds, work,
+                               lambda partial: write_curve_report(before + partial, args.protocol, args.out, time.perf_counter() - t0))
+            path = write_curve_report(curve, args.protocol, args.out, time.perf_counter() - t0)
+        print(f"report: {path}")
+        return path
     if args.families:
         for name in args.sets:
             path = write_families_report(run_families(name, args.data / name, args.protocol, args.families, work),

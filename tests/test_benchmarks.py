@@ -36,6 +36,25 @@ def test_quality_benchmark_rows_stand_next_to_the_floors_over_seeds(tmp_path):
     assert (tmp_path / "out" / "training-curve-smoke-object.png").stat().st_size > 1000
 
 
+def test_learning_curve_trains_one_model_per_budget_next_to_the_floors(tmp_path):
+    from sclvi.benchmarks.quality import main
+    from sclvi.bundle import load_bundle
+
+    write_synthetic(tmp_path / "data", "object", size=176, n_train=6, n_test_good=3, n_test_defect=2, seed=0)
+    report = main(["--data", str(tmp_path / "data"), "--sets", "object", "--protocol", "smoke", "--steps", "1", "2",
+                   "--seeds", "0", "--work", str(tmp_path / "work"), "--out", str(tmp_path / "out")])
+    rows = json.loads((tmp_path / "out" / "quality-steps-smoke.json").read_text())["rows"]
+    assert [r["kind"] for r in rows] == ["floor: raw pixels", "floor: untrained encoder", "trained", "trained"]
+    assert [(r["budget"], r["steps"]) for r in rows[2:]] == [(1, 1), (2, 2)]
+    # a budget other than the default trains that many steps with the early stop off; the default is the default model
+    short = load_bundle(tmp_path / "work" / "smoke" / "object" / "scl12-seed0-steps1").config.train
+    default = load_bundle(tmp_path / "work" / "smoke" / "object" / "scl12-seed0-default").config.train
+    assert (short.steps, short.early_stop_patience) == (1, 0) and default.early_stop_patience > 0
+    assert all(0.0 <= r["image_auroc"] <= 1.0 and r["pretext_acc"] is not None for r in rows[2:])
+    assert "| trained, budget 1 | 1 | 0 |" in report.read_text()
+    assert (tmp_path / "out" / "quality-steps-smoke.png").stat().st_size > 1000
+
+
 def test_quality_ablation_smoke(tmp_path):
     from sclvi.benchmarks.quality import ETAS, main
 

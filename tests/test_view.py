@@ -101,6 +101,25 @@ def test_operator_page_shows_each_verdict_within_a_second_counts_like_the_bridge
         assert counts["ng"] == sum(v["verdict"] == "NG" for v in verdicts)
         assert counts["ni"] == sum(v["verdict"] == "NOT_INSPECTED" for v in verdicts) and counts["ni"] > 0
         assert browser.find_element(By.ID, "state").text in ("inspecting", "PAUSED")
+        # the latency panel: per-stage last / p50 / p95 / max over the previewed parts, total among them
+        cells = browser.execute_script("return [...document.querySelectorAll('#latency tr[data-stage=total] td')].map(e => e.textContent)")
+        p50, p95, worst = (float(c) for c in cells[2:5])
+        assert cells[0] == "total" and 0 < p50 <= p95 <= worst
+        assert int(browser.find_element(By.ID, "latency_n").text) >= 3
     finally:
         browser.quit()
         view.close()
+
+
+def test_latency_summary_gives_each_stage_its_tail_not_just_the_last_part():
+    from sclvi.view.feed import TelemetryFeed
+
+    feed = TelemetryFeed("ipc:///nonexistent")  # never started: fed by hand
+    for i, total in enumerate([10.0, 12.0, 11.0, 50.0, 13.0]):
+        feed._take(b"preview", {"seq": i, "verdict": "OK", "jpeg": b"", "latency_ms": {"embed": total / 2, "total": total}})
+    feed._take(b"preview", {"seq": 5, "verdict": "NOT_INSPECTED", "jpeg": b""})  # no latency: not a sample
+    lat = feed.snapshot()["latency"]
+    assert lat["n"] == 5 and [v for _, v in lat["trend"]] == [10.0, 12.0, 11.0, 50.0, 13.0]
+    total = lat["stages"]["total"]
+    assert total["last"] == 13.0 and total["p50"] == 12.0 and total["max"] == 50.0 and 13.0 < total["p95"] < 50.0
+    assert lat["stages"]["embed"]["max"] == 25.0

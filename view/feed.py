@@ -13,6 +13,7 @@ import time
 from collections import deque
 from typing import Any
 
+import numpy as np
 import zmq
 
 from sclvi.edge.curve import set_client_keys
@@ -29,6 +30,7 @@ class TelemetryFeed(threading.Thread):
         self.curve_keys = curve_keys  # (our public, our secret, the station's public)
         self.parts: deque[dict[str, Any]] = deque(maxlen=last_parts)
         self.history: deque[dict[str, Any]] = deque(maxlen=history)  # counters over time: yield plot
+        self.latency: deque[dict[str, float]] = deque(maxlen=history)  # per-stage ms of the previewed parts
         self.heartbeat: dict[str, Any] | None = None
         self.version = 0
         self.lock = threading.Lock()  # the feed thread writes, web requests read
@@ -62,6 +64,8 @@ class TelemetryFeed(threading.Thread):
                 part["image"] = "data:image/jpeg;base64," + base64.b64encode(body.get("jpeg") or b"").decode()
                 part["t"] = time.time()
                 self.parts.appendleft(part)
+                if part.get("latency_ms"):
+                    self.latency.append({"t": part["t"], **part["latency_ms"]})
             elif topic == TOPIC_HEARTBEAT:
                 self.heartbeat = body
                 c = body.get("counters", {})
@@ -81,8 +85,22 @@ class TelemetryFeed(threading.Thread):
                              "yield": ok / total if total else None},
                 "paused": hb.get("paused"), "alarms": hb.get("alarms", []), "drift": hb.get("drift"),
                 "parts": list(self.parts), "history": list(self.history),
-                "latency_ms": (self.parts[0].get("latency_ms") if self.parts else None),
+                "latency": latency_summary(list(self.latency)),
             }
 
     def stop(self) -> None:
         self.stop_event.set()
+
+
+def latency_summary(samples: list[dict[str, float]], trend_points: int = 120) -> dict[str, Any]:
+    """Per stage, the last, median, 95th percentile and worst latency over the window (previewed parts only:
+    a sample, at the preview rate), and the total's recent trend for the sparkline. Why: one part's figure
+    says nothing about the tail that makes a line miss its takt time."""
+    stages = list(dict.fromkeys(k for s in samples for k in s if k != "t"))
+    table = {}
+    for stage in stages:
+        v = np.array([s[stage] for s in samples if stage in s], dtype=float)
+        table[stage] = {"last": float(v[-1]), "p50": float(np.percentile(v, 50)), "p95": float(np.percentile(v, 95)),
+                        "max": float(v.max())}
+    trend = [[s["t"], s["total"]] for s in samples[-trend_points:] if "total" in s]
+    return {"n": len(samples), "stages": table, "trend": trend}
