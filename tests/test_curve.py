@@ -131,3 +131,54 @@ def test_runtime_with_curve_delivers_every_verdict_and_answers_only_authorized_c
     operator.close()
     assert sorted(v["seq"] for v in verdicts) == list(range(1, 13))
     assert result["acks"] == 12
+
+
+def test_operator_view_of_a_curve_station_sees_its_parts_and_commands_it_while_a_keyless_feed_hears_nothing(
+        keys, random_bundle, replay):
+    import httpx
+
+    from sclvi.view.app import BackgroundView
+    from sclvi.view.feed import TelemetryFeed
+    from test_edge_runtime import free_port
+
+    station = {"secret_key": str(keys / "station.key_secret"), "server_key": str(keys / "bridge.key"),
+               "authorized": str(keys / "authorized")}
+    token = "operator-token-0123456789"
+    cfg = load_runtime_config(overrides=runtime_config(
+        random_bundle, [{"kind": "folder", "path": str(replay), "rate_hz": 4, "loop": True, "max_frames": 40}],
+        curve=station, heartbeat_s=0.2, preview_hz=50, control_token=token))
+    bridge = CurveConfig(secret_key=str(keys / "bridge.key_secret"), authorized=str(keys / "authorized"))
+    done = threading.Event()
+
+    def plc():
+        listener = VerdictListener(cfg.verdict_endpoint, curve=bridge)
+        while not done.is_set():
+            listener.receive(100)
+        listener.close()
+
+    threading.Thread(target=plc, daemon=True).start()
+    outsider = TelemetryFeed(cfg.telemetry_endpoint)  # no keys: the encrypted telemetry must stay shut to it
+    outsider.start()
+    rt = Runtime(cfg)
+    t = threading.Thread(target=rt.run, daemon=True)
+    view = BackgroundView(cfg, port=free_port())
+    try:
+        t.start()
+        state, end = {}, time.time() + 60
+        while not state.get("parts") and time.time() < end:
+            state = httpx.get(f"{view.url}/api/state", timeout=5).json()
+            time.sleep(0.2)
+        assert state["connected"] and state["parts"][0]["verdict"] in ("OK", "NG")  # heard through CURVE
+        reply = httpx.post(f"{view.url}/api/command", json={"cmd": "pause", "token": token}, timeout=10).json()
+        assert reply.get("ok", True) and "error" not in reply
+        end = time.time() + 10
+        while not rt.shared.paused.is_set() and time.time() < end:
+            time.sleep(0.05)
+        assert rt.shared.paused.is_set()  # the command went through the CURVE control socket
+        assert outsider.snapshot()["connected"] is False and outsider.version == 0
+        httpx.post(f"{view.url}/api/command", json={"cmd": "resume", "token": token}, timeout=10)
+    finally:
+        t.join(120)  # the source is finite: the run ends by itself
+        done.set()
+        view.close()
+        outsider.stop()
