@@ -1,7 +1,7 @@
 """Seeded synthetic inspection data in the MVTec AD layout, for tests and the demo.
 
 Two classes: ``texture`` (a woven grating with random phase and noise, defects anywhere) and
-``object`` (a machined disc in its fixture at a slightly varying pose, defects on the part).
+``object`` (a machined disc at a slightly varying pose on a noisy background, defects on the part).
 Defect types: scratch, spot, hole, and missing (a wedge of the part or a patch of weave gone).
 Every defective test image gets a pixel mask.
 """
@@ -28,27 +28,16 @@ def _texture(rng: np.random.Generator, size: int) -> np.ndarray:
 
 
 def _object(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """A turned disc with a bore, a key notch and five bolt holes at uneven angles, held by two clamps between
-    two rails and lit from the top left; returns the image and the part's mask.
-
-    Why so much furniture: a real aligned part looks different at every place of the frame, which is what
-    the relative-position pretext task learns from; a plain disc on noise gives it almost nothing to see.
-    """
+    """A disc with a bore and a key notch; returns the image and the part's mask."""
     y, x = np.mgrid[0:size, 0:size].astype(np.float64)
     cy, cx = size / 2 + rng.uniform(-3, 3, 2)
     r = np.hypot(y - cy, x - cx)
     img = 60 + rng.normal(0, 5, (size, size))
-    img[(np.abs(y - 0.08 * size) < 0.02 * size) | (np.abs(y - 0.92 * size) < 0.02 * size)] = 105  # rails
-    img[(np.abs(y - cy) < 0.07 * size) & (np.abs(x - cx) > 0.34 * size) & (np.abs(x - cx) < 0.46 * size)] = 140  # clamps
     part = r < 0.36 * size
-    img[part] = 170 + 12 * np.cos(r[part] / (0.012 * size))  # turned rings, a few px apart
-    for k, a in enumerate(np.deg2rad([20, 95, 160, 230, 300])):
-        hy, hx = cy + 0.25 * size * np.sin(a), cx + 0.25 * size * np.cos(a)
-        img[np.hypot(y - hy, x - hx) < (0.02 + 0.006 * k) * size] = 55
+    img[part] = 175 + 10 * np.cos(r[part] / (0.05 * size))  # turned rings on the face
     img[r < 0.12 * size] = 40  # bore
     notch = (np.abs(x - cx) < 0.03 * size) & (y < cy - 0.28 * size) & part
     img[notch] = 90
-    img *= 1.0 - 0.35 * np.hypot(y / size - 0.3, x / size - 0.3)  # the lamp at the top left
     rgb = np.stack([img, img * 0.97, img * 0.9], axis=-1) + rng.normal(0, 3, (size, size, 1))
     return np.clip(rgb, 0, 255), part & (r >= 0.12 * size)
 
