@@ -121,7 +121,8 @@ def train(
         )
         cfg = load_config(config, preset.value if preset else None, overrides, default_preset=default_preset())
         log.info("preset %s; geometry: %s", cfg.preset, cfg.geometry.describe())
-        _train_and_bank(cfg, data, out, resume, bank)
+        bundle = _train_and_bank(cfg, data, out, resume, bank)
+        typer.echo(pretext_summary(bundle.manifest["training"]) + f"; curve: {Path(out) / 'training_curve.png'}")
 
 
 def _parse_roi(text: str | None) -> list[int] | None:
@@ -747,6 +748,12 @@ def pretext_summary(training: dict[str, Any]) -> str:
         return "pretext accuracy: not measured (no pretext task or no held-out images)"
     line = (f"pretext accuracy on held-out images after {training['steps']} steps: {p['heldout_acc32']:.2f} (32 px), "
             f"{p['heldout_acc64']:.2f} (64 px); chance {p['chance']:.3f}")
+    if p.get("heldout_pairs"):
+        from sclvi.metrics import above_chance
+
+        learned = [f"{k} px" for k in (32, 64) if above_chance(p[f"heldout_acc{k}"], p["heldout_pairs"], p["chance"])[0]]
+        line += (f" - above chance (binomial p < 0.01, {p['heldout_pairs']} pairs per scale): {', '.join(learned)}" if learned
+                 else " - NOT distinguishable from chance yet: train longer (more --steps) before trusting this model")
     if p.get("defect_acc32") is not None:
         line += (f"; synthetic-defect accuracy {p['defect_acc32']:.2f} / {p['defect_acc64']:.2f} "
                  f"(32 / 64 px, training batches; chance 0.25)")

@@ -80,4 +80,16 @@ def test_train_without_a_preset_picks_the_cpu_preset_here(tmp_path):
     assert result.exit_code == 0, result.output
     manifest = json.loads((tmp_path / "b" / "bundle.json").read_text())
     assert manifest["config"]["preset"] == "dense-lite" and manifest["config"]["encoder"]["family"] == "dense"
-    assert manifest["training"]["pretext"]["chance"] == 1 / 12
+    assert manifest["training"]["pretext"]["chance"] == 1 / 12 and manifest["training"]["pretext"]["heldout_pairs"] == 256
+    # one step learns nothing: the user is told so, not just shown a number near 1/12
+    assert "NOT distinguishable from chance yet" in result.output and "training_curve.png" in result.output
+
+
+def test_pretext_summary_says_which_scales_learned_beyond_chance():
+    from sclvi.cli import pretext_summary
+
+    training = {"steps": 300, "pretext": {"chance": 1 / 12, "heldout_pairs": 256, "heldout_acc32": 0.10, "heldout_acc64": 0.23}}
+    line = pretext_summary(training)
+    assert "above chance (binomial p < 0.01, 256 pairs per scale): 64 px" in line and "32 px," not in line.split("above")[1]
+    old_bundle = {"steps": 300, "pretext": {"chance": 1 / 12, "heldout_acc32": 0.10, "heldout_acc64": 0.23}}
+    assert "chance" in pretext_summary(old_bundle) and "binomial" not in pretext_summary(old_bundle)

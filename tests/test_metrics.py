@@ -47,3 +47,12 @@ def test_auroc():
     assert auroc([0, 0, 1, 1], [0.1, 0.2, 0.3, 0.4]) == 1.0
     assert auroc([0, 0, 1, 1], [0.4, 0.3, 0.2, 0.1]) == 0.0
     assert np.isnan(auroc([1, 1], [0.1, 0.2]))
+
+
+def test_above_chance_is_a_one_sided_binomial_test():
+    from sclvi.metrics import above_chance
+
+    assert above_chance(0.10, 256, 1 / 12)[0] is False  # 26 of 256 against 21 expected: noise
+    ok, p = above_chance(0.23, 256, 1 / 12)
+    assert ok and p < 1e-9
+    assert above_chance(0.02, 256, 1 / 12)[1] > 0.99  # below chance is not "above"

@@ -324,6 +324,7 @@ def train(cfg: Config, data_root: str | Path, out: str | Path, resume: bool = Fa
         "final": {k: _mean_or_none([h[k] for h in tail]) for k in (tail[0] if tail else {})},
         "pretext": {
             "chance": chance,
+            "heldout_pairs": HELD_OUT_PAIRS if held is not None else None,  # per scale: what a significance test needs
             **{k: (None if not np.isfinite(v) else round(v, 4)) for k, v in last.items() if k != "step"},
         },
         "evals": state.evals,
