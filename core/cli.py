@@ -359,6 +359,30 @@ def signing_keys(
                    "(copy to each station; bundle_public_key in its config)")
 
 
+@app.command("opcua-certs")
+def opcua_certs(
+    folder: Path = typer.Argument(..., help="Folder for the bridge's OPC UA certificate; trusted/ in it takes the clients'."),
+    host: Optional[str] = typer.Option(None, help="Host name the PLC / SCADA reaches the bridge by (default: this one's)."),
+    client: Optional[str] = typer.Option(None, help="Also make a client certificate of this name, already trusted (tests, "
+                                                    "simple clients; PLCs and SCADA bring their own)."),
+) -> None:
+    """Make the bridge's self-signed OPC UA application certificate (opcua_security sign / sign-and-encrypt)."""
+    with _user_errors():
+        from sclvi.plc.opcua_security import SERVER_URI, make_certificate
+
+        cert, key = make_certificate(folder, "bridge", SERVER_URI, host)
+        trusted = folder / "trusted"
+        trusted.mkdir(exist_ok=True)
+        typer.echo(f"opcua_certificate: {cert}\nopcua_private_key: {key}  (0600)\nopcua_trusted_clients: {trusted}  "
+                   "(copy each PLC / SCADA client certificate here; give them the bridge certificate to trust)")
+        if client:
+            import shutil
+
+            ccert, ckey = make_certificate(folder, client, f"urn:sclvi:client:{client}", host, client=True)
+            shutil.copy(ccert, trusted / ccert.name)
+            typer.echo(f"client certificate: {ccert} (a copy in trusted/), its key: {ckey} - both go to the client")
+
+
 @app.command()
 def sign(
     bundle: Path = typer.Argument(..., help="Model bundle directory (sign last: calibrate and build-engines change it)."),

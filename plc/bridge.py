@@ -37,7 +37,8 @@ def make_plc(cfg: BridgeConfig) -> Plc:
     if cfg.mode == "opcua-server":
         from sclvi.plc.opcua import OpcUaServerPlc
 
-        return OpcUaServerPlc(cfg.host, cfg.port, cfg.cameras, cfg.register_base, cfg.coil_base, cfg.opcua_namespace)
+        return OpcUaServerPlc(cfg.host, cfg.port, cfg.cameras, cfg.register_base, cfg.coil_base, cfg.opcua_namespace,
+                              cfg.opcua_security, cfg.opcua_certificate, cfg.opcua_private_key, cfg.opcua_trusted_clients)
     if cfg.mode == "modbus-server":
         return ModbusServerPlc(cfg.host, cfg.port, cfg.register_base + BLOCK * len(cfg.cameras),
                                cfg.coil_base + len(cfg.cameras))

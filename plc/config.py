@@ -27,6 +27,12 @@ class BridgeConfig(BaseModel):
     port: int = Field(502, ge=1, le=65535)
     device_id: int = Field(1, ge=0, le=255, description="Modbus unit id")
     opcua_namespace: str = Field("urn:sclvi:station", min_length=1, description="opcua-server: namespace URI of the nodes")
+    opcua_security: Literal["none", "sign", "sign-and-encrypt"] = Field(
+        "none", description="opcua-server: Basic256Sha256 Sign or SignAndEncrypt with certificates (the only policy then "
+        "offered); none only on loopback or a closed cell network")
+    opcua_certificate: str | None = Field(None, description="opcua-server: our application certificate (.der)")
+    opcua_private_key: str | None = Field(None, description="opcua-server: its private key (.pem)")
+    opcua_trusted_clients: str | None = Field(None, description="opcua-server: folder of the client certificates let in")
     cameras: list[str] = Field(min_length=1, description="camera ids in register-block order (block i at base + 32 i)")
     register_base: int = Field(0, ge=0, le=65535 - BLOCK)
     coil_base: int = Field(0, ge=0, le=65535)
@@ -63,4 +69,8 @@ def load_bridge_config(path: str | Path | None = None, overrides: dict[str, Any]
         raise ConfigError("invalid bridge config: " + describe_validation_error(exc)) from None
     if cfg.curve is not None:
         check_curve(cfg.curve, serves=True, connects=False)
+    if cfg.mode == "opcua-server":
+        from sclvi.plc.opcua_security import check_files
+
+        check_files(cfg.opcua_security, cfg.opcua_certificate, cfg.opcua_private_key, cfg.opcua_trusted_clients)
     return cfg

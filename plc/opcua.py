@@ -39,7 +39,8 @@ class OpcUaServerPlc:
     """An OPC UA server (asyncua, its own thread) that PLCs and SCADA read the verdicts from."""
 
     def __init__(self, host: str, port: int, cameras: list[str], register_base: int, coil_base: int,
-                 namespace: str = "urn:sclvi:station") -> None:
+                 namespace: str = "urn:sclvi:station", security: str = "none", certificate: str | None = None,
+                 private_key: str | None = None, trusted_clients: str | None = None) -> None:
         from asyncua import ua
         from asyncua.sync import Server
 
@@ -51,7 +52,13 @@ class OpcUaServerPlc:
         self.server = Server()
         self.server.set_endpoint(self.url)
         self.server.set_server_name("SCL-VI verdict bridge")
-        self.server.set_security_policy([ua.SecurityPolicyType.NoSecurity])  # loopback or a cell network; see deploy/PLC.md
+        if security == "none":  # loopback or a closed cell network only; see deploy/PLC.md
+            self.server.set_security_policy([ua.SecurityPolicyType.NoSecurity])
+        else:
+            from sclvi.plc.opcua_security import SERVER_URI, secure
+
+            self.server.tloop.post(self.server.aio_obj.set_application_uri(SERVER_URI))
+            secure(self.server, security, certificate, private_key, trusted_clients)  # type: ignore[arg-type]
         idx = self.server.register_namespace(namespace)
         self.nodes: list[dict[str, Any]] = []
         for cam in cameras:
@@ -67,7 +74,7 @@ class OpcUaServerPlc:
             self.server.start()
         except Exception as exc:  # noqa: BLE001 - asyncua raises OSError or its own errors on a taken port
             raise PlcError(f"cannot serve OPC UA on {host}:{port}: {exc}") from None
-        log.info("OPC UA server at %s (cameras: %s, namespace %s)", self.url, ", ".join(cameras), namespace)
+        log.info("OPC UA server at %s (cameras: %s, namespace %s, security %s)", self.url, ", ".join(cameras), namespace, security)
 
     def _camera(self, address: int, base: int, width: int) -> tuple[int, int]:
         cam, offset = divmod(address - base, width)

@@ -222,3 +222,55 @@ def test_opcua_server_mode_gives_scada_every_verdict_in_order_across_restarts(tm
     assert [(v["Run"], v["Seq"]) for v in plc.seen] == [(run_code(r), s) for r in runs for s in range(1, 7)]
     assert all(v["Reject"] == (v["Verdict"] != 1) for v in plc.seen)  # 1 = OK (deploy/PLC.md)
     assert [e.split(" verdict")[0] for e in plc.events] == [f"cam0 seq {s}" for s in range(1, 7)] * 2  # one event each
+
+
+def test_secured_opcua_endpoint_serves_only_trusted_clients_with_sign_and_encrypt(tmp_path):
+    """opcua_security sign-and-encrypt: the certificates from `sclvi opcua-certs`, a trusted SCADA client reads
+    the verdict; a client without security, and one with a certificate nobody trusted, get nothing."""
+    pytest.importorskip("asyncua")
+    from asyncua.sync import Client
+    from typer.testing import CliRunner
+
+    from sclvi.cli import app
+    from sclvi.errors import ConfigError
+    from sclvi.plc.bridge import make_plc
+    from sclvi.plc.opcua_security import make_certificate
+    from sclvi.plc.registers import Block
+
+    certs = tmp_path / "certs"
+    made = CliRunner().invoke(app, ["opcua-certs", str(certs), "--host", "localhost", "--client", "scada"])
+    assert made.exit_code == 0, made.output
+    assert (certs / "trusted" / "scada.der").is_file() and oct((certs / "bridge.pem").stat().st_mode & 0o777) == "0o600"
+    assert CliRunner().invoke(app, ["opcua-certs", str(certs)]).exit_code != 0  # never overwritten
+    stranger = make_certificate(tmp_path / "other", "stranger", "urn:sclvi:client:stranger", "localhost", client=True)
+    port = free_port()
+    base = {"mode": "opcua-server", "port": port, "cameras": ["cam0"], "opcua_security": "sign-and-encrypt"}
+    with pytest.raises(ConfigError, match="needs opcua_certificate, opcua_private_key, opcua_trusted_clients"):
+        load_bridge_config(overrides=base)
+    (tmp_path / "empty").mkdir()
+    files = {"opcua_certificate": str(certs / "bridge.der"), "opcua_private_key": str(certs / "bridge.pem")}
+    with pytest.raises(ConfigError, match="no PLC or SCADA could connect"):
+        load_bridge_config(overrides={**base, **files, "opcua_trusted_clients": str(tmp_path / "empty")})
+    cfg = load_bridge_config(overrides={**base, **files, "opcua_trusted_clients": str(certs / "trusted")})
+    plc = make_plc(cfg)
+    url = f"opc.tcp://127.0.0.1:{port}/sclvi/"
+
+    def read_seq(security: str | None) -> int:
+        client = Client(url, timeout=4)
+        if security:
+            client.set_security_string(security)
+        client.connect()
+        try:
+            ns = client.get_namespace_index("urn:sclvi:station")
+            return client.nodes.objects.get_child([f"{ns}:cam0", f"{ns}:Seq"]).read_value()
+        finally:
+            client.disconnect()
+
+    try:
+        plc.write_block(0, Block.encode({"verdict": "NG", "seq": 41, "run": "r"}, 1, True, 0).registers)
+        assert read_seq(f"Basic256Sha256,SignAndEncrypt,{certs / 'scada.der'},{certs / 'scada.pem'}") == 41
+        for refused in (None, f"Basic256Sha256,SignAndEncrypt,{stranger[0]},{stranger[1]}"):
+            with pytest.raises(Exception):
+                read_seq(refused)
+    finally:
+        plc.close()
