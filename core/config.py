@@ -170,7 +170,7 @@ class TrainConfig(_Strict):
     task: Literal["scl12", "jigsaw8", "none"] = Field(
         "scl12", description="scl12: the paper's 12-class task; jigsaw8: Patch SVDD 8-neighbour; none: no SSL"
     )
-    steps: int = Field(300, ge=1, description="at most: training stops early on a held-out pretext plateau")
+    steps: int = Field(600, ge=1, description="at most: training stops early on a held-out pretext plateau")
     batch_size: int = Field(32, ge=2)
     lr: float = Field(1e-3, gt=0)
     alpha: float = Field(1e-4, ge=0, description="weight of the patch-SVDD loss")
