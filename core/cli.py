@@ -544,6 +544,7 @@ _BENCHMARKS = {
     "soak": "10,000 frames through the runtime: verdicts received must equal frames grabbed.",
     "faults": "Fault injection (killed processes, bad bridge, corrupt frames, restarts): verdicts lost per fault.",
     "knn-quality": "Detection quality of each k-NN mode (coresets, IVF) against exact search on the trained models.",
+    "aspect": "Raw-pixel floor on a set of mixed image sizes, squashed to 256 px or at native pixel scale.",
 }
 
 

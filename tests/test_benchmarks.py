@@ -166,3 +166,22 @@ def test_knn_quality_benchmark_compares_each_mode_with_exact_search(tmp_path):
     assert all(0.0 <= r["image_auroc"] <= 1.0 for r in rows)
     assert rows[0]["bank_codes"] > rows[len(ALIGNED_RATIOS if aligned else GLOBAL_RATIOS) - 1]["bank_codes"]  # smaller
     assert "| object | numba |" in report.read_text() and "+0.00 |" in report.read_text()  # exact vs itself
+
+
+def test_aspect_benchmark_compares_squashed_and_native_geometry_on_mixed_sizes(tmp_path):
+    import shutil
+
+    from sclvi.benchmarks.aspect import main
+
+    data = write_synthetic(tmp_path / "a", "texture", size=96, n_train=3, n_test_good=2, n_test_defect=1, seed=0)
+    wide = write_synthetic(tmp_path / "b", "texture", size=160, n_train=2, n_test_good=1, n_test_defect=1, seed=1)
+    for src in wide.rglob("*.png"):  # a second image size, as magnetic_tile has many
+        dst = data / src.relative_to(wide)
+        shutil.copy(src, dst.with_name("w" + dst.name))
+    report = main(["--data", str(tmp_path / "a"), "--sets", "texture", "--bank-images", "4", "--out", str(tmp_path / "out")])
+    rows = json.loads((tmp_path / "out" / "quality-aspect-cpu.json").read_text())["rows"]
+    assert [r["geometry"] for r in rows] == ["squash", "native"] and rows[0]["sizes"].startswith("2 image sizes")
+    # squash: 29 x 29 patches of each of the 4 bank images; native keeps each image's own grid
+    assert rows[0]["bank_codes"] == 4 * 29 * 29 and rows[1]["bank_codes"] != rows[0]["bank_codes"]
+    assert all(0.0 <= r["image_auroc"] <= 1.0 and 0.0 <= r["pixel_auroc"] <= 1.0 for r in rows)
+    assert "| native |" in report.read_text()
