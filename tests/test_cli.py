@@ -23,12 +23,12 @@ def test_all_commands_and_benchmarks_answer_help():
     group = typer.main.get_command(app)
     names = sorted(group.commands)
     assert {"train", "eval", "demo", "build-engines", "calibrate", "check", "run", "listen", "bridge", "bench",
-            "synth"} <= set(names)
+            "synth", "opcua-certs"} <= set(names)
     for name in names:
         result = runner.invoke(app, [name, "--help"])
         assert result.exit_code == 0 and "Usage" in result.output, name
     benches = sorted(group.commands["bench"].commands)
-    assert benches == ["encoders", "faults", "knn", "knn-quality", "latency", "quality", "soak"]
+    assert benches == ["aspect", "encoders", "faults", "knn", "knn-quality", "latency", "quality", "soak"]
     for name in benches:  # each benchmark's own argparse help
         result = runner.invoke(app, ["bench", name, "--help"])
         assert result.exit_code == 0 and "--out" in result.output, name
