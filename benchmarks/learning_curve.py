@@ -22,7 +22,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from sclvi.benchmarks.common import machine, machine_table  # noqa: E402
-from sclvi.benchmarks.quality import PROTOCOLS, _pct, model_facts, protocol_config, run_quality, train_and_score  # noqa: E402
+from sclvi.benchmarks.quality import (  # noqa: E402
+    PROTOCOLS, _pct, floor_rows, model_cells, model_facts, protocol_config, quality_row, train_and_score)
 
 
 def budget_variant(protocol: str, steps: int) -> tuple[str, dict[str, Any]]:
@@ -38,19 +39,18 @@ def run_curve(name: str, root: Path, protocol: str, budgets: list[int], seeds: l
               progress: Any = None) -> list[dict[str, Any]]:
     """The floors, then one row per (budget, seed)."""
     from sclvi.dataset import read_dataset
-    from sclvi.evaluate import metrics_report, test_masks
+    from sclvi.evaluate import test_masks
 
-    rows = [r for r in run_quality(name, root, protocol, [], [], work, work) if r["kind"].startswith("floor")]
     ds = read_dataset(root)
     masks = test_masks(ds, protocol_config(protocol, "scl12").geometry)
+    rows = floor_rows(name, ds, protocol, masks, work)
     for steps in budgets:
         slug, over = budget_variant(protocol, steps)
         for seed in seeds:
             cfg = protocol_config(protocol, "scl12", seed=seed, variant=over)
             bundle, scores, maps, embed_s, score_s, train_s = train_and_score(cfg, ds, work / name / f"scl12-seed{seed}-{slug}")
-            rows.append({"set": name, "kind": "trained", "budget": steps, "seed": seed, "train_s": train_s,
-                         "embed_ms": 1000 * embed_s, "score_ms": 1000 * score_s, **model_facts(bundle),
-                         **metrics_report(ds, scores, maps, masks)})
+            rows.append(quality_row(name, ds, masks, cfg.preset, "trained", "scl12", seed, scores, maps, embed_s, score_s,
+                                    train_s, {"budget": steps, **model_facts(bundle)}))
             if progress is not None:
                 progress(rows)
     return rows
@@ -106,10 +106,7 @@ def write_curve_report(rows: list[dict[str, Any]], protocol: str, out: Path, sec
             if r["kind"] != "trained":
                 lines.append(f"| {r['kind']} | - | - | {_pct(r['image_auroc'])} | {_pct(r.get('pixel_auroc'))} | {_pct(r.get('pro'))} | - | - | - |")
                 continue
-            pre = "-" if r.get("pretext_acc") is None else f"{r['pretext_acc']:.3f} / {r['pretext_acc_train']:.3f}"
-            rank = "-" if r.get("code_rank32") is None else f"{r['code_rank32']:.1f} / {r['code_rank64']:.1f}"
-            steps = f"{r['steps']}{' (early stop)' if r.get('stopped_early') else ''}"
-            train = "-" if r.get("train_s") is None else f"{r['train_s']:.0f}"
+            pre, rank, steps, train = model_cells(r)
             lines.append(f"| trained, budget {r['budget']} | {steps} | {r['seed']} | {_pct(r['image_auroc'])} | {_pct(r.get('pixel_auroc'))} "
                          f"| {_pct(r.get('pro'))} | {pre} | {rank} | {train} |")
         lines.append("")

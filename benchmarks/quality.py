@@ -190,52 +190,67 @@ def _mean_of(*values: Any) -> float | None:
     return float(np.mean(ok)) if ok else None
 
 
+def quality_row(name: str, ds: Any, masks: np.ndarray | None, preset: str, kind: str, task: str | None,
+                seed: int | None, scores: np.ndarray, maps: np.ndarray, embed_s: float, score_s: float,
+                train_s: float | None, facts: dict[str, Any], variant: str | None = None) -> dict[str, Any]:
+    """One report row: what was scored, its metrics (overall and per defect type) and timings."""
+    from sclvi.evaluate import metrics_report
+
+    m = metrics_report(ds, scores, maps, masks)
+    log.info("%s | %s %s %s seed %s: image AUROC %.3f", name, kind, variant or "", task or "", seed, m["image_auroc"])
+    return {"set": name, "kind": kind, "variant": variant, "preset": None if kind == "floor: raw pixels" else preset,
+            "task": task, "seed": seed, "train_s": train_s, "embed_ms": 1000 * embed_s, "score_ms": 1000 * score_s,
+            **facts, **m}
+
+
+def floor_rows(name: str, ds: Any, protocol: str, masks: np.ndarray | None, work: Path,
+               progress: Any = None) -> list[dict[str, Any]]:
+    """The two no-learning floors of this set at the protocol's geometry, bank, scoring and preset (cached in
+    work/<set>/floors.json: they depend on nothing else); `progress(rows)` after each one computed."""
+    from sclvi.benchmarks.common import untrained_bundle
+    from sclvi.benchmarks.floors import raw_pixel_floor
+    from sclvi.engines import load_backend
+    from sclvi.evaluate import embed_test_set, score_test_set
+    from sclvi.memory_bank import bank_images
+    from sclvi.scorer import resolve_scoring
+
+    base = protocol_config(protocol, "scl12")
+    preset = PROTOCOLS[protocol]["preset"]
+    cache = work / name / "floors.json"
+    key = json.dumps({k: base.model_dump(mode="json")[k] for k in ("preset", "encoder", "preprocess", "geometry", "bank", "scoring")})
+    cached = json.loads(cache.read_text()) if cache.is_file() else {}
+    if cached.get("key") == key:
+        log.info("%s: floors reused from %s", name, cache)
+        return cached["rows"]
+    chosen = bank_images(ds.train, base.bank.max_images, base.bank.seed)
+    scores, maps, score_s = raw_pixel_floor(base, ds, chosen)
+    rows = [quality_row(name, ds, masks, preset, "floor: raw pixels", None, None, scores, maps, 0.0, score_s, None, {})]
+    if progress is not None:
+        progress(list(rows))
+    bundle = untrained_bundle(work / name / "untrained", base, chosen)
+    codes, embed_s = embed_test_set(bundle, ds, load_backend(bundle))
+    scores, maps, score_s = score_test_set(bundle, codes, base.scoring)
+    rows.append(quality_row(name, ds, masks, preset, "floor: untrained encoder", None, 0, scores, maps, embed_s, score_s,
+                            None, {"window": resolve_scoring(base.scoring, bundle).window}))
+    if progress is not None:
+        progress(list(rows))
+    cache.write_text(json.dumps({"key": key, "rows": rows}, default=str))
+    return rows
+
+
 def run_quality(name: str, root: Path, protocol: str, tasks: list[str], seeds: list[int], work: Path,
                 out: Path, improvements: bool = False, progress: Any = None) -> list[dict[str, Any]]:
     """Floors, then every (task, seed) of the protocol's preset: one row each, eta 10; with `improvements`,
     also each IMPROVEMENTS variant on the first task and seed. `progress(rows)` after each row, so an
     interrupted run still leaves a report of what it measured."""
-    from sclvi.benchmarks.common import untrained_bundle
-    from sclvi.benchmarks.floors import raw_pixel_floor
     from sclvi.dataset import read_dataset
-    from sclvi.engines import load_backend
-    from sclvi.evaluate import embed_test_set, metrics_report, score_test_set, test_masks, write_overlays
-    from sclvi.memory_bank import bank_images
+    from sclvi.evaluate import test_masks, write_overlays
     from sclvi.scorer import resolve_scoring
 
     ds = read_dataset(root)
     preset = PROTOCOLS[protocol]["preset"]
-    base = protocol_config(protocol, "scl12")
-    masks = test_masks(ds, base.geometry)
-    rows: list[dict[str, Any]] = []
-
-    def row(kind: str, task: str | None, seed: int | None, scores, maps, embed_s: float, score_s: float,
-            train_s: float | None, facts: dict[str, Any], variant: str | None = None) -> None:
-        m = metrics_report(ds, scores, maps, masks)
-        rows.append({"set": name, "kind": kind, "variant": variant, "preset": None if kind == "floor: raw pixels" else preset,
-                     "task": task, "seed": seed, "train_s": train_s, "embed_ms": 1000 * embed_s, "score_ms": 1000 * score_s,
-                     **facts, **m})
-        log.info("%s | %s %s %s seed %s: image AUROC %.3f", name, kind, variant or "", task or "", seed, m["image_auroc"])
-        if progress is not None:
-            progress(rows)
-
-    # The floors depend only on the geometry, bank, scoring and preset: cached beside the bundles.
-    cache = work / name / "floors.json"
-    key = json.dumps({k: base.model_dump(mode="json")[k] for k in ("preset", "encoder", "preprocess", "geometry", "bank", "scoring")})
-    cached = json.loads(cache.read_text()) if cache.is_file() else {}
-    if cached.get("key") == key:
-        rows += cached["rows"]
-        log.info("%s: floors reused from %s", name, cache)
-    else:
-        chosen = bank_images(ds.train, base.bank.max_images, base.bank.seed)
-        scores, maps, score_s = raw_pixel_floor(base, ds, chosen)
-        row("floor: raw pixels", None, None, scores, maps, 0.0, score_s, None, {})
-        bundle = untrained_bundle(work / name / "untrained", base, chosen)
-        codes, embed_s = embed_test_set(bundle, ds, load_backend(bundle))
-        scores, maps, score_s = score_test_set(bundle, codes, base.scoring)
-        row("floor: untrained encoder", None, 0, scores, maps, embed_s, score_s, None,
-            {"window": resolve_scoring(base.scoring, bundle).window})
-        cache.write_text(json.dumps({"key": key, "rows": rows}, default=str))
+    masks = test_masks(ds, protocol_config(protocol, "scl12").geometry)
+    rows = floor_rows(name, ds, protocol, masks, work, progress)
     runs = [("default", {}, task, seed) for task in tasks for seed in seeds]
     if improvements:
         runs += [(label, over, tasks[0], seeds[0]) for label, over in IMPROVEMENTS.items()]
@@ -243,9 +258,12 @@ def run_quality(name: str, root: Path, protocol: str, tasks: list[str], seeds: l
         cfg = protocol_config(protocol, task, seed=seed, variant=over)
         slug = variant.replace(" ", "-")
         bundle, scores, maps, embed_s, score_s, train_s = train_and_score(cfg, ds, work / name / f"{task}-seed{seed}-{slug}")
-        row("trained", task, seed, scores, maps, embed_s, score_s, train_s,
-            {**model_facts(bundle), "window": resolve_scoring(cfg.scoring, bundle).window,
-             "photometric": cfg.preprocess.photometric, "defect_weight": cfg.train.defect_weight}, variant)
+        rows.append(quality_row(name, ds, masks, preset, "trained", task, seed, scores, maps, embed_s, score_s, train_s,
+                                {**model_facts(bundle), "window": resolve_scoring(cfg.scoring, bundle).window,
+                                 "photometric": cfg.preprocess.photometric, "defect_weight": cfg.train.defect_weight},
+                                variant))
+        if progress is not None:
+            progress(rows)
         if seed == seeds[0] and task == tasks[0] and variant == "default":
             write_overlays(out / f"heatmaps-{protocol}-{name}", ds.test, maps, scores, cfg.geometry, 6, masks)
             curve = bundle.path / "training_curve.png"
@@ -308,10 +326,7 @@ def write_quality_report(rows: list[dict[str, Any]], protocol: str, out: Path, s
         lines += ["", "Every row:", "", "| kind | variant | task | seed | image AUROC | pixel AUROC | PRO | pretext held-out / train "
                   "| code rank 32 / 64 px | window | steps | train s | embed ms | score ms |", "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for r in (r for r in rows if r["set"] == name):
-            pre = "-" if r.get("pretext_acc") is None else f"{r['pretext_acc']:.3f} / {r['pretext_acc_train']:.3f}"
-            rank = "-" if r.get("code_rank32") is None else f"{r['code_rank32']:.1f} / {r['code_rank64']:.1f}"
-            steps = "-" if r.get("steps") is None else f"{r['steps']}{' (early stop)' if r.get('stopped_early') else ''}"
-            train = "-" if r.get("train_s") is None else f"{r['train_s']:.0f}"
+            pre, rank, steps, train = model_cells(r)
             win = "-" if r.get("window") is None else f"+-{r['window']}"
             lines.append(f"| {r['kind']} | {r.get('variant') or '-'} | {r['task'] or '-'} | {'-' if r['seed'] is None else r['seed']} | {_pct(r['image_auroc'])} "
                          f"| {_pct(r.get('pixel_auroc'))} | {_pct(r.get('pro'))} | {pre} | {rank} "
@@ -325,6 +340,16 @@ def write_quality_report(rows: list[dict[str, Any]], protocol: str, out: Path, s
     (out / f"quality-{protocol}.json").write_text(json.dumps(
         {"machine": info, "protocol": budget, "rows": rows, "summary": summary}, indent=2, default=str))
     return path
+
+
+def model_cells(r: dict[str, Any]) -> tuple[str, str, str, str]:
+    """A row's table cells for the model behind it: pretext accuracy held-out / train, code rank 32 / 64 px,
+    steps trained (and whether the early stop fired), training seconds; "-" where the row has none (floors)."""
+    pre = "-" if r.get("pretext_acc") is None else f"{r['pretext_acc']:.3f} / {r['pretext_acc_train']:.3f}"
+    rank = "-" if r.get("code_rank32") is None else f"{r['code_rank32']:.1f} / {r['code_rank64']:.1f}"
+    steps = "-" if r.get("steps") is None else f"{r['steps']}{' (early stop)' if r.get('stopped_early') else ''}"
+    train = "-" if r.get("train_s") is None else f"{r['train_s']:.0f}"
+    return pre, rank, steps, train
 
 
 def _pm(entry: dict[str, Any], metric: str, pct: bool = True) -> str:
