@@ -87,13 +87,28 @@ def protocol_config(protocol: str, task: str, preset: str | None = None, seed: i
     return build_config(preset or p["preset"], overrides)
 
 
+def same_training(trained: Config, training: dict[str, Any], cfg: Config) -> bool:
+    """Would training with `cfg` give the bundle trained with `trained` (its manifest's `training`)? Equal
+    configs do; so do configs that differ only in the early stop when the bundle ran every step and the
+    asked-for stop, replayed on its recorded held-out curve, would not have fired (the stop only observes)."""
+    from sclvi.train.monitor import stop_step
+
+    if trained == cfg:
+        return True
+    stop_keys = {"early_stop_patience": cfg.train.early_stop_patience, "early_stop_min_delta": cfg.train.early_stop_min_delta}
+    if trained.model_copy(update={"train": trained.train.model_copy(update=stop_keys)}) != cfg:
+        return False
+    ran_all = not training.get("stopped_early") and training.get("steps") == cfg.train.steps
+    return ran_all and stop_step(training.get("evals", []), **{k.removeprefix("early_stop_"): v for k, v in stop_keys.items()}) is None
+
+
 def _trained_bundle(cfg: Config, data: Path, work: Path):
     """Reuse a cached bundle trained with exactly this config, else train one (and its bank)."""
     from sclvi.cli import _train_and_bank
 
     try:
         bundle = load_bundle(work)
-        if bundle.config == cfg and bundle.has_bank():
+        if same_training(bundle.config, bundle.manifest.get("training", {}), cfg) and bundle.has_bank():
             log.info("reusing %s", work)
             return bundle, bundle.manifest["training"].get("seconds_this_run")
     except SclviError:

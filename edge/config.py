@@ -62,6 +62,10 @@ class RuntimeConfig(_Strict):
     threads_per_worker: int = Field(0, ge=0)
     ring_slots: int = Field(8, ge=1, description="shared-memory frame slots per camera")
     deadline_ms: float = Field(1000.0, gt=0, description="a frame without a verdict by then gets NOT_INSPECTED")
+    worker_deaths_per_minute: int = Field(
+        6, ge=1, description="an inference worker dying this often in a minute stops the line (non-zero exit) "
+        "instead of restarting forever while every part gets NOT_INSPECTED",
+    )
     verdict_endpoint: str = Field("tcp://127.0.0.1:5555", description="the PLC bridge's ROUTER (we connect)")
     telemetry_endpoint: str | None = Field("tcp://127.0.0.1:5556", description="PUB for heartbeats (we bind)")
     control_endpoint: str | None = Field(

@@ -204,7 +204,7 @@ class Runtime:
         for w in dead:
             if not self.stopping:
                 self._worker_deaths.append(time.monotonic())
-                _crash_loop(self._worker_deaths, 6, 60, f"inference worker {w}", self.workers[w].exitcode,
+                _crash_loop(self._worker_deaths, self.cfg.worker_deaths_per_minute, 60, f"inference worker {w}", self.workers[w].exitcode,
                             "the bundle or its engines fail inside the worker: run `sclvi check` on this config")
                 log.error("worker %d died (exit code %s): restarting", w, self.workers[w].exitcode)
                 self.shared.counters.add(0, "worker_restarts")

@@ -94,6 +94,27 @@ def test_early_stop_waits_for_patience_evaluations_without_gain():
     assert not any(never.update(0.1) for _ in range(10))
 
 
+def test_a_run_the_early_stop_would_not_have_ended_counts_as_trained_with_it():
+    from sclvi.benchmarks.quality import same_training
+    from sclvi.config import build_config
+    from sclvi.train.monitor import stop_step
+
+    rising = [{"step": 50 * (i + 1), "heldout_acc": 0.1 + 0.05 * i} for i in range(6)]
+    flat = [{"step": 50 * (i + 1), "heldout_acc": v} for i, v in enumerate((0.1, 0.2, 0.2, 0.2, 0.2, 0.3))]
+    assert stop_step(rising, patience=3, min_delta=0.01) is None
+    assert stop_step(flat, patience=3, min_delta=0.01) == 250
+    assert stop_step(flat, patience=0, min_delta=0.01) is None
+
+    disarmed = build_config("lite", {"train": {"steps": 300, "early_stop_patience": 0}})
+    armed = build_config("lite", {"train": {"steps": 300, "early_stop_patience": 3}})
+    ran = {"steps": 300, "stopped_early": False}
+    assert same_training(disarmed, {**ran, "evals": rising}, armed)
+    assert not same_training(disarmed, {**ran, "evals": flat}, armed)  # armed, it would have stopped at 250
+    assert not same_training(disarmed, {**ran, "steps": 250, "evals": rising}, armed)
+    other_seed = armed.model_copy(update={"train": armed.train.model_copy(update={"seed": 1})})
+    assert not same_training(disarmed, {**ran, "evals": rising}, other_seed)
+
+
 def test_code_statistics_tell_collapsed_codes_from_healthy_ones():
     from sclvi.train.monitor import collapsed, describe_codes
 

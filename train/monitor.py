@@ -8,6 +8,7 @@ collapsed (all patches mapped to nearly one point, which makes every k-NN distan
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -115,3 +116,14 @@ class EarlyStop:
         else:
             self.since_best += 1
         return self.patience > 0 and self.since_best >= self.patience
+
+
+def stop_step(evals: list[dict[str, Any]], patience: int, min_delta: float) -> int | None:
+    """The step at which an early stop with these settings would have ended a run that recorded `evals`
+    (None: it would have run them all). The stop only observes training, so a run it would not have
+    stopped is the same run as one trained with it disarmed."""
+    stopper = EarlyStop(patience, min_delta)
+    for i, e in enumerate(evals):
+        if "heldout_acc" in e and stopper.update(e["heldout_acc"]) and i < len(evals) - 1:
+            return int(e["step"])
+    return None
