@@ -6,7 +6,10 @@ acknowledges it.
 
 A verdict the PLC could not take is not acknowledged, so the runtime resends it. Duplicates (resends,
 a restart of either side) are recognised by (run, camera, seq) and acknowledged without a second write;
-with `state_file` that memory survives a bridge restart. NOT_INSPECTED sets reject unless configured
+with `state_file` that memory survives a bridge restart. In the server modes the registers live in the
+bridge, so a verdict written but not yet taken by the PLC (`new` still set) would die with it: the state
+file keeps that block and a restarted bridge presents it again (same run and seq: a PLC that already took
+it sees a repeat, never a gap). NOT_INSPECTED sets reject unless configured
 otherwise. A verdict older than `deadline_ms` is written with the late flag and no reject pulse: its
 part has passed the gate, and the PLC's own timeout has rejected it.
 """
@@ -32,6 +35,9 @@ from sclvi.plc.registers import BLOCK, FLAG_LATE, FLAG_OVERRUN, NEW, Block
 
 log = logging.getLogger("sclvi.plc")
 
+#: The bridge serves the registers itself (they die with it) rather than writing into a PLC's memory.
+SERVER_MODES = ("modbus-server", "opcua-server")
+
 
 def make_plc(cfg: BridgeConfig) -> Plc:
     if cfg.mode == "opcua-server":
@@ -50,10 +56,13 @@ class Bridge:
         self.cfg = cfg
         self.plc = plc or make_plc(cfg)
         self.index = {cam: i for i, cam in enumerate(cfg.cameras)}
-        self.last = self._load_state()  # camera -> [run, seq] last written
+        # camera -> [run, seq] last written, + its registers while the PLC has not taken it (server modes)
+        self.last = self._load_state()
         self.counts = {cam: 0 for cam in cfg.cameras}
         self.stats = {"written": 0, "duplicates": 0, "late": 0, "rejects": 0, "plc_errors": 0, "unknown_camera": 0,
-                      "overruns": 0}
+                      "overruns": 0, "represented": 0}
+        if cfg.mode in SERVER_MODES:
+            self._represent()
         self.ctx = zmq.Context()
         self.sock = self.ctx.socket(zmq.ROUTER)
         self.sock.setsockopt(zmq.LINGER, 0)
@@ -77,6 +86,22 @@ class Bridge:
             tmp = Path(self.cfg.state_file).with_suffix(".tmp")
             tmp.write_text(json.dumps(self.last))
             os.replace(tmp, self.cfg.state_file)
+
+    def _represent(self) -> None:
+        """Our registers start empty: write back each block the PLC had not taken when the bridge stopped."""
+        for cam, last in self.last.items():
+            if cam in self.index and len(last) > 2 and last[2]:
+                self.plc.write_block(self.cfg.register_base + BLOCK * self.index[cam], last[2])
+                self.stats["represented"] += 1
+                log.warning("%s seq %s was written but not taken by the PLC before the bridge stopped: presented "
+                            "again (same run and seq)", cam, last[1])
+
+    def _untaken(self, cam: str, base: int) -> None:
+        """Forget the kept block of `cam` once the PLC has cleared `new`."""
+        last = self.last.get(cam)
+        if last is not None and len(last) > 2 and not self.plc.read_register(base + NEW):
+            self.last[cam] = last[:2]
+            self._save_state()
 
     def _written_before(self, v: dict[str, Any]) -> bool:
         last = self.last.get(v["camera"])
@@ -108,7 +133,7 @@ class Bridge:
             self.stats["rejects"] += 1
             if self.cfg.reject_pulse_ms > 0 and not late:
                 self._pulse(self.cfg.coil_base + cam)
-        self.last[v["camera"]] = [v.get("run"), v["seq"]]
+        self.last[v["camera"]] = [v.get("run"), v["seq"]] + ([block.registers] if self.cfg.mode in SERVER_MODES else [])
         self._save_state()
         self.stats["written"] += 1
 
@@ -171,6 +196,12 @@ class Bridge:
     def close(self) -> None:
         for t in self._timers:
             t.join(1)
+        if self.cfg.mode in SERVER_MODES:  # a block the PLC took need not be presented again
+            for cam, i in self.index.items():
+                try:
+                    self._untaken(cam, self.cfg.register_base + BLOCK * i)
+                except PlcError as exc:
+                    log.warning("could not read %s's new flag at close (%s): its last block is presented again", cam, exc)
         self.sock.close()
         if self.auth is not None:
             self.auth.stop()

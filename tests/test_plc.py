@@ -140,6 +140,52 @@ def test_client_mode_writes_into_the_plc_and_acks_only_after_the_write(tmp_path)
         bridge.close()
 
 
+def test_a_verdict_the_plc_had_not_taken_is_presented_again_by_a_restarted_server_bridge(tmp_path):
+    """Server mode: the registers die with the bridge. A verdict written and acknowledged, but not yet read by
+    the PLC when the bridge stopped, must reappear after the restart instead of being lost."""
+    from pymodbus.client import ModbusTcpClient
+
+    port, endpoint = free_port(), f"tcp://127.0.0.1:{free_port()}"
+    cfg = load_bridge_config(overrides={"verdict_endpoint": endpoint, "mode": "modbus-server", "port": port,
+                                        "cameras": ["cam0"], "handshake": True, "handshake_timeout_ms": 100,
+                                        "reject_pulse_ms": 0, "state_file": str(tmp_path / "state.json")})
+    runtime = zmq.Context.instance().socket(zmq.DEALER)
+    runtime.setsockopt(zmq.LINGER, 0)
+    runtime.connect(endpoint)
+    plc = ModbusTcpClient("127.0.0.1", port=port)
+
+    def block():
+        plc.close()
+        assert plc.connect()
+        return decode(plc.read_holding_registers(0, count=FIELDS, device_id=1).registers)
+
+    try:
+        bridge = Bridge(cfg)
+        runtime.send_multipart([b"verdict", msgpack.packb(_verdict(1, "NG"))])
+        assert bridge.sock.poll(5000)
+        assert bridge.handle(*_split(bridge.sock.recv_multipart()))["seq"] == 1  # written, acknowledged ...
+        assert runtime.poll(2000)
+        bridge.close()  # ... and the bridge stops before the PLC read it
+
+        bridge = Bridge(cfg)  # same port, same state file
+        got = block()
+        assert (got["new"], got["seq"], got["verdict"], got["run_code"]) == (1, 1, "NG", run_code("r1"))
+        assert bridge.stats["represented"] == 1
+        plc.write_register(NEW, 0, device_id=1)  # the PLC takes it this time
+        bridge.close()
+
+        bridge = Bridge(cfg)
+        assert bridge.stats["represented"] == 0 and block()["new"] == 0  # taken: not presented a third time
+        bridge.close()
+    finally:
+        plc.close()
+        runtime.close()
+
+
+def _split(message):
+    return message[0], message[1:]
+
+
 @pytest.mark.parametrize("change, message", [
     ({"cameras": ["a", "a"]}, "unique"), ({"verdict_endpoint": "udp://x:1"}, "tcp://HOST:PORT"), ({"cameras": []}, "cameras"),
 ])
