@@ -212,10 +212,20 @@ def quality_row(name: str, ds: Any, masks: np.ndarray | None, preset: str, kind:
     from sclvi.evaluate import metrics_report
 
     m = metrics_report(ds, scores, maps, masks)
+    for d, share in defect_pixel_shares(ds, masks).items():
+        m["per_defect"][d]["pixel_share"] = share
     log.info("%s | %s %s %s seed %s: image AUROC %.3f", name, kind, variant or "", task or "", seed, m["image_auroc"])
     return {"set": name, "kind": kind, "variant": variant, "preset": None if kind == "floor: raw pixels" else preset,
             "task": task, "seed": seed, "train_s": train_s, "embed_ms": 1000 * embed_s, "score_ms": 1000 * score_s,
             **facts, **m}
+
+
+def defect_pixel_shares(ds: Any, masks: np.ndarray | None) -> dict[str, float]:
+    """Each defect type's part of all defect pixels of the test set: what the overall pixel AUROC is made of."""
+    if masks is None or not masks.any():
+        return {}
+    defects = np.array([t.defect for t in ds.test])
+    return {d: float(masks[defects == d].sum() / masks.sum()) for d in ds.defect_types}
 
 
 def floor_rows(name: str, ds: Any, protocol: str, masks: np.ndarray | None, work: Path,
@@ -347,6 +357,7 @@ def write_quality_report(rows: list[dict[str, Any]], protocol: str, out: Path, s
                          f"| {_pct(r.get('pixel_auroc'))} | {_pct(r.get('pro'))} | {pre} | {rank} "
                          f"| {win} | {steps} | {train} "
                          f"| {r['embed_ms']:.0f} | {r['score_ms']:.0f} |")
+        lines += per_defect_table([r for r in rows if r["set"] == name])
         lines += ["", f"Heatmaps: `heatmaps-{protocol}-{name}/`; training curve of the first model: "
                   f"`training-curve-{protocol}-{name}.png`", ""]
     lines += ["## Machine", "", machine_table(info), ""]
@@ -355,6 +366,34 @@ def write_quality_report(rows: list[dict[str, Any]], protocol: str, out: Path, s
     (out / f"quality-{protocol}.json").write_text(json.dumps(
         {"machine": info, "protocol": budget, "rows": rows, "summary": summary}, indent=2, default=str))
     return path
+
+
+def per_defect_table(rows: list[dict[str, Any]]) -> list[str]:
+    """Image / pixel AUROC per defect type (each type against all good images) for the floors and each task's
+    default trained rows (mean over seeds), with each type's share of the defect pixels: where a set's figures
+    come from."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        if r["kind"] != "trained":
+            groups.setdefault(r["kind"], []).append(r)
+        elif (r.get("variant") or "default") == "default":
+            groups.setdefault(f"trained, {r['task']}", []).append(r)
+    defects = list(dict.fromkeys(d for r in rows for d in r.get("per_defect", {})))
+    if not defects or not groups:
+        return []
+
+    def cell(group: list[dict[str, Any]], d: str) -> str:
+        vals = [[r["per_defect"][d].get(k) for r in group if d in r.get("per_defect", {})] for k in ("image_auroc", "pixel_auroc")]
+        return " / ".join(_pct(_mean_of(*v)) for v in vals)
+
+    lines = ["", "Per defect type (each against all good images), image / pixel AUROC; `share` = the type's part of all "
+             "defect pixels, which is what weighs in the overall pixel AUROC:", "",
+             "| defect | share | " + " | ".join(groups) + " |", "|---|---:|" + "---:|" * len(groups)]
+    for d in defects:
+        share = next((r["per_defect"][d].get("pixel_share") for r in rows if d in r.get("per_defect", {})), None)
+        lines.append(f"| {d} | {'-' if share is None else f'{100 * share:.1f} %'} | "
+                     + " | ".join(cell(g, d) for g in groups.values()) + " |")
+    return lines
 
 
 def model_cells(r: dict[str, Any]) -> tuple[str, str, str, str]:

@@ -34,6 +34,16 @@ def test_quality_benchmark_rows_stand_next_to_the_floors_over_seeds(tmp_path):
     assert "| floor: raw pixels |" in text and "| trained, scl12, default (2 seeds) |" in text
     assert "| trained, scl12, synthetic defects only (1 seed) |" in text
     assert (tmp_path / "out" / "training-curve-smoke-object.png").stat().st_size > 1000
+    # per defect type: the shares of the defect pixels add up, and the trained column is the mean over seeds
+    shares = {d: e["pixel_share"] for d, e in scl12[0]["per_defect"].items()}
+    assert abs(sum(shares.values()) - 1) < 1e-9 and "good" not in shares
+    table = text.split("| defect | share |")[1].split("\n\n")[0]
+    assert "| defect | share | floor: raw pixels | floor: untrained encoder | trained, scl12 | trained, none |" in text
+    d = next(d for d in shares if shares[d] > 0)
+    mean_img = sum(r["per_defect"][d]["image_auroc"] for r in scl12) / 2
+    mean_px = sum(r["per_defect"][d]["pixel_auroc"] for r in scl12) / 2
+    row = next(line for line in table.splitlines() if line.startswith(f"| {d} |"))
+    assert row.split(" | ")[1] == f"{100 * shares[d]:.1f} %" and f"{100 * mean_img:.1f} / {100 * mean_px:.1f}" == row.split(" | ")[4]
 
 
 def test_learning_curve_trains_one_model_per_budget_next_to_the_floors(tmp_path):
