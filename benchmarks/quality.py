@@ -103,7 +103,7 @@ def same_training(trained: Config, training: dict[str, Any], cfg: Config) -> boo
 
 
 def _trained_bundle(cfg: Config, data: Path, work: Path):
-    """Reuse a cached bundle trained with exactly this config, else train one (and its bank)."""
+    """Reuse a cached bundle that training with this config would give (same_training), else train one (and its bank)."""
     from sclvi.cli import _train_and_bank
 
     try:

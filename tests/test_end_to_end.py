@@ -19,7 +19,7 @@ def test_train_then_eval_reaches_auroc_0_9(tmp_path):
     cfg = tmp_path / "line.yaml"
     cfg.write_text(yaml.safe_dump({
         "preset": "lite",
-        # narrower than lite (this tests the pipeline, not the encoder's capacity): a third of the time
+        # narrower than lite: this tests the pipeline, not the encoder's capacity
         "encoder": {"conv_widths": [16, 32, 32, 32, 32, 32], "secondary_width": 32, "embed_dim": 32, "groups": 8},
         "geometry": {"image_size": 192, "small_stride": 8},
         "train": {"steps": 20, "batch_size": 8, "lr": 1e-3},
