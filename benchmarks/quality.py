@@ -101,7 +101,7 @@ def same_training(trained: Config, training: dict[str, Any], cfg: Config) -> boo
     if trained.model_copy(update={"train": trained.train.model_copy(update=stop_keys)}) != cfg:
         return False
     ran_all = not training.get("stopped_early") and training.get("steps") == cfg.train.steps
-    return ran_all and stop_step(training.get("evals", []), **{k.removeprefix("early_stop_"): v for k, v in stop_keys.items()}) is None
+    return ran_all and stop_step(training.get("evals", []), cfg.train.early_stop_patience, cfg.train.early_stop_min_delta) is None
 
 
 def _trained_bundle(cfg: Config, data: Path, work: Path):

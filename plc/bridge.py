@@ -61,7 +61,8 @@ class Bridge:
         self.counts = {cam: 0 for cam in cfg.cameras}
         self.stats = {"written": 0, "duplicates": 0, "late": 0, "rejects": 0, "plc_errors": 0, "unknown_camera": 0,
                       "overruns": 0, "represented": 0}
-        if cfg.mode in SERVER_MODES:
+        self.serves_registers = cfg.mode in SERVER_MODES
+        if self.serves_registers:
             self._represent()
         self.ctx = zmq.Context()
         self.sock = self.ctx.socket(zmq.ROUTER)
@@ -87,20 +88,29 @@ class Bridge:
             tmp.write_text(json.dumps(self.last))
             os.replace(tmp, self.cfg.state_file)
 
+    def _base(self, cam: str) -> int:
+        """First register of `cam`'s block."""
+        return self.cfg.register_base + BLOCK * self.index[cam]
+
+    def _kept_block(self, cam: str) -> list[int] | None:
+        """The registers of `cam`'s last verdict while the PLC has not been seen taking it (server modes)."""
+        last = self.last.get(cam)
+        return last[2] if last is not None and len(last) > 2 else None
+
     def _represent(self) -> None:
         """Our registers start empty: write back each block the PLC had not taken when the bridge stopped."""
-        for cam, last in self.last.items():
-            if cam in self.index and len(last) > 2 and last[2]:
-                self.plc.write_block(self.cfg.register_base + BLOCK * self.index[cam], last[2])
+        for cam in self.last:
+            block = self._kept_block(cam) if cam in self.index else None
+            if block:
+                self.plc.write_block(self._base(cam), block)
                 self.stats["represented"] += 1
                 log.warning("%s seq %s was written but not taken by the PLC before the bridge stopped: presented "
-                            "again (same run and seq)", cam, last[1])
+                            "again (same run and seq)", cam, self.last[cam][1])
 
-    def _untaken(self, cam: str, base: int) -> None:
+    def _forget_if_taken(self, cam: str) -> None:
         """Forget the kept block of `cam` once the PLC has cleared `new`."""
-        last = self.last.get(cam)
-        if last is not None and len(last) > 2 and not self.plc.read_register(base + NEW):
-            self.last[cam] = last[:2]
+        if self._kept_block(cam) is not None and not self.plc.read_register(self._base(cam) + NEW):
+            self.last[cam] = self.last[cam][:2]
             self._save_state()
 
     def _written_before(self, v: dict[str, Any]) -> bool:
@@ -111,7 +121,7 @@ class Bridge:
     def write(self, v: dict[str, Any]) -> None:
         """Write one verdict to the PLC (raises PlcError); the caller acknowledges afterwards."""
         cam = self.index[v["camera"]]
-        base = self.cfg.register_base + BLOCK * cam
+        base = self._base(v["camera"])
         flags = 0
         if self.cfg.handshake:
             end = time.monotonic() + self.cfg.handshake_timeout_ms / 1000
@@ -133,7 +143,7 @@ class Bridge:
             self.stats["rejects"] += 1
             if self.cfg.reject_pulse_ms > 0 and not late:
                 self._pulse(self.cfg.coil_base + cam)
-        self.last[v["camera"]] = [v.get("run"), v["seq"]] + ([block.registers] if self.cfg.mode in SERVER_MODES else [])
+        self.last[v["camera"]] = [v.get("run"), v["seq"]] + ([block.registers] if self.serves_registers else [])
         self._save_state()
         self.stats["written"] += 1
 
@@ -196,10 +206,10 @@ class Bridge:
     def close(self) -> None:
         for t in self._timers:
             t.join(1)
-        if self.cfg.mode in SERVER_MODES:  # a block the PLC took need not be presented again
-            for cam, i in self.index.items():
+        if self.serves_registers:  # a block the PLC took need not be presented again
+            for cam in self.index:
                 try:
-                    self._untaken(cam, self.cfg.register_base + BLOCK * i)
+                    self._forget_if_taken(cam)
                 except PlcError as exc:
                     log.warning("could not read %s's new flag at close (%s): its last block is presented again", cam, exc)
         self.sock.close()
