@@ -49,11 +49,21 @@ class OpcUaServerPlc:
         self.cameras = cameras
         self.url = f"opc.tcp://{host}:{port}/sclvi/"
         self.lock = threading.Lock()
-        self.server = Server()
+        self.server = Server()  # starts asyncua's event-loop thread, a non-daemon one
+        try:
+            self._serve(host, port, namespace, security, certificate, private_key, trusted_clients)
+        except BaseException:
+            self.server.tloop.stop()  # else that thread keeps the bridge process alive after the error
+            raise
+        log.info("OPC UA server at %s (cameras: %s, namespace %s, security %s)", self.url, ", ".join(cameras), namespace, security)
+
+    def _serve(self, host: str, port: int, namespace: str, security: str, certificate: str | None,
+               private_key: str | None, trusted_clients: str | None) -> None:
+        """Endpoint, security, one node per field and camera, then start serving."""
         self.server.set_endpoint(self.url)
         self.server.set_server_name("SCL-VI verdict bridge")
         if security == "none":  # loopback or a closed cell network only; see deploy/PLC.md
-            self.server.set_security_policy([ua.SecurityPolicyType.NoSecurity])
+            self.server.set_security_policy([self.ua.SecurityPolicyType.NoSecurity])
         else:
             from sclvi.plc.opcua_security import SERVER_URI, secure
 
@@ -61,12 +71,12 @@ class OpcUaServerPlc:
             secure(self.server, security, certificate, private_key, trusted_clients)  # type: ignore[arg-type]
         idx = self.server.register_namespace(namespace)
         self.nodes: list[dict[str, Any]] = []
-        for cam in cameras:
+        for cam in self.cameras:
             obj = self.server.nodes.objects.add_object(idx, cam)
             nodes = {}
             for name, _, _, kind in (*FIELDS, ("RejectPulse", 0, 1, "Boolean")):
                 initial = False if kind == "Boolean" else 0
-                nodes[name] = obj.add_variable(idx, name, ua.Variant(initial, getattr(ua.VariantType, kind)))
+                nodes[name] = obj.add_variable(idx, name, self.ua.Variant(initial, getattr(self.ua.VariantType, kind)))
             nodes["New"].set_writable()  # the PLC clears it after reading
             self.nodes.append(nodes)
         self.events = self.server.get_event_generator()
@@ -74,7 +84,6 @@ class OpcUaServerPlc:
             self.server.start()
         except Exception as exc:  # noqa: BLE001 - asyncua raises OSError or its own errors on a taken port
             raise PlcError(f"cannot serve OPC UA on {host}:{port}: {exc}") from None
-        log.info("OPC UA server at %s (cameras: %s, namespace %s, security %s)", self.url, ", ".join(cameras), namespace, security)
 
     def _camera(self, address: int, base: int, width: int) -> tuple[int, int]:
         cam, offset = divmod(address - base, width)
@@ -117,4 +126,8 @@ class OpcUaServerPlc:
             self._write(self.nodes[cam]["RejectPulse"], bool(value), "Boolean")
 
     def close(self) -> None:
-        self.server.stop()
+        try:
+            self.server.stop()
+        finally:
+            if self.server.tloop.is_alive():  # stop() failed half-way: the thread must not outlive the bridge
+                self.server.tloop.stop()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -11,6 +13,25 @@ from sclvi.config import Config, build_config
 
 # Tiny widths keep unit tests fast; the architecture (layer kinds and spatial sizes) is unchanged.
 TINY_ENCODER = {"conv_widths": (8, 16, 16, 16, 16, 16), "secondary_width": 16, "embed_dim": 16, "groups": 4}
+
+
+@pytest.fixture(autouse=True)
+def _no_thread_left_running():
+    """A non-daemon thread a test leaves running keeps pytest's process alive after the last test, so CI
+    hangs past its limit with every test green (an asyncua client thread did). Fail the test that left it.
+    (Idle thread-pool workers are exempt: concurrent.futures ends them at exit.)"""
+    from concurrent.futures.thread import _worker
+
+    before = set(threading.enumerate())
+    yield
+    deadline = time.monotonic() + 5.0
+    while True:
+        left = [t for t in threading.enumerate() if t not in before and t.is_alive() and not t.daemon
+                and getattr(t, "_target", None) is not _worker]
+        if not left or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert not left, f"non-daemon threads left running (they would keep the test process alive): {[t.name for t in left]}"
 
 
 def tiny_config(image_size: int = 96, **sections: dict) -> Config:

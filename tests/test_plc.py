@@ -1,5 +1,8 @@
 """The PLC bridge against real pymodbus servers and clients on 127.0.0.1, fed by the real runtime."""
 
+import contextlib
+import subprocess
+import sys
 import threading
 import time
 
@@ -196,6 +199,23 @@ def test_bad_bridge_configs_are_refused(change, message):
         load_bridge_config(overrides={"cameras": ["cam0"], **change})
 
 
+def test_a_bridge_that_cannot_serve_opcua_exits_with_the_reason_instead_of_hanging(tmp_path):
+    """asyncua's event-loop thread is not a daemon: left running after a failed start it kept `sclvi bridge`
+    alive for ever with its port taken (a dead station under systemd, found when pytest hung at exit)."""
+    pytest.importorskip("asyncua")
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        cfg = tmp_path / "bridge.yaml"
+        cfg.write_text(f"mode: opcua-server\nhost: 127.0.0.1\nport: {taken.getsockname()[1]}\ncameras: [cam0]\n")
+        done = subprocess.run([sys.executable, "-m", "sclvi", "bridge", str(cfg)], capture_output=True, text=True,
+                              timeout=60)
+    assert done.returncode != 0
+    assert "cannot serve OPC UA" in done.stdout + done.stderr
+
+
 class OpcUaPlc(threading.Thread):
     """A PLC / SCADA as OPC UA client: subscribes to the bridge's events, polls cam0's `New`, reads the
     verdict, clears `New` (the handshake)."""
@@ -236,38 +256,50 @@ class OpcUaPlc(threading.Thread):
 
 
 def test_opcua_server_mode_gives_scada_every_verdict_in_order_across_restarts(tmp_path, random_bundle, replay):
-    """Two runtime runs with the bridge (and so the OPC UA server) restarted in between: the client reconnects
-    and reads every verdict of both runs once, in order. (Restarting it mid-run is the Modbus test's job: an
-    OPC UA server takes seconds to start, longer than a run here.)"""
+    """Two runtime runs; the bridge (and so the OPC UA server) is restarted in the middle of the first. The
+    client reconnects and reads every verdict of both runs once, in order: the runtime keeps what was not
+    acknowledged (its shutdown waits 4 ack timeouts, longer than the server's restart), and the bridge
+    presents again what it had written and the client had not taken."""
     pytest.importorskip("asyncua")
     port = free_port()
-    rt_cfg = runtime_config(random_bundle, [{"kind": "folder", "path": str(replay), "rate_hz": 6}])
+    rt_cfg = runtime_config(random_bundle, [{"kind": "folder", "path": str(replay), "rate_hz": 6, "loop": True,
+                                             "max_frames": 8}], ack_timeout_ms=2000)
     cfg = load_bridge_config(overrides={"verdict_endpoint": rt_cfg["verdict_endpoint"], "mode": "opcua-server",
                                         "port": port, "cameras": ["cam0"], "handshake": True,
                                         "handshake_timeout_ms": 3000, "reject_pulse_ms": 20,
                                         "state_file": str(tmp_path / "state.json")})
+    bridge, stop, t = _bridge_thread(cfg)
     plc = OpcUaPlc(f"opc.tcp://127.0.0.1:{port}/sclvi/")
+    plc.start()
     runs = []
     try:
-        for i in range(2):
-            bridge, stop, t = _bridge_thread(cfg)  # same port, same state file
-            if i == 0:
-                plc.start()
+        for restart_bridge in (True, False):
             rt = Runtime(load_runtime_config(overrides=rt_cfg))
             runs.append(rt.shared.run_id)
-            rt.run()
-            end = time.time() + 30
-            while len(plc.seen) < 6 * (i + 1) and time.time() < end:
-                time.sleep(0.05)
-            stop.set()
-            t.join(5)
-            bridge.close()
+            th = threading.Thread(target=rt.run)
+            th.start()
+            if restart_bridge:
+                end = time.time() + 60
+                while len(plc.seen) < 3 and time.time() < end:
+                    time.sleep(0.02)
+                stop.set()
+                t.join(5)
+                bridge.close()
+                bridge, stop, t = _bridge_thread(cfg)  # same port, same state file
+            th.join(120)
+        end = time.time() + 30
+        while len(plc.seen) < 16 and time.time() < end:
+            time.sleep(0.05)
     finally:
+        stop.set()
+        t.join(5)
+        bridge.close()
         plc.done.set()
         plc.join(10)
-    assert [(v["Run"], v["Seq"]) for v in plc.seen] == [(run_code(r), s) for r in runs for s in range(1, 7)]
+    assert [(v["Run"], v["Seq"]) for v in plc.seen] == [(run_code(r), s) for r in runs for s in range(1, 9)]
     assert all(v["Reject"] == (v["Verdict"] != 1) for v in plc.seen)  # 1 = OK (deploy/PLC.md)
-    assert [e.split(" verdict")[0] for e in plc.events] == [f"cam0 seq {s}" for s in range(1, 7)] * 2  # one event each
+    # events are not kept for a client that is reconnecting; with nothing restarted, one event per verdict
+    assert [e.split(" verdict")[0] for e in plc.events][-8:] == [f"cam0 seq {s}" for s in range(1, 9)]
 
 
 def test_secured_opcua_endpoint_serves_only_trusted_clients_with_sign_and_encrypt(tmp_path):
@@ -303,14 +335,15 @@ def test_secured_opcua_endpoint_serves_only_trusted_clients_with_sign_and_encryp
 
     def read_seq(security: str | None) -> int:
         client = Client(url, timeout=4)
-        if security:
-            client.set_security_string(security)
-        client.connect()
         try:
+            if security:
+                client.set_security_string(security)
+            client.connect()
             ns = client.get_namespace_index("urn:sclvi:station")
             return client.nodes.objects.get_child([f"{ns}:cam0", f"{ns}:Seq"]).read_value()
-        finally:
-            client.disconnect()
+        finally:  # also after a refused connect: disconnect() stops the client's thread, which would block exit
+            with contextlib.suppress(Exception):
+                client.disconnect()
 
     try:
         plc.write_block(0, Block.encode({"verdict": "NG", "seq": 41, "run": "r"}, 1, True, 0).registers)
