@@ -196,9 +196,10 @@ class TrainConfig(_Strict):
     )
     eval_every: int = Field(50, ge=1, description="steps between held-out pretext evaluations")
     early_stop_patience: int = Field(
-        3, ge=0, description="stop after this many evaluations without held-out pretext gain (0 = never)"
+        3, ge=0, description="stop when the mean held-out pretext accuracy of this many evaluations has not gained "
+        "early_stop_min_delta over the mean of as many before them (0 = never)"
     )
-    early_stop_min_delta: float = Field(0.01, ge=0, description="held-out accuracy gain that counts as progress")
+    early_stop_min_delta: float = Field(0.01, ge=0, description="gain of the windowed mean that counts as progress")
 
 
 class ScoringConfig(_Strict):

@@ -298,8 +298,9 @@ def train(cfg: Config, data_root: str | Path, out: str | Path, resume: bool = Fa
                     state.step, row["train_acc32"], row["train_acc64"], row["heldout_acc32"], row["heldout_acc64"], chance,
                 )
                 if stopper.update(row["heldout_acc"]) and state.step < tc.steps:
-                    log.info("early stop at step %d: held-out pretext accuracy has not gained %.3f in %d evaluations "
-                             "(best %.3f)", state.step, tc.early_stop_min_delta, tc.early_stop_patience, stopper.best)
+                    log.info("early stop at step %d: the mean held-out pretext accuracy of the last %d evaluations "
+                             "gained %.3f over the %d before (less than %.3f)", state.step, tc.early_stop_patience,
+                             stopper.gain(), tc.early_stop_patience, tc.early_stop_min_delta)
                     stopped_early = True
         if state.step % tc.checkpoint_every == 0 or state.step == tc.steps or stopped_early:
             _save_checkpoint(ckpt_path, cfg, state)
