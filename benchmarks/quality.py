@@ -90,18 +90,20 @@ def protocol_config(protocol: str, task: str, preset: str | None = None, seed: i
 
 
 def same_training(trained: Config, training: dict[str, Any], cfg: Config) -> bool:
-    """Would training with `cfg` give the bundle trained with `trained` (its manifest's `training`)? Equal
-    configs do; so do configs that differ only in the early stop when the bundle ran every step and the
-    asked-for stop, replayed on its recorded held-out curve, would not have fired (the stop only observes)."""
+    """Would training with `cfg` give the bundle trained with `trained` (its manifest's `training`)? The
+    configs must agree except perhaps in the early stop, and the asked-for stop, replayed on the bundle's
+    recorded held-out curve, must end where the bundle ended: at the same step when it stopped early, never
+    when it ran every step (the stop only observes). Replaying also catches a changed stop rule, which
+    equal configs would not."""
     from sclvi.train.monitor import stop_step
 
-    if trained == cfg:
-        return True
     stop_keys = {"early_stop_patience": cfg.train.early_stop_patience, "early_stop_min_delta": cfg.train.early_stop_min_delta}
     if trained.model_copy(update={"train": trained.train.model_copy(update=stop_keys)}) != cfg:
         return False
-    ran_all = not training.get("stopped_early") and training.get("steps") == cfg.train.steps
-    return ran_all and stop_step(training.get("evals", []), cfg.train.early_stop_patience, cfg.train.early_stop_min_delta) is None
+    replayed = stop_step(training.get("evals", []), cfg.train.early_stop_patience, cfg.train.early_stop_min_delta)
+    if training.get("stopped_early"):
+        return replayed is not None and replayed == training.get("steps")
+    return training.get("steps") == cfg.train.steps and replayed in (None, cfg.train.steps)
 
 
 def _trained_bundle(cfg: Config, data: Path, work: Path):

@@ -99,25 +99,28 @@ def test_early_stop_compares_window_means_so_one_noisy_evaluation_does_not_end_a
     assert not any(never.update(0.1) for _ in range(10))
 
 
-def test_a_run_the_early_stop_would_not_have_ended_counts_as_trained_with_it():
+def test_a_cached_run_counts_as_trained_with_a_config_only_when_its_stop_replays_the_same():
     from sclvi.benchmarks.quality import same_training
     from sclvi.config import build_config
     from sclvi.train.monitor import stop_step
 
-    rising = [{"step": 50 * (i + 1), "heldout_acc": 0.1 + 0.05 * i} for i in range(6)]
+    rising = [{"step": 50 * (i + 1), "heldout_acc": 0.1 + 0.05 * i} for i in range(8)]
     flat = [{"step": 50 * (i + 1), "heldout_acc": v} for i, v in enumerate((0.1, 0.2, 0.2, 0.2, 0.2, 0.2, 0.2, 0.3))]
     assert stop_step(rising, patience=3, min_delta=0.01) is None
     assert stop_step(flat, patience=3, min_delta=0.01) == 350
     assert stop_step(flat, patience=0, min_delta=0.01) is None
 
-    disarmed = build_config("lite", {"train": {"steps": 300, "early_stop_patience": 0}})
-    armed = build_config("lite", {"train": {"steps": 300, "early_stop_patience": 3}})
-    ran = {"steps": 300, "stopped_early": False}
-    assert same_training(disarmed, {**ran, "evals": rising}, armed)
+    disarmed = build_config("lite", {"train": {"steps": 400, "early_stop_patience": 0}})
+    armed = build_config("lite", {"train": {"steps": 400, "early_stop_patience": 3}})
+    ran = {"steps": 400, "stopped_early": False}
+    assert same_training(disarmed, {**ran, "evals": rising}, armed)  # the stop would not have fired
     assert not same_training(disarmed, {**ran, "evals": flat}, armed)  # armed, it would have stopped at 350
-    assert not same_training(disarmed, {**ran, "steps": 250, "evals": rising}, armed)
+    assert not same_training(disarmed, {**ran, "steps": 250, "evals": rising[:5]}, armed)
     other_seed = armed.model_copy(update={"train": armed.train.model_copy(update={"seed": 1})})
     assert not same_training(disarmed, {**ran, "evals": rising}, other_seed)
+    assert same_training(armed, {"steps": 350, "stopped_early": True, "evals": flat[:7]}, armed)
+    # equal configs, but the run was stopped at 250 by an earlier stop rule that this one does not replay
+    assert not same_training(armed, {"steps": 250, "stopped_early": True, "evals": rising[:5]}, armed)
 
 
 def test_code_statistics_tell_collapsed_codes_from_healthy_ones():

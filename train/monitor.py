@@ -125,11 +125,10 @@ class EarlyStop:
 
 
 def stop_step(evals: list[dict[str, Any]], patience: int, min_delta: float) -> int | None:
-    """The step at which an early stop with these settings would have ended a run that recorded `evals`
-    (None: it would have run them all). The stop only observes training, so a run it would not have
-    stopped is the same run as one trained with it disarmed."""
+    """The step of the first evaluation in `evals` at which an early stop with these settings fires (None:
+    it never does). A stop at a run's last step ends nothing: the run was over anyway."""
     stopper = EarlyStop(patience, min_delta)
-    for i, e in enumerate(evals):
-        if "heldout_acc" in e and stopper.update(e["heldout_acc"]) and i < len(evals) - 1:
+    for e in evals:
+        if "heldout_acc" in e and stopper.update(e["heldout_acc"]):
             return int(e["step"])
     return None
