@@ -107,13 +107,21 @@ def same_training(trained: Config, training: dict[str, Any], cfg: Config) -> boo
 
 
 def _trained_bundle(cfg: Config, data: Path, work: Path):
-    """Reuse a cached bundle that training with this config would give (same_training), else train one (and its bank)."""
+    """Reuse a cached bundle that training with this config would give (same_training; its bank rebuilt when
+    only the bank settings differ: the encoder does not depend on them), else train one (and its bank)."""
     from sclvi.cli import _train_and_bank
+    from sclvi.dataset import read_dataset
+    from sclvi.engines import load_backend
+    from sclvi.memory_bank import rebuild_memory_bank
 
     try:
         bundle = load_bundle(work)
-        if same_training(bundle.config, bundle.manifest.get("training", {}), cfg) and bundle.has_bank():
+        trained = bundle.config.model_copy(update={"bank": cfg.bank})
+        if same_training(trained, bundle.manifest.get("training", {}), cfg) and bundle.has_bank():
             log.info("reusing %s", work)
+            if bundle.config.bank != cfg.bank:
+                log.info("rebuilding its memory bank (%s -> %s)", bundle.config.bank, cfg.bank)
+                rebuild_memory_bank(bundle, load_backend(bundle, "torch"), read_dataset(data, need_test=False).train, cfg.bank)
             return bundle, bundle.manifest["training"].get("seconds_this_run")
     except SclviError:
         pass

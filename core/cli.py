@@ -199,6 +199,39 @@ def _train_and_bank(cfg: Any, data: Path, out: Path, resume: bool = False, bank:
     return bundle
 
 
+@app.command("bank")
+def bank_cmd(
+    bundle: Path = typer.Argument(..., help="Trained model bundle directory."),
+    data: Path = typer.Argument(..., help="Data set folder in MVTec AD layout: its train/good images fill the bank."),
+    max_images: Optional[int] = typer.Option(
+        None, help="Build the bank from a seeded subset of this many images (0: every image; default: as the bundle says)."),
+    coreset_ratio: Optional[float] = typer.Option(None, help="Keep this fraction of the codes (1: all)."),
+) -> None:
+    """(Re)build a trained bundle's memory bank: after `train --no-bank`, with more good parts, or with another
+    subset size or coreset. No retraining; calibrated thresholds are dropped (calibrate again)."""
+    with _user_errors():
+        from sclvi.bundle import load_bundle
+        from sclvi.config import config_from_dict, config_to_dict
+        from sclvi.dataset import read_dataset
+        from sclvi.engines import load_backend
+        from sclvi.memory_bank import rebuild_memory_bank
+        from sclvi.signing import SIGNATURE
+
+        b = load_bundle(bundle)
+        update: dict[str, Any] = {}
+        if max_images is not None:
+            update["max_images"] = max_images or None
+        if coreset_ratio is not None:
+            update["coreset_ratio"] = coreset_ratio
+        bank = config_from_dict({**config_to_dict(b.config), "bank": {**b.config.bank.model_dump(), **update}}).bank
+        images = read_dataset(data, need_test=False).train
+        small, large = rebuild_memory_bank(b, load_backend(b, "torch"), images, bank)
+        typer.echo(f"memory bank of {bundle}: {len(small):,} + {len(large):,} codes (32 / 64 px) from "
+                   f"{min(len(images), bank.max_images or len(images))} of {len(images)} images")
+        if (bundle / SIGNATURE).is_file():
+            typer.echo(f"{bundle / SIGNATURE} no longer matches the bundle: sign it again (`sclvi sign`)")
+
+
 @app.command("eval")
 def evaluate_cmd(
     bundle: Path = typer.Argument(..., help="Model bundle directory."),

@@ -11,8 +11,8 @@ from tqdm.auto import tqdm
 
 from sclvi.bank_file import BankHeader
 from sclvi.alignment import measure_alignment
-from sclvi.bundle import ModelBundle, add_bank, record
-from sclvi.config import Config
+from sclvi.bundle import ModelBundle, add_bank, record, set_bank_config
+from sclvi.config import BankConfig, Config
 from sclvi.embedding import EncoderBackend, FrameEmbedder
 from sclvi.geometry import TwoScaleGeometry
 from sclvi.roi import read_input
@@ -83,3 +83,12 @@ def build_memory_bank(
         log.info("memory bank %s: %d codes of dim %d (coreset ratio %g)", scale, len(codes), dim, bc.coreset_ratio)
     return bundle.bank("small"), bundle.bank("large")
 
+
+def rebuild_memory_bank(bundle: ModelBundle, backend: EncoderBackend, images: Sequence[Path],
+                        bank: BankConfig) -> tuple[np.ndarray, np.ndarray]:
+    """A new bank for a trained bundle, with other bank settings or more good images, without retraining
+    (the encoder does not depend on the bank). Returns (small, large) like build_memory_bank."""
+    if set_bank_config(bundle, bank):
+        log.warning("the bundle's calibrated thresholds were dropped (set on the old bank's scores): run "
+                    "`sclvi calibrate` again before the line uses it")
+    return build_memory_bank(bundle, backend, images)

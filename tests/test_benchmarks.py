@@ -65,6 +65,25 @@ def test_learning_curve_trains_one_model_per_budget_next_to_the_floors(tmp_path)
     assert (tmp_path / "out" / "quality-steps-smoke.png").stat().st_size > 1000
 
 
+def test_the_bench_reuses_a_trained_encoder_when_only_the_bank_settings_change(tmp_path):
+    from sclvi.benchmarks.quality import _trained_bundle, protocol_config
+    from sclvi.bundle import WEIGHTS
+
+    data = write_synthetic(tmp_path / "data", "object", size=176, n_train=6, n_test_good=1, n_test_defect=1, seed=0)
+    cfg = protocol_config("smoke", "scl12")  # bank of 4 images
+    first, train_s = _trained_bundle(cfg, data, tmp_path / "b")
+    weights = first.manifest["files"][WEIGHTS]
+    written = (first.path / WEIGHTS).stat().st_mtime_ns  # training writes it again, even with equal weights
+    per_image = len(first.bank("small")) // 4
+    every = cfg.model_copy(update={"bank": cfg.bank.model_copy(update={"max_images": None})})
+    again, _ = _trained_bundle(every, data, tmp_path / "b")
+    assert (again.path / WEIGHTS).stat().st_mtime_ns == written  # not retrained
+    assert again.config.bank.max_images is None and len(again.bank("small")) == 6 * per_image
+    other = cfg.model_copy(update={"train": cfg.train.model_copy(update={"seed": 1})})
+    retrained, _ = _trained_bundle(other, data, tmp_path / "b")
+    assert retrained.manifest["files"][WEIGHTS] != weights
+
+
 def test_quality_ablation_smoke(tmp_path):
     from sclvi.benchmarks.quality import ETAS, main
 

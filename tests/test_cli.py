@@ -93,3 +93,23 @@ def test_pretext_summary_says_which_scales_learned_beyond_chance():
     assert "above chance (binomial p < 0.01, 256 pairs per scale): 64 px" in line and "32 px," not in line.split("above")[1]
     old_bundle = {"steps": 300, "pretext": {"chance": 1 / 12, "heldout_acc32": 0.10, "heldout_acc64": 0.23}}
     assert "chance" in pretext_summary(old_bundle) and "binomial" not in pretext_summary(old_bundle)
+
+
+def test_bank_rebuilds_the_memory_bank_without_retraining_and_drops_the_old_calibration(tmp_path, synthetic_object):
+    from conftest import make_bundle, tiny_config
+
+    from sclvi.bundle import WEIGHTS, load_bundle, set_calibration
+    from sclvi.dataset import read_dataset
+
+    train = read_dataset(synthetic_object).train
+    b = make_bundle(tmp_path / "b", tiny_config(bank={"max_images": 2}), train)
+    per_image = len(b.bank("small")) // 2
+    set_calibration(b, {"image_threshold": 1.0, "pixel_threshold": 1.0})
+    result = runner.invoke(app, ["bank", str(b.path), str(synthetic_object), "--max-images", "0"])
+    assert result.exit_code == 0, result.output
+    rebuilt = load_bundle(b.path)  # checksums verified: the manifest matches the new bank files
+    assert len(rebuilt.bank("small")) == per_image * len(train) > 2 * per_image
+    assert rebuilt.config.bank.max_images is None and "calibration" not in rebuilt.manifest
+    assert rebuilt.manifest["files"][WEIGHTS] == b.manifest["files"][WEIGHTS]  # the encoder is untouched
+    bad = runner.invoke(app, ["bank", str(b.path), str(synthetic_object), "--coreset-ratio", "2"])
+    assert bad.exit_code == 2 and "bank.coreset_ratio" in bad.output
