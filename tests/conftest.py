@@ -65,3 +65,18 @@ def random_bundle(tmp_path: Path, synthetic_object: Path):
 
 def pytest_configure(config: pytest.Config) -> None:
     os.environ.setdefault("MPLBACKEND", "Agg")
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Backstop for a hang after the last test (a thread or child that keeps the process alive): after 60 s
+    print every thread's stack and exit non-zero, so CI goes red with the culprit instead of timing out."""
+    import faulthandler
+    import sys
+
+    def watchdog() -> None:
+        time.sleep(60)
+        print("\npytest did not exit 60 s after the last test; threads:", file=sys.stderr, flush=True)
+        faulthandler.dump_traceback(all_threads=True)
+        os._exit(3)
+
+    threading.Thread(target=watchdog, name="exit-watchdog", daemon=True).start()
