@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from sclvi.benchmarks.common import machine, machine_table, parse_args
-from sclvi.benchmarks.quality import PROTOCOLS, _trained_bundle, protocol_config
+from sclvi.benchmarks.quality import PROTOCOLS, _trained_bundle, models_dir, protocol_config
 
 ALIGNED_RATIOS = (1.0, 0.5, 0.25, 0.1)  # per cell: every window keeps its share
 GLOBAL_RATIOS = (1.0, 0.05, 0.01)  # whole-bank greedy k-center
@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> Path:
     t0 = time.perf_counter()
     rows = []
     for name in args.sets:
-        rows += run_set(name, args.data / name, args.protocol, args.seeds, args.work / args.protocol)
+        rows += run_set(name, args.data / name, args.protocol, args.seeds, models_dir(args.work, args.protocol))
     path = write_report(rows, args.protocol, args.out, time.perf_counter() - t0)
     print(f"report: {path}")
     return path

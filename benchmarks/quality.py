@@ -44,6 +44,13 @@ PROTOCOLS: dict[str, dict[str, Any]] = {
         "train": {},
         "bank": {"max_images": 200},
     },
+    "cpu-full-bank": {  # the cpu protocol with what `sclvi train` puts in the bank: every training image
+        "models": "cpu",  # shares the cpu protocol's trained bundles (their banks rebuilt, no retraining)
+        "preset": "dense-lite",
+        "geometry": {"image_size": 256, "small_stride": 8, "large_stride": 16},
+        "train": {},
+        "bank": {"max_images": None},
+    },
     "long": {  # up to ~45 min of training per set and preset on 2 cores
         "preset": "dense-lite",
         "geometry": {"image_size": 256, "small_stride": 8, "large_stride": 16},
@@ -77,13 +84,18 @@ CORESETS = (0.1, 0.01)
 WINDOWS = (2, 4)
 
 
+def models_dir(work: Path, protocol: str) -> Path:
+    """Where a protocol's trained bundles are cached (cpu-full-bank shares the cpu protocol's)."""
+    return work / PROTOCOLS[protocol].get("models", protocol)
+
+
 def protocol_config(protocol: str, task: str, preset: str | None = None, seed: int = 0,
                     variant: dict[str, Any] | None = None) -> Config:
     """The protocol's budget for one pretext task and seed, on the protocol's preset or another one, with a
     variant's overrides (IMPROVEMENTS) on top."""
     p = PROTOCOLS[protocol]
     v = variant or {}
-    overrides = {k: val for k, val in p.items() if k != "preset"}
+    overrides = {k: val for k, val in p.items() if k not in ("preset", "models")}
     overrides.update({k: val for k, val in v.items() if k != "train"})
     overrides["train"] = {**p["train"], **v.get("train", {}), "task": task, "seed": seed}
     return build_config(preset or p["preset"], overrides)
@@ -256,9 +268,10 @@ def floor_rows(name: str, ds: Any, protocol: str, masks: np.ndarray | None, work
     cache = work / name / "floors.json"
     key = json.dumps({k: base.model_dump(mode="json")[k] for k in ("preset", "encoder", "preprocess", "geometry", "bank", "scoring")})
     cached = json.loads(cache.read_text()) if cache.is_file() else {}
-    if cached.get("key") == key:
+    cached = cached.get("by_key", {cached["key"]: cached["rows"]} if "key" in cached else {})  # one per protocol setting
+    if key in cached:
         log.info("%s: floors reused from %s", name, cache)
-        return cached["rows"]
+        return cached[key]
     chosen = bank_images(ds.train, base.bank.max_images, base.bank.seed)
     scores, maps, score_s = raw_pixel_floor(base, ds, chosen)
     rows = [quality_row(name, ds, masks, preset, "floor: raw pixels", None, None, scores, maps, 0.0, score_s, None, {})]
@@ -271,7 +284,7 @@ def floor_rows(name: str, ds: Any, protocol: str, masks: np.ndarray | None, work
                             None, {"window": resolve_scoring(base.scoring, bundle).window}))
     if progress is not None:
         progress(list(rows))
-    cache.write_text(json.dumps({"key": key, "rows": rows}, default=str))
+    cache.write_text(json.dumps({"by_key": {**cached, key: rows}}, default=str))
     return rows
 
 
@@ -544,7 +557,7 @@ def main(argv: list[str] | None = None) -> Path:
     ap.add_argument("--steps", nargs="+", type=int, default=None, metavar="N",
                     help="learning curve instead: one scl12 model per step budget (quality-steps-<protocol>.md)")
     args = parse_args(ap, argv)
-    work = args.work / args.protocol
+    work = models_dir(args.work, args.protocol)
     if args.steps:
         from sclvi.benchmarks.learning_curve import run_curve, write_curve_report
 
