@@ -415,7 +415,8 @@ def per_defect_table(rows: list[dict[str, Any]]) -> list[str]:
              "defect pixels, which is what weighs in the overall pixel AUROC:", "",
              "| defect | share | " + " | ".join(groups) + " |", "|---|---:|" + "---:|" * len(groups)]
     for d in defects:
-        share = next((r["per_defect"][d].get("pixel_share") for r in rows if d in r.get("per_defect", {})), None)
+        share = next((r["per_defect"][d]["pixel_share"] for r in rows  # rows cached before shares existed lack it
+                      if r.get("per_defect", {}).get(d, {}).get("pixel_share") is not None), None)
         lines.append(f"| {d} | {'-' if share is None else f'{100 * share:.1f} %'} | "
                      + " | ".join(cell(g, d) for g in groups.values()) + " |")
     return lines
