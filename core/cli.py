@@ -214,7 +214,7 @@ def bank_cmd(
         from sclvi.config import config_from_dict, config_to_dict
         from sclvi.dataset import read_dataset
         from sclvi.engines import load_backend
-        from sclvi.memory_bank import rebuild_memory_bank
+        from sclvi.memory_bank import bank_images, rebuild_memory_bank
         from sclvi.signing import SIGNATURE
 
         b = load_bundle(bundle)
@@ -227,7 +227,7 @@ def bank_cmd(
         images = read_dataset(data, need_test=False).train
         small, large = rebuild_memory_bank(b, load_backend(b, "torch"), images, bank)
         typer.echo(f"memory bank of {bundle}: {len(small):,} + {len(large):,} codes (32 / 64 px) from "
-                   f"{min(len(images), bank.max_images or len(images))} of {len(images)} images")
+                   f"{len(bank_images(images, bank.max_images, bank.seed))} of {len(images)} images")
         if (bundle / SIGNATURE).is_file():
             typer.echo(f"{bundle / SIGNATURE} no longer matches the bundle: sign it again (`sclvi sign`)")
 
