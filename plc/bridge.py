@@ -6,7 +6,10 @@ acknowledges it.
 
 A verdict the PLC could not take is not acknowledged, so the runtime resends it. Duplicates (resends,
 a restart of either side) are recognised by (run, camera, seq) and acknowledged without a second write;
-with `state_file` that memory survives a bridge restart. In the server modes the registers live in the
+with `state_file` that memory survives a bridge restart. A verdict that overtook an earlier one of its
+camera (plc/delivery.py) is held, unacknowledged, for up to `reorder_wait_ms` so that the resent earlier
+one is written first; after that it is written, and the earlier one is still written when it comes.
+In the server modes the registers live in the
 bridge, so a verdict written but not yet taken by the PLC (`new` still set) would die with it: the state
 file keeps that block and a restarted bridge presents it again (same run and seq: a PLC that already took
 it sees a repeat, never a gap). NOT_INSPECTED sets reject unless configured
@@ -30,13 +33,18 @@ import zmq
 from sclvi.edge.curve import as_server
 from sclvi.edge.messages import TOPIC_ACK, TOPIC_VERDICT, unpack
 from sclvi.plc.config import BridgeConfig
+from sclvi.plc.delivery import Arrival, CameraDelivery
 from sclvi.plc.modbus import ModbusClientPlc, ModbusServerPlc, Plc, PlcError
-from sclvi.plc.registers import BLOCK, FLAG_LATE, FLAG_OVERRUN, NEW, Block
+from sclvi.plc.registers import BLOCK, FLAG_LATE, FLAG_OVERRUN, NEW, SEQ, Block, u32
 
 log = logging.getLogger("sclvi.plc")
 
 #: The bridge serves the registers itself (they die with it) rather than writing into a PLC's memory.
 SERVER_MODES = ("modbus-server", "opcua-server")
+
+
+def _span(seqs: list[int]) -> str:
+    return str(seqs[0]) if len(seqs) == 1 else f"{seqs[0]}-{seqs[-1]}"
 
 
 def make_plc(cfg: BridgeConfig) -> Plc:
@@ -56,11 +64,11 @@ class Bridge:
         self.cfg = cfg
         self.plc = plc or make_plc(cfg)
         self.index = {cam: i for i, cam in enumerate(cfg.cameras)}
-        # camera -> [run, seq] last written, + its registers while the PLC has not taken it (server modes)
-        self.last = self._load_state()
+        self.delivery = self._load_state()  # what was written per camera (survives restarts with state_file)
+        self.held_since: dict[str, float] = {}  # camera -> when a verdict that overtook an earlier one was first held
         self.counts = {cam: 0 for cam in cfg.cameras}
         self.stats = {"written": 0, "duplicates": 0, "late": 0, "rejects": 0, "plc_errors": 0, "unknown_camera": 0,
-                      "overruns": 0, "represented": 0}
+                      "overruns": 0, "represented": 0, "held": 0, "out_of_order": 0}
         self.serves_registers = cfg.mode in SERVER_MODES
         if self.serves_registers:
             self._represent()
@@ -74,48 +82,59 @@ class Bridge:
         self._timers: list[threading.Timer] = []
 
     # -- state across restarts ----------------------------------------------------------------------
-    def _load_state(self) -> dict[str, list[Any]]:
+    def _load_state(self) -> dict[str, CameraDelivery]:
         if self.cfg.state_file and Path(self.cfg.state_file).is_file():
             try:
-                return json.loads(Path(self.cfg.state_file).read_text())
-            except (json.JSONDecodeError, OSError) as exc:
+                data = json.loads(Path(self.cfg.state_file).read_text())
+                return {cam: CameraDelivery.from_json(d) for cam, d in data.items()}
+            except (json.JSONDecodeError, OSError, AttributeError, TypeError, ValueError, IndexError) as exc:
                 log.warning("ignoring unreadable bridge state %s (%s)", self.cfg.state_file, exc)
         return {}
 
     def _save_state(self) -> None:
         if self.cfg.state_file:
             tmp = Path(self.cfg.state_file).with_suffix(".tmp")
-            tmp.write_text(json.dumps(self.last))
+            tmp.write_text(json.dumps({cam: d.to_json() for cam, d in self.delivery.items()}))
             os.replace(tmp, self.cfg.state_file)
 
     def _base(self, cam: str) -> int:
         """First register of `cam`'s block."""
         return self.cfg.register_base + BLOCK * self.index[cam]
 
-    def _kept_block(self, cam: str) -> list[int] | None:
-        """The registers of `cam`'s last verdict while the PLC has not been seen taking it (server modes)."""
-        last = self.last.get(cam)
-        return last[2] if last is not None and len(last) > 2 else None
-
     def _represent(self) -> None:
         """Our registers start empty: write back each block the PLC had not taken when the bridge stopped."""
-        for cam in self.last:
-            block = self._kept_block(cam) if cam in self.index else None
-            if block:
-                self.plc.write_block(self._base(cam), block)
+        for cam, d in self.delivery.items():
+            if cam in self.index and d.block:
+                self.plc.write_block(self._base(cam), d.block)
                 self.stats["represented"] += 1
                 log.warning("%s seq %s was written but not taken by the PLC before the bridge stopped: presented "
-                            "again (same run and seq)", cam, self.last[cam][1])
+                            "again (same run and seq)", cam, u32(d.block, SEQ))
 
     def _forget_if_taken(self, cam: str) -> None:
         """Forget the kept block of `cam` once the PLC has cleared `new`."""
-        if self._kept_block(cam) is not None and not self.plc.read_register(self._base(cam) + NEW):
-            self.last[cam] = self.last[cam][:2]
+        d = self.delivery.get(cam)
+        if d is not None and d.block is not None and not self.plc.read_register(self._base(cam) + NEW):
+            d.block = None
             self._save_state()
 
-    def _written_before(self, v: dict[str, Any]) -> bool:
-        last = self.last.get(v["camera"])
-        return last is not None and last[0] == v.get("run") and v["seq"] <= last[1]
+    def _hold(self, v: dict[str, Any], arrival: Arrival) -> bool:
+        """Whether to leave `v`, which overtook an earlier verdict of its camera, unacknowledged for now: the
+        runtime resends the earlier one after its ack timeout, and then this one, in order."""
+        cam = v["camera"]
+        if arrival is not Arrival.AHEAD:
+            if arrival is Arrival.NEXT:  # the gap is closed
+                self.held_since.pop(cam, None)
+            return False
+        now = time.monotonic()
+        since = self.held_since.setdefault(cam, now)
+        if now - since < self.cfg.reorder_wait_ms / 1000:
+            if since == now:
+                self.stats["held"] += 1
+                log.info("%s seq %d came before an earlier verdict of its run: held up to %.0f ms for the earlier one",
+                         cam, v["seq"], self.cfg.reorder_wait_ms)
+            return True
+        del self.held_since[cam]
+        return False
 
     # -- one verdict --------------------------------------------------------------------------------
     def write(self, v: dict[str, Any]) -> None:
@@ -143,8 +162,12 @@ class Bridge:
             self.stats["rejects"] += 1
             if self.cfg.reject_pulse_ms > 0 and not late:
                 self._pulse(self.cfg.coil_base + cam)
-        self.last[v["camera"]] = [v.get("run"), v["seq"]] + ([block.registers] if self.serves_registers else [])
+        skipped = self.delivery.setdefault(v["camera"], CameraDelivery()).written(
+            v.get("run"), v["seq"], block.registers if self.serves_registers else None)
         self._save_state()
+        if skipped:
+            log.warning("%s seq %d written before seq %s, which had not come within reorder_wait_ms: each is "
+                        "still written if it comes", v["camera"], v["seq"], _span(skipped))
         self.stats["written"] += 1
 
     def _pulse(self, coil: int) -> None:
@@ -174,7 +197,14 @@ class Bridge:
             log.error("verdict from camera %r, which has no register block (cameras: %s): not acknowledged",
                       v.get("camera"), ", ".join(self.cfg.cameras))
             return None
-        new = not self._written_before(v)
+        delivery = self.delivery.get(v["camera"], CameraDelivery())
+        arrival = delivery.arrival(v.get("run"), v["seq"])
+        if self._hold(v, arrival):
+            return None
+        if arrival is Arrival.LATE:
+            self.stats["out_of_order"] += 1
+            log.warning("%s seq %d came after a later verdict of its run: written now, out of order", v["camera"], v["seq"])
+        new = arrival is not Arrival.DUPLICATE
         if new:
             try:
                 self.write(v)

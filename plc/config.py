@@ -41,6 +41,10 @@ class BridgeConfig(BaseModel):
     deadline_ms: float = Field(1000.0, gt=0, description="a verdict older than this (since acquisition) is flagged late")
     handshake: bool = Field(False, description="wait for the PLC to clear `new` before writing the next verdict")
     handshake_timeout_ms: float = Field(500.0, gt=0)
+    reorder_wait_ms: float = Field(
+        1000.0, ge=0, description="a verdict that overtook an earlier one of its camera (lost in a restart) waits this "
+        "long, unacknowledged, for the runtime to resend the earlier one, so the PLC gets them in order; keep it above "
+        "the runtime's ack_timeout_ms")
     state_file: str | None = Field(None, description="remembers the last verdict written per camera across restarts")
     curve: CurveConfig | None = Field(
         None, description="ZeroMQ CURVE (edge/curve.py): our certificate (bridge.key_secret) and the folder of station "

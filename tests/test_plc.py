@@ -81,7 +81,11 @@ def _stop_bridge(bridge, stop, t) -> None:
 
 def _two_runs_with_a_bridge_restart(cfg, rt_cfg, plc, settle_s: float) -> list[str]:
     """Two runtime runs of 8 verdicts, the bridge restarted (same port, same state file) once the PLC has read
-    3 of the first; returns the run ids once the PLC has read all 16 (or `settle_s` passed), everything closed."""
+    3 of the first; returns the run ids once the PLC has read all 16 (or `settle_s` passed), everything closed.
+    The runtime waits 4 ack timeouts for acks after its source ended: 8 s here, longer than a loaded machine
+    takes to restart an OPC UA bridge (the bridge's reorder_wait_ms must exceed the ack timeout)."""
+    rt_cfg = {**rt_cfg, "ack_timeout_ms": 2000}
+    assert cfg.reorder_wait_ms > 2000
     bridge, stop, t = _bridge_thread(cfg)
     plc.start()
     runs = []
@@ -108,6 +112,14 @@ def _two_runs_with_a_bridge_restart(cfg, rt_cfg, plc, settle_s: float) -> list[s
     return runs
 
 
+def _as_a_plc_takes_them(seen: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """(run, seq) de-duplicated as deploy/PLC.md tells PLC programs to: a verdict the PLC read just before a
+    bridge restart is presented again by the restarted bridge (a repeat, never a gap): one repeat at most."""
+    taken = [k for i, k in enumerate(seen) if i == 0 or k != seen[i - 1]]
+    assert len(seen) - len(taken) <= 1, seen
+    return taken
+
+
 def test_plc_reads_every_verdict_in_order_across_runtime_and_bridge_restarts(tmp_path, random_bundle, replay):
     port = free_port()
     rt_cfg = runtime_config(random_bundle, [{"kind": "folder", "path": str(replay), "rate_hz": 6, "loop": True,
@@ -115,11 +127,12 @@ def test_plc_reads_every_verdict_in_order_across_runtime_and_bridge_restarts(tmp
     cfg = load_bridge_config(overrides={
         "verdict_endpoint": rt_cfg["verdict_endpoint"], "mode": "modbus-server", "port": port, "cameras": ["cam0"],
         "handshake": True, "handshake_timeout_ms": 2000, "reject_pulse_ms": 20, "state_file": str(tmp_path / "state.json"),
+        "reorder_wait_ms": 5000,
     })
     plc = PollingPlc(port)
     runs = _two_runs_with_a_bridge_restart(cfg, rt_cfg, plc, settle_s=10)
-    got = [(v["run_code"], v["seq"]) for v in plc.seen]
-    assert got == [(run_code(r), s) for r in runs for s in range(1, 9)]  # every verdict, once, in order
+    got = _as_a_plc_takes_them([(v["run_code"], v["seq"]) for v in plc.seen])
+    assert got == [(run_code(r), s) for r in runs for s in range(1, 9)]  # every verdict, in order, no gap
     assert all(v["reject"] == (v["verdict"] != "OK") for v in plc.seen)
 
 
@@ -134,7 +147,7 @@ def test_client_mode_writes_into_the_plc_and_acks_only_after_the_write(tmp_path)
     runtime.setsockopt(zmq.LINGER, 0)
     runtime.connect(endpoint)
     try:
-        v = _verdict(5, "NG", camera="cam1")
+        v = _verdict(1, "NG", camera="cam1")
         runtime.send_multipart([b"verdict", msgpack.packb(v)])
         assert bridge.sock.poll(5000)
         ident, *frames = bridge.sock.recv_multipart()
@@ -142,11 +155,11 @@ def test_client_mode_writes_into_the_plc_and_acks_only_after_the_write(tmp_path)
         assert not runtime.poll(300) and bridge.stats["plc_errors"] == 1
         plc = ModbusServerPlc("127.0.0.1", port, 200, 4)  # now the PLC is up
         try:
-            assert bridge.handle(ident, frames)["seq"] == 5
+            assert bridge.handle(ident, frames)["seq"] == 1
             topic, body = runtime.recv_multipart()
-            assert topic == b"ack" and msgpack.unpackb(body) == {"run": "r1", "camera": "cam1", "seq": 5}
+            assert topic == b"ack" and msgpack.unpackb(body) == {"run": "r1", "camera": "cam1", "seq": 1}
             regs = [plc.read_register(100 + BLOCK + i) for i in range(FIELDS)]
-            assert decode(regs)["seq"] == 5 and decode(regs)["verdict"] == "NG" and decode(regs)["reject"]
+            assert decode(regs)["seq"] == 1 and decode(regs)["verdict"] == "NG" and decode(regs)["reject"]
             assert plc.read_register(100) == 0  # cam0's block untouched
             assert bridge.handle(ident, frames) is None and bridge.stats["duplicates"] == 1  # acked, not rewritten
             assert runtime.poll(2000)
@@ -270,36 +283,23 @@ class OpcUaPlc(threading.Thread):
 
 
 def test_opcua_server_mode_gives_scada_every_verdict_in_order_across_restarts(tmp_path, random_bundle, replay):
-    """Two runtime runs with the bridge (and so the OPC UA server) restarted in between: the client reconnects
-    and reads every verdict of both runs once, in order. (A mid-run restart is the Modbus test's job; with OPC UA
-    it is not reliable yet: this test's client missed acknowledged verdicts in some runs on a loaded machine.)"""
+    """Two runtime runs, the bridge (and so the OPC UA server) restarted in the middle of the first: the client
+    reconnects and reads every verdict of both runs in order, and gets one event per verdict while subscribed."""
     pytest.importorskip("asyncua")
     port = free_port()
-    rt_cfg = runtime_config(random_bundle, [{"kind": "folder", "path": str(replay), "rate_hz": 6}])
+    rt_cfg = runtime_config(random_bundle, [{"kind": "folder", "path": str(replay), "rate_hz": 6, "loop": True,
+                                             "max_frames": 8}])
     cfg = load_bridge_config(overrides={"verdict_endpoint": rt_cfg["verdict_endpoint"], "mode": "opcua-server",
                                         "port": port, "cameras": ["cam0"], "handshake": True,
-                                        "handshake_timeout_ms": 3000, "reject_pulse_ms": 20,
+                                        "handshake_timeout_ms": 3000, "reject_pulse_ms": 20, "reorder_wait_ms": 5000,
                                         "state_file": str(tmp_path / "state.json")})
     plc = OpcUaPlc(f"opc.tcp://127.0.0.1:{port}/sclvi/")
-    runs = []
-    try:
-        for i in range(2):
-            bridge, stop, t = _bridge_thread(cfg)  # same port, same state file
-            if i == 0:
-                plc.start()
-            rt = Runtime(load_runtime_config(overrides=rt_cfg))
-            runs.append(rt.shared.run_id)
-            rt.run()
-            end = time.time() + 30
-            while len(plc.seen) < 6 * (i + 1) and time.time() < end:
-                time.sleep(0.05)
-            _stop_bridge(bridge, stop, t)
-    finally:
-        plc.done.set()
-        plc.join(10)
-    assert [(v["Run"], v["Seq"]) for v in plc.seen] == [(run_code(r), s) for r in runs for s in range(1, 7)]
+    runs = _two_runs_with_a_bridge_restart(cfg, rt_cfg, plc, settle_s=30)
+    got = _as_a_plc_takes_them([(v["Run"], v["Seq"]) for v in plc.seen])
+    assert got == [(run_code(r), s) for r in runs for s in range(1, 9)]
     assert all(v["Reject"] == (v["Verdict"] != 1) for v in plc.seen)  # 1 = OK (deploy/PLC.md)
-    assert [e.split(" verdict")[0] for e in plc.events] == [f"cam0 seq {s}" for s in range(1, 7)] * 2  # one event each
+    events = [e.split(" verdict")[0] for e in plc.events]
+    assert events[-8:] == [f"cam0 seq {s}" for s in range(1, 9)]  # the second run: one event each
 
 
 def test_secured_opcua_endpoint_serves_only_trusted_clients_with_sign_and_encrypt(tmp_path):
