@@ -87,8 +87,17 @@ def build_memory_bank(
 def rebuild_memory_bank(bundle: ModelBundle, backend: EncoderBackend, images: Sequence[Path],
                         bank: BankConfig) -> tuple[np.ndarray, np.ndarray]:
     """A new bank for a trained bundle, with other bank settings or more good images, without retraining
-    (the encoder does not depend on the bank). Returns (small, large) like build_memory_bank."""
+    (the encoder does not depend on the bank). Returns (small, large) like build_memory_bank.
+    The new settings reach the manifest (and the calibration is dropped) only once the bank is written: a
+    failure while embedding (an unreadable image, Ctrl-C) leaves the bundle as it was."""
+    old = bundle.config
+    bundle.config = old.model_copy(update={"bank": bank})  # what build_memory_bank follows
+    try:
+        banks = build_memory_bank(bundle, backend, images)
+    except BaseException:
+        bundle.config = old
+        raise
     if set_bank_config(bundle, bank):
         log.warning("the bundle's calibrated thresholds were dropped (set on the old bank's scores): run "
                     "`sclvi calibrate` again before the line uses it")
-    return build_memory_bank(bundle, backend, images)
+    return banks

@@ -1,5 +1,6 @@
 """The `sclvi` command line: help on every subcommand, one-line errors for bad input."""
 
+import shutil
 import subprocess
 import sys
 
@@ -113,3 +114,12 @@ def test_bank_rebuilds_the_memory_bank_without_retraining_and_drops_the_old_cali
     assert rebuilt.manifest["files"][WEIGHTS] == b.manifest["files"][WEIGHTS]  # the encoder is untouched
     bad = runner.invoke(app, ["bank", str(b.path), str(synthetic_object), "--coreset-ratio", "2"])
     assert bad.exit_code == 2 and "bank.coreset_ratio" in bad.output
+    set_calibration(rebuilt, {"image_threshold": 1.0, "pixel_threshold": 1.0})
+    broken = tmp_path / "broken"
+    shutil.copytree(synthetic_object, broken)
+    (broken / "train" / "good" / "zz_truncated.png").write_bytes(b"\x89PNG\r\n\x1a\n")
+    failed = runner.invoke(app, ["bank", str(b.path), str(broken), "--max-images", "0", "--coreset-ratio", "0.5"])
+    assert failed.exit_code != 0 and "zz_truncated.png" in failed.output
+    kept = load_bundle(b.path)  # a rebuild that failed while embedding leaves the bundle as it was
+    assert kept.config.bank.coreset_ratio == 1 and "calibration" in kept.manifest
+    assert len(kept.bank("small")) == len(rebuilt.bank("small"))
