@@ -82,10 +82,11 @@ def _stop_bridge(bridge, stop, t) -> None:
 def _two_runs_with_a_bridge_restart(cfg, rt_cfg, plc, settle_s: float) -> list[str]:
     """Two runtime runs of 8 verdicts, the bridge restarted (same port, same state file) once the PLC has read
     3 of the first; returns the run ids once the PLC has read all 16 (or `settle_s` passed), everything closed.
-    The runtime waits 4 ack timeouts for acks after its source ended: 8 s here, longer than a loaded machine
-    takes to restart an OPC UA bridge (the bridge's reorder_wait_ms must exceed the ack timeout)."""
-    rt_cfg = {**rt_cfg, "ack_timeout_ms": 2000}
-    assert cfg.reorder_wait_ms > 2000
+    The runtime waits 4 ack timeouts for acks after its source ended: 16 s here, room for a loaded 2-core
+    machine to restart an OPC UA bridge and hand over the rest of the run one handshake at a time (the
+    bridge's reorder_wait_ms must exceed the ack timeout)."""
+    rt_cfg = {**rt_cfg, "ack_timeout_ms": 4000}
+    assert cfg.reorder_wait_ms > 4000
     bridge, stop, t = _bridge_thread(cfg)
     plc.start()
     runs = []
@@ -127,7 +128,7 @@ def test_plc_reads_every_verdict_in_order_across_runtime_and_bridge_restarts(tmp
     cfg = load_bridge_config(overrides={
         "verdict_endpoint": rt_cfg["verdict_endpoint"], "mode": "modbus-server", "port": port, "cameras": ["cam0"],
         "handshake": True, "handshake_timeout_ms": 2000, "reject_pulse_ms": 20, "state_file": str(tmp_path / "state.json"),
-        "reorder_wait_ms": 5000,
+        "reorder_wait_ms": 10000,
     })
     plc = PollingPlc(port)
     runs = _two_runs_with_a_bridge_restart(cfg, rt_cfg, plc, settle_s=10)
@@ -291,7 +292,7 @@ def test_opcua_server_mode_gives_scada_every_verdict_in_order_across_restarts(tm
                                              "max_frames": 8}])
     cfg = load_bridge_config(overrides={"verdict_endpoint": rt_cfg["verdict_endpoint"], "mode": "opcua-server",
                                         "port": port, "cameras": ["cam0"], "handshake": True,
-                                        "handshake_timeout_ms": 3000, "reject_pulse_ms": 20, "reorder_wait_ms": 5000,
+                                        "handshake_timeout_ms": 3000, "reject_pulse_ms": 20, "reorder_wait_ms": 10000,
                                         "state_file": str(tmp_path / "state.json")})
     plc = OpcUaPlc(f"opc.tcp://127.0.0.1:{port}/sclvi/")
     runs = _two_runs_with_a_bridge_restart(cfg, rt_cfg, plc, settle_s=30)
