@@ -9,11 +9,10 @@ a restart of either side) are recognised by (run, camera, seq) and acknowledged 
 with `state_file` that memory survives a bridge restart. A verdict that overtook an earlier one of its
 camera (plc/delivery.py) is held, unacknowledged, for up to `reorder_wait_ms` so that the resent earlier
 one is written first; after that it is written, and the earlier one is still written when it comes.
-In the server modes the registers live in the
-bridge, so a verdict written but not yet taken by the PLC (`new` still set) would die with it: the state
-file keeps that block and a restarted bridge presents it again (same run and seq: a PLC that already took
-it sees a repeat, never a gap). NOT_INSPECTED sets reject unless configured
-otherwise. A verdict older than `deadline_ms` is written with the late flag and no reject pulse: its
+In the server modes the registers live in the bridge, so a verdict written but not yet taken by the PLC
+(`new` still set) would die with it: the state file keeps that block and a restarted bridge presents it
+again (same run and seq: a PLC that already took it sees a repeat, never a gap). NOT_INSPECTED sets reject
+unless configured otherwise. A verdict older than `deadline_ms` is written with the late flag and no reject pulse: its
 part has passed the gate, and the PLC's own timeout has rejected it.
 """
 
