@@ -144,6 +144,8 @@ class SharedRing:
 
     def close(self, unlink: bool = False) -> None:
         del self.header, self.data
+        if hasattr(self.spec.lock, "close"):
+            self.spec.lock.close()
         self.shm.close()
         if unlink:
             self.shm.unlink()

@@ -16,6 +16,7 @@ from typing import Any
 
 from sclvi.edge.counters import Counters
 from sclvi.edge.messages import Reason, Verdict, verdict_message
+from sclvi.edge.ring_lock import RobustLock
 from sclvi.edge.ring import RingSpec
 
 FLUSH = {"flush": True}  # tells the publisher to send what is pending and stop
@@ -86,7 +87,7 @@ def make_shared(camera_ids: list[str], slots: int, slot_bytes: list[int], worker
     ctx = mp.get_context("spawn")
     tag = f"sclvi-{os.getpid()}"
     rundir = tempfile.mkdtemp(prefix=f"{tag}-")  # mode 0700: no other local user can inject verdicts
-    rings = [RingSpec(f"{tag}-{i}", slots, b, ctx.Lock()) for i, b in enumerate(slot_bytes)]
+    rings = [RingSpec(f"{tag}-{i}", slots, b, RobustLock(f"{rundir}/ring-{i}.lock")) for i, b in enumerate(slot_bytes)]
     return Shared(
         rings=rings, runtime_dir=rundir, results_endpoint=f"ipc://{rundir}/results", journal_path=f"{rundir}/journal",
         run_id=f"{time.strftime('%Y%m%dT%H%M%S')}-{secrets.token_hex(4)}",

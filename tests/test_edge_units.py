@@ -2,6 +2,8 @@
 
 import multiprocessing as mp
 import os
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -159,3 +161,35 @@ def test_genicam_bad_producer_and_device(tmp_path):
     with pytest.raises(DataError, match="not found"):
         src.open()
     src.close()
+
+
+def _hold_the_ring_lock_then_wait(lock, held):
+    with lock:
+        held.set()
+        time.sleep(60)
+
+
+def test_a_process_killed_while_holding_the_ring_lock_does_not_stop_the_line(tmp_path):
+    """A worker SIGKILLed inside the ring's lock froze acquisition and its own replacement for good (a CI run);
+    the lock is now released by the kernel when its holder dies."""
+    import multiprocessing as mp
+    import signal
+
+    from sclvi.edge.ring_lock import RobustLock
+
+    ctx = mp.get_context("spawn")
+    lock, held = RobustLock(str(tmp_path / "ring.lock")), ctx.Event()
+    child = ctx.Process(target=_hold_the_ring_lock_then_wait, args=(lock, held))
+    child.start()
+    try:
+        assert held.wait(60)
+        got = threading.Event()
+        taker = threading.Thread(target=lambda: (lock.__enter__(), got.set(), lock.__exit__()), daemon=True)
+        taker.start()
+        assert not got.wait(0.5)  # excluded while the child holds it
+        os.kill(child.pid, signal.SIGKILL)
+        assert got.wait(10)  # a multiprocessing.Lock would stay taken for ever here
+    finally:
+        child.kill()
+        child.join(10)
+        lock.close()
