@@ -85,7 +85,9 @@ class Shared:
 
 def make_shared(camera_ids: list[str], slots: int, slot_bytes: list[int], workers: int, thresholds: tuple[float, float]) -> Shared:
     ctx = mp.get_context("spawn")
-    tag = f"sclvi-{os.getpid()}"
+    # pid + a random part: a stale segment of a SIGKILLed supervisor whose pid comes back, or a second
+    # runtime in the same process, cannot collide with this one's rings
+    tag = f"sclvi-{os.getpid()}-{secrets.token_hex(3)}"
     rundir = tempfile.mkdtemp(prefix=f"{tag}-")  # mode 0700: no other local user can inject verdicts
     rings = [RingSpec(f"{tag}-{i}", slots, b, RobustLock(f"{rundir}/ring-{i}.lock")) for i, b in enumerate(slot_bytes)]
     return Shared(
