@@ -17,10 +17,10 @@ import shutil
 import time
 from dataclasses import dataclass
 from multiprocessing import shared_memory
-from typing import Any
 
 import numpy as np
 
+from sclvi.edge.ring_lock import RobustLock
 from sclvi.errors import ConfigError
 
 FREE, WRITING, READY, PROCESSING = 0, 1, 2, 3
@@ -37,7 +37,7 @@ class RingSpec:
     name: str
     slots: int
     slot_bytes: int
-    lock: Any
+    lock: RobustLock
 
 
 class SharedRing:
@@ -144,8 +144,7 @@ class SharedRing:
 
     def close(self, unlink: bool = False) -> None:
         del self.header, self.data
-        if hasattr(self.spec.lock, "close"):
-            self.spec.lock.close()
+        self.spec.lock.close()
         self.shm.close()
         if unlink:
             self.shm.unlink()

@@ -15,6 +15,7 @@ from sclvi.edge.decide import decide, defect_regions
 from sclvi.edge.messages import Reason, Verdict, pack, unpack, verdict_message
 from sclvi.edge.pixel_formats import to_array
 from sclvi.edge.ring import FREE, READY, RingSpec, SharedRing
+from sclvi.edge.ring_lock import RobustLock
 from sclvi.edge.sources import FolderSource, GenICamSource, SourceEnded
 from sclvi.errors import ConfigError, DataError
 
@@ -45,9 +46,9 @@ def _ring_child(spec, frame_shape):
     ring.close()
 
 
-def test_ring_carries_frames_between_processes_and_claims_one_verdict():
+def test_ring_carries_frames_between_processes_and_claims_one_verdict(tmp_path):
     ctx = mp.get_context("spawn")
-    spec = RingSpec(f"sclvi-test-{os.getpid()}", 2, 1000, ctx.Lock())
+    spec = RingSpec(f"sclvi-test-{os.getpid()}", 2, 1000, RobustLock(str(tmp_path / "ring.lock")))
     ring = SharedRing(spec, create=True)
     try:
         assert ring.acquire_free() == 0 and ring.acquire_free() == 1 and ring.acquire_free() is None  # full
@@ -172,10 +173,7 @@ def _hold_the_ring_lock_then_wait(lock, held):
 def test_a_process_killed_while_holding_the_ring_lock_does_not_stop_the_line(tmp_path):
     """A worker SIGKILLed inside the ring's lock froze acquisition and its own replacement for good (a CI run);
     the lock is now released by the kernel when its holder dies."""
-    import multiprocessing as mp
     import signal
-
-    from sclvi.edge.ring_lock import RobustLock
 
     ctx = mp.get_context("spawn")
     lock, held = RobustLock(str(tmp_path / "ring.lock")), ctx.Event()

@@ -219,11 +219,10 @@ def test_a_frame_of_the_wrong_size_is_not_inspected_instead_of_stretched(random_
 
 
 def test_slots_of_an_acquisition_killed_mid_write_are_reclaimed(tmp_path):
-    import multiprocessing as mp
-
     from sclvi.edge.ring import FREE, WRITING, RingSpec, SharedRing
+    from sclvi.edge.ring_lock import RobustLock
 
-    ring = SharedRing(RingSpec(f"sclvi-test-{os.getpid()}", 3, 64, mp.get_context("spawn").Lock()), create=True)
+    ring = SharedRing(RingSpec(f"sclvi-test-{os.getpid()}", 3, 64, RobustLock(str(tmp_path / "ring.lock"))), create=True)
     try:
         slot = ring.acquire_free()  # the acquisition died right after this
         assert ring.busy() and ring.header[slot]["state"] == WRITING

@@ -12,6 +12,7 @@ from sclvi.plc.config import load_bridge_config
 from sclvi.plc.delivery import MAX_MISSING, Arrival, CameraDelivery
 from sclvi.plc.registers import FIELDS, decode
 from test_edge_runtime import free_port
+from test_plc import _verdict
 
 
 def test_a_seq_overtaken_by_a_later_one_is_late_not_a_duplicate():
@@ -30,11 +31,6 @@ def test_a_seq_overtaken_by_a_later_one_is_late_not_a_duplicate():
     assert again == d
     old = CameraDelivery.from_json(["r1", 7, [1] * FIELDS])  # an earlier version's state file
     assert (old.high, old.block, old.arrival("r1", 7)) == (7, [1] * FIELDS, Arrival.DUPLICATE)
-
-
-def _verdict(seq):
-    return {"run": "r1", "camera": "cam0", "seq": seq, "frame_id": seq, "t_acq_ns": time.time_ns(), "trigger": None,
-            "verdict": "OK", "reason": None, "score": 0.1, "regions": []}
 
 
 def _exchange(bridge, runtime, seq):
