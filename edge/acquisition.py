@@ -26,8 +26,10 @@ def acquisition_main(cfg: RuntimeConfig, cam: int, shared: Shared) -> None:
     row = shared.row_acquisition(cam)
     count = shared.counters
     backoff = 0.5
+    beat = shared.heartbeat_index("acquisition", cam)
     try:
         while not shared.stop.is_set():
+            shared.beat(beat, cfg.stall_timeout_s + backoff)  # opening a camera may take a while; so may the back-off
             source = make_source(src_cfg)
             try:
                 source.open()
@@ -44,6 +46,7 @@ def acquisition_main(cfg: RuntimeConfig, cam: int, shared: Shared) -> None:
             warned_size = False
             try:
                 while not shared.stop.is_set():
+                    shared.beat(beat, cfg.stall_timeout_s)  # read() returns within fetch_timeout_s, frame or not
                     frame = source.read()
                     if frame is None:
                         count.add(row, "fetch_timeouts")
@@ -90,5 +93,6 @@ def acquisition_main(cfg: RuntimeConfig, cam: int, shared: Shared) -> None:
             finally:
                 source.close()  # releases the camera, also on shutdown
     finally:
+        shared.alive_until[beat] = 0  # an ended source (or an error the supervisor sees as an exit) is no hang
         shared.close_sender()
         ring.close()

@@ -66,6 +66,11 @@ class RuntimeConfig(_Strict):
         6, ge=1, description="an inference worker dying this often in a minute stops the line (non-zero exit) "
         "instead of restarting forever while every part gets NOT_INSPECTED",
     )
+    stall_timeout_s: float = Field(
+        30.0, gt=0, description="an acquisition or inference process that shows no sign of life for this long (hung in a "
+        "camera driver, a lock, an endless loop) is killed and restarted like a crashed one; must exceed the longest "
+        "single inference and every camera's fetch_timeout_s",
+    )
     verdict_endpoint: str = Field("tcp://127.0.0.1:5555", description="the PLC bridge's ROUTER (we connect)")
     telemetry_endpoint: str | None = Field("tcp://127.0.0.1:5556", description="PUB for heartbeats (we bind)")
     control_endpoint: str | None = Field(
@@ -118,6 +123,10 @@ class RuntimeConfig(_Strict):
         used = [e for e in named.values() if e is not None]
         if len(set(used)) != len(used):
             raise ValueError("verdict_endpoint, telemetry_endpoint and control_endpoint must all differ")
+        slow = [c.camera_id for c in self.cameras if c.fetch_timeout_s >= self.stall_timeout_s]
+        if slow:  # an idle camera (waiting for its trigger) beats once per fetch timeout
+            raise ValueError(f"stall_timeout_s {self.stall_timeout_s:g} must exceed fetch_timeout_s of camera(s) "
+                             f"{', '.join(slow)}: an idle camera would be taken for a hung one")
         return self
 
 

@@ -13,7 +13,7 @@ NAMES = (
     "frames_grabbed", "fetch_timeouts", "incomplete_buffers", "wrong_size", "camera_reconnects", "ring_full",
     "verdict_ok", "verdict_ng", "not_inspected", *(f"nis_{r.value}" for r in Reason), "late_results",
     "inference_errors", "sent", "send_failures", "resends", "acks", "bad_acks", "late_verdicts", "pending",
-    "worker_restarts", "acquisition_restarts", "publisher_restarts",
+    "worker_restarts", "acquisition_restarts", "publisher_restarts", "stalls",
 )
 INDEX = {n: i for i, n in enumerate(NAMES)}
 

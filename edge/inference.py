@@ -18,6 +18,9 @@ from sclvi.edge.pixel_formats import to_rgb
 from sclvi.edge.ring import SharedRing
 from sclvi.edge.shared import Shared
 
+#: How long a worker may take to load its bundle and engines (at start and on `reload`) before it counts as hung.
+LOAD_TIMEOUT_S = 300.0
+
 log = logging.getLogger("sclvi.edge.inference")
 
 
@@ -49,11 +52,14 @@ def worker_main(cfg: RuntimeConfig, w: int, shared: Shared) -> None:
     recorder = Recorder(cfg.record_dir, cfg.record_max_mb) if cfg.record_dir else None
     preview_every = 1.0 / cfg.preview_hz if cfg.preview_hz and cfg.telemetry_endpoint else None
     next_preview = 0.0
+    beat = shared.heartbeat_index("worker", w)
+    shared.beat(beat, cfg.stall_timeout_s)
     shared.workers_ready[w] = 1
     log.info("worker %d ready (%s)", w, scorer.embedder.backend.name)
     try:
         turn = 0
         while True:
+            shared.beat(beat, cfg.stall_timeout_s)  # one frame's inference must fit in it too
             slot = None
             for k in range(len(rings)):  # round robin over cameras
                 cam = (turn + k) % len(rings)
@@ -68,6 +74,7 @@ def worker_main(cfg: RuntimeConfig, w: int, shared: Shared) -> None:
                 continue
             if shared.generation.value != generation:  # `reload` from the control socket
                 generation = shared.generation.value
+                shared.beat(beat, LOAD_TIMEOUT_S + cfg.stall_timeout_s)  # loading engines is slower than a frame
                 scorer = load_scorer(cfg)
                 log.info("worker %d reloaded the bundle", w)
             ring = rings[cam]
@@ -124,6 +131,7 @@ def worker_main(cfg: RuntimeConfig, w: int, shared: Shared) -> None:
                 shared.counters.add(row, "late_results")
             ring.release(slot)
     finally:
+        shared.alive_until[beat] = 0  # exiting is no hang
         shared.close_sender()
         for ring in rings:
             ring.close()

@@ -39,6 +39,7 @@ class Shared:
     seq: list[Any]  # Value('q') per camera: sequence numbers survive an acquisition restart
     acq_done: Any  # Array('i') per camera: the finite source has ended
     workers_ready: Any  # Array('i') per worker: model loaded, taking frames
+    alive_until: Any  # Array('q'): per camera's acquisition, then per worker, the monotonic ns by which it beats again
     camera_ids: list[str] = field(default_factory=list)
     _push: Any = field(default=None, repr=False)  # this process's PUSH socket, made on first use
 
@@ -55,6 +56,16 @@ class Shared:
 
     def row_publisher(self, workers: int) -> int:
         return 1 + len(self.rings) + workers
+
+    def beat(self, index: int, allowance_s: float) -> None:
+        """Promise the supervisor another heartbeat within `allowance_s`: a process that breaks the promise (hung in
+        a driver call, a lock, an endless loop) is killed and restarted like a dead one (Runtime.watchdog).
+        `index`: from `heartbeat_index`."""
+        self.alive_until[index] = time.monotonic_ns() + int(allowance_s * 1e9)
+
+    def heartbeat_index(self, kind: str, i: int) -> int:
+        """Slot of camera `i`'s acquisition (kind `acquisition`) or of worker `i` (kind `worker`) in alive_until."""
+        return i if kind == "acquisition" else len(self.rings) + i
 
     def send(self, msg: dict[str, Any]) -> None:
         """Hand a verdict to the publisher (never blocks for long: local ipc, large high-water mark)."""
@@ -97,5 +108,5 @@ def make_shared(camera_ids: list[str], slots: int, slot_bytes: list[int], worker
         stop=ctx.Event(), stop_workers=ctx.Event(), paused=ctx.Event(), image_threshold=ctx.Value("d", thresholds[0]),
         pixel_threshold=ctx.Value("d", thresholds[1]), generation=ctx.Value("i", 0),
         seq=[ctx.Value("q", 0) for _ in camera_ids], acq_done=ctx.Array("i", len(camera_ids)),
-        workers_ready=ctx.Array("i", workers), camera_ids=camera_ids,
+        workers_ready=ctx.Array("i", workers), alive_until=ctx.Array("q", len(camera_ids) + workers), camera_ids=camera_ids,
     )

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import os
 import shutil
 import signal
 import threading
@@ -97,6 +98,8 @@ class Runtime:
         self._publisher_starts: list[float] = []
         self._worker_deaths: list[float] = []
         self.stopping = False
+        self._stall_stop = threading.Event()
+        self._stall_thread = threading.Thread(target=self._watch_stalls, name="stall-watch", daemon=True)
         self.zmq = zmq.Context()
         self.control = None
         self._auth = None
@@ -134,13 +137,15 @@ class Runtime:
     def _start_acquisition(self, cam: int) -> None:
         from sclvi.edge.acquisition import acquisition_main
 
+        self.shared.beat(self.shared.heartbeat_index("acquisition", cam), 2 * self.cfg.stall_timeout_s)  # spawn + import
         p = self.ctx.Process(target=acquisition_main, args=(self.cfg, cam, self.shared), name=f"acq-{self.cfg.cameras[cam].camera_id}", daemon=True)
         p.start()
         self.acquisition[cam] = p
 
     def _start_worker(self, w: int) -> None:
-        from sclvi.edge.inference import worker_main
+        from sclvi.edge.inference import LOAD_TIMEOUT_S, worker_main
 
+        self.shared.beat(self.shared.heartbeat_index("worker", w), LOAD_TIMEOUT_S + self.cfg.stall_timeout_s)
         p = self.ctx.Process(target=worker_main, args=(self.cfg, w, self.shared), name=f"worker-{w}", daemon=True)
         p.start()
         self.workers[w] = p
@@ -159,13 +164,16 @@ class Runtime:
         self._start_publisher()
         for w in range(self.cfg.workers):
             self._start_worker(w)
+        self._stall_thread.start()
         self._wait_for_workers()
         for cam in range(len(self.cfg.cameras)):
             self._start_acquisition(cam)
         log.info("runtime started: %d camera(s), %d worker(s), verdicts to %s", len(self.cfg.cameras), self.cfg.workers, self.cfg.verdict_endpoint)
 
-    def _wait_for_workers(self, timeout_s: float = 300.0) -> None:
+    def _wait_for_workers(self) -> None:
         """Grab nothing before inference can take frames: a cold start must not become NOT_INSPECTED."""
+        from sclvi.edge.inference import LOAD_TIMEOUT_S as timeout_s
+
         end = time.monotonic() + timeout_s
         while not all(self.shared.workers_ready[:]):
             dead = [w for w, p in enumerate(self.workers) if not p.is_alive()]
@@ -176,8 +184,36 @@ class Runtime:
             time.sleep(0.05)
 
     # -- supervision -----------------------------------------------------------------------------
+    def _watch_stalls(self) -> None:
+        """A process that broke its heartbeat promise (Shared.beat) is hung — in a camera driver, an endless loop,
+        or stopped while holding a ring lock — and the line would stand still while looking alive. Kill it; the
+        watchdog then handles it as a crash (its frame NOT_INSPECTED, a new process, counted toward the
+        crash-loop limit for workers). A thread of its own: the main loop itself blocks on a ring lock such a
+        process holds, and only the kill frees it. It never reaps (is_alive/exitcode would race the main
+        loop's waitpid): it signals the pid the main loop gave the process."""
+        while not self._stall_stop.wait(min(0.5, self.cfg.stall_timeout_s / 4)):
+            now = time.monotonic_ns()
+            procs = [("acquisition", i, p) for i, p in enumerate(self.acquisition)] + [("worker", i, p) for i, p in enumerate(self.workers)]
+            late = [(self.shared.alive_until[self.shared.heartbeat_index(kind, i)], kind, i, p) for kind, i, p in procs if p is not None]
+            late = [entry for entry in late if entry[0] and now > entry[0]]
+            if not late or self.stopping:
+                continue
+            # One per round, the longest overdue: the others may only be waiting on it (a ring lock it holds)
+            # and come back to life once it is gone.
+            until, kind, i, p = min(late, key=lambda entry: entry[0])
+            who = f"acquisition {self.cfg.cameras[i].camera_id}" if kind == "acquisition" else f"inference worker {i}"
+            log.error("%s (pid %d) showed no sign of life for %.1f s (stall_timeout_s %g): hung, killing it to restart it",
+                      who, p.pid, self.cfg.stall_timeout_s + (now - until) / 1e9, self.cfg.stall_timeout_s)
+            self.shared.alive_until[self.shared.heartbeat_index(kind, i)] = 0  # once: its replacement promises anew
+            self.shared.counters.add(0, "stalls")
+            try:
+                os.kill(p.pid, signal.SIGKILL)
+            except ProcessLookupError:  # it died on its own meanwhile
+                pass
+
     def watchdog(self) -> None:
-        """NOT_INSPECTED for frames past their deadline and for frames of dead workers."""
+        """NOT_INSPECTED for frames past their deadline and for frames of dead workers (hung ones included:
+        `_watch_stalls` kills them)."""
         deadline_ns = int(self.cfg.deadline_ms * 1e6)
         now = time.time_ns()
         dead = {w for w, p in enumerate(self.workers) if p is not None and not p.is_alive()}
@@ -339,6 +375,9 @@ class Runtime:
 
     def shutdown(self) -> dict[str, int]:
         self.stopping = True
+        self._stall_stop.set()
+        if self._stall_thread.is_alive():
+            self._stall_thread.join()
         s = self.shared
         s.stop.set()
         for p in self.acquisition:

@@ -144,9 +144,9 @@ def test_a_full_ring_rejects_frames_instead_of_blocking(random_bundle, replay):
     assert full and totals["nis_ring_full"] == len(full) == totals["ring_full"]
 
 
-def run_and_kill(cfg, pick, after=2):
-    """Run the runtime with a PLC stand-in; SIGKILL the child `pick(status)` names once `after` verdicts
-    arrived (while it is working). Returns (verdicts, final counters)."""
+def run_and_kill(cfg, pick, after=2, sig=signal.SIGKILL):
+    """Run the runtime with a PLC stand-in; send `sig` (SIGKILL: dies, SIGSTOP: hangs) to the child
+    `pick(status)` names once `after` verdicts arrived (while it is working). Returns (verdicts, final counters)."""
     import os
 
     plc = Collector(cfg["verdict_endpoint"])
@@ -157,7 +157,7 @@ def run_and_kill(cfg, pick, after=2):
     deadline = time.time() + 60
     while len(plc.verdicts) < after and time.time() < deadline:
         time.sleep(0.05)
-    os.kill(pick(_ask(req, cmd="status")), signal.SIGKILL)
+    os.kill(pick(_ask(req, cmd="status")), sig)
     t.join(120)
     req.close()
     return plc.finish(), result
@@ -170,6 +170,22 @@ def test_crashed_worker_is_restarted_and_no_frame_is_lost(random_bundle, replay)
     assert result["worker_restarts"] == 1
     crashed = [v for v in verdicts if v.get("reason") == "worker_crash"]
     assert len(crashed) == result["nis_worker_crash"] <= 1  # the frame it held, if any
+
+
+@pytest.mark.parametrize("who", ["worker", "acquisition"])
+def test_a_hung_process_is_killed_and_restarted_and_no_frame_is_lost(random_bundle, replay, who):
+    """A process stopped dead (SIGSTOP: what a hang in a camera driver or a lock looks like) is alive to
+    is_alive(), so only its missed heartbeats show it. Before the stall watch the line stood still for good,
+    status "running"."""
+    cfg = runtime_config(random_bundle, [{"kind": "folder", "path": str(replay), "rate_hz": 4, "loop": True, "max_frames": 16}],
+                         stall_timeout_s=2)
+    pick = {"worker": lambda st: st["workers"][0]["pid"], "acquisition": lambda st: st["cameras"][0]["pid"]}[who]
+    verdicts, result = run_and_kill(cfg, pick, sig=signal.SIGSTOP)
+    seqs = sorted(v["seq"] for v in verdicts)
+    # every frame has exactly one verdict; a restarted replay source counts its 16 frames afresh
+    assert seqs == list(range(1, len(seqs) + 1)) and len(seqs) >= 16
+    assert result["stalls"] == 1 and result[f"{who}_restarts"] == 1
+    assert sum(v["verdict"] != "NOT_INSPECTED" for v in verdicts) >= 8  # the line went on after the restart
 
 
 TOKEN = "s3cret-token-for-tests"

@@ -98,6 +98,7 @@ def test_every_verdict_carries_its_run_so_a_restart_is_not_a_duplicate(random_bu
     ({"verdict_endpoint": "tcp://127.0.0.1:99999"}, "not tcp://HOST:PORT"),
     ({"telemetry_endpoint": "udp://127.0.0.1:5000"}, "not tcp://HOST:PORT"),
     ({"telemetry_endpoint": "tcp://127.0.0.1:5557", "control_endpoint": "tcp://127.0.0.1:5557"}, "must all differ"),
+    ({"stall_timeout_s": 1.0}, "must exceed fetch_timeout_s of camera"),  # an idle camera would look hung
 ])
 def test_bad_runtime_configs_are_refused_at_load(random_bundle, change, message):
     cfg = {**runtime_config(random_bundle, [{"kind": "folder", "path": "x"}]), **change}
