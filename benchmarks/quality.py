@@ -11,7 +11,8 @@ accuracy and code statistics. Bundles are cached in --work, so an interrupted ru
     sclvi bench quality --ablation        the paper's ablations on one trained model per task: the eta
                                           sweep, the authors' formula, coresets and position windows
     sclvi bench quality --families P...   the encoder presets side by side (scl12, eta 10)
-    sclvi bench quality --improvements    also each departure from the paper alone (IMPROVEMENTS), one seed
+    sclvi bench quality --improvements [SLUG ...]   also departures from the paper alone (IMPROVEMENTS; all, or
+                                                   those named: paper-loss-and-input, no-code-aggregation, ...)
     sclvi bench quality --steps N...      the learning curve: quality against the step budget (learning_curve.py)
 """
 
@@ -20,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -28,7 +30,7 @@ import numpy as np
 
 from sclvi.benchmarks.common import machine, machine_table, parse_args
 from sclvi.bundle import load_bundle
-from sclvi.config import Config, build_config
+from sclvi.config import Config, deep_merge, build_config
 from sclvi.errors import SclviError
 
 log = logging.getLogger(__name__)
@@ -78,6 +80,8 @@ IMPROVEMENTS: dict[str, dict[str, Any]] = {
     "paper loss and input": {"preprocess": {"photometric": "none"}, "train": {"defect_weight": 0.0}},
     "synthetic defects only": {"preprocess": {"photometric": "none"}, "train": {"defect_weight": 1.0}},
     "frame photometric only": {"preprocess": {"photometric": "frame"}, "train": {"defect_weight": 0.0}},
+    # bank-only: no training of its own (scored on every seed's default model with its bank rebuilt)
+    "no code aggregation": {"bank": {"neighbourhood": 1}},
 }
 ETAS = (1, 3, 5, 10, 20)
 CORESETS = (0.1, 0.01)
@@ -94,10 +98,8 @@ def protocol_config(protocol: str, task: str, preset: str | None = None, seed: i
     """The protocol's budget for one pretext task and seed, on the protocol's preset or another one, with a
     variant's overrides (IMPROVEMENTS) on top."""
     p = PROTOCOLS[protocol]
-    v = variant or {}
-    overrides = {k: val for k, val in p.items() if k not in ("preset", "models")}
-    overrides.update({k: val for k, val in v.items() if k != "train"})
-    overrides["train"] = {**p["train"], **v.get("train", {}), "task": task, "seed": seed}
+    overrides = deep_merge({k: val for k, val in p.items() if k not in ("preset", "models")}, variant or {})
+    overrides["train"] = {**overrides["train"], "task": task, "seed": seed}
     return build_config(preset or p["preset"], overrides)
 
 
@@ -289,7 +291,7 @@ def floor_rows(name: str, ds: Any, protocol: str, masks: np.ndarray | None, work
 
 
 def run_quality(name: str, root: Path, protocol: str, tasks: list[str], seeds: list[int], work: Path,
-                out: Path, improvements: bool = False, progress: Any = None) -> list[dict[str, Any]]:
+                out: Path, improvements: list[str] | None = None, progress: Any = None) -> list[dict[str, Any]]:
     """Floors, then every (task, seed) of the protocol's preset: one row each, eta 10; with `improvements`,
     also each IMPROVEMENTS variant on the first task and seed. `progress(rows)` after each row, so an
     interrupted run still leaves a report of what it measured."""
@@ -302,12 +304,19 @@ def run_quality(name: str, root: Path, protocol: str, tasks: list[str], seeds: l
     masks = test_masks(ds, protocol_config(protocol, "scl12").geometry)
     rows = floor_rows(name, ds, protocol, masks, work, progress)
     runs = [("default", {}, task, seed) for task in tasks for seed in seeds]
-    if improvements:
-        runs += [(label, over, tasks[0], seeds[0]) for label, over in IMPROVEMENTS.items()]
+    # `improvements`: the variants' slugs (IMPROVEMENTS labels with dashes), [] for all of them, None for none.
+    # A variant that changes only the bank needs no training: every seed's model is scored.
+    picked = {} if improvements is None else {
+        label: over for label, over in IMPROVEMENTS.items() if not improvements or label.replace(" ", "-") in improvements}
+    runs += [(label, over, tasks[0], seed) for label, over in picked.items()
+             for seed in (seeds if set(over) == {"bank"} else seeds[:1])]
     for variant, over, task, seed in runs:
         cfg = protocol_config(protocol, task, seed=seed, variant=over)
         slug = variant.replace(" ", "-")
-        bundle, scores, maps, embed_s, score_s, train_s = train_and_score(cfg, ds, work / name / f"{task}-seed{seed}-{slug}")
+        where = work / name / f"{task}-seed{seed}-{slug}"
+        if set(over) == {"bank"} and not where.exists() and (work / name / f"{task}-seed{seed}-default").is_dir():
+            shutil.copytree(work / name / f"{task}-seed{seed}-default", where)  # same model; its bank is rebuilt
+        bundle, scores, maps, embed_s, score_s, train_s = train_and_score(cfg, ds, where)
         rows.append(quality_row(name, ds, masks, preset, "trained", task, seed, scores, maps, embed_s, score_s, train_s,
                                 {**model_facts(bundle), "window": resolve_scoring(cfg.scoring, bundle).window,
                                  "photometric": cfg.preprocess.photometric, "defect_weight": cfg.train.defect_weight},
@@ -553,7 +562,8 @@ def main(argv: list[str] | None = None) -> Path:
     ap.add_argument("--ablation", action="store_true", help="the paper's ablations (eta sweep, formula, coresets, windows)")
     ap.add_argument("--families", nargs="+", default=None, metavar="PRESET",
                     help="compare these encoder presets (scl12, eta 10) instead")
-    ap.add_argument("--improvements", action="store_true",
+    ap.add_argument("--improvements", nargs="*", default=None, metavar="SLUG",
+                    choices=[label.replace(" ", "-") for label in IMPROVEMENTS],
                     help="also train each departure from the paper alone (and neither) on the first task and seed")
     ap.add_argument("--steps", nargs="+", type=int, default=None, metavar="N",
                     help="learning curve instead: one scl12 model per step budget (quality-steps-<protocol>.md)")

@@ -252,7 +252,16 @@ class BankConfig(_Strict):
     )
     projection_dim: int = Field(32, ge=0, description="random projection for the coreset selection (0 = none)")
     max_images: int | None = Field(None, ge=1, description="build the bank from a seeded subset of this many images")
+    neighbourhood: int = Field(
+        1, ge=1, le=9, description="memory items and query codes alike: each patch code averaged with its k x k grid "
+        "neighbours of the same scale (PatchCore's local aggregation; odd k); 1 = the paper (each patch alone)")
     seed: int = 0
+
+    @model_validator(mode="after")
+    def _odd(self) -> "BankConfig":
+        if self.neighbourhood % 2 == 0:
+            raise ValueError("bank.neighbourhood must be odd (centred on the patch): 1, 3, 5, ...")
+        return self
 
 
 class Config(_Strict):
@@ -273,9 +282,12 @@ class Config(_Strict):
 
 
 #: What the product presets add to the paper's method (the `paper` preset stays as published): each frame's
-#: gray levels standardised before the mean image is subtracted, and the synthetic-defect training term
-#: (train/defects.py). Measured one by one in `sclvi bench quality --improvements`.
-PRODUCT: dict[str, Any] = {"preprocess": {"photometric": "frame"}, "train": {"defect_weight": 1.0}}
+#: gray levels standardised before the mean image is subtracted, the synthetic-defect training term
+#: (train/defects.py), and codes aggregated over 3 x 3 neighbouring patches (bank and queries). Measured one by
+#: one in `sclvi bench quality --improvements`.
+PRODUCT: dict[str, Any] = {
+    "preprocess": {"photometric": "frame"}, "train": {"defect_weight": 1.0}, "bank": {"neighbourhood": 3},
+}
 
 PRESETS: dict[str, dict[str, Any]] = {
     "paper": {},
@@ -293,11 +305,11 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
     out = dict(base)
     for key, value in override.items():
         if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _deep_merge(out[key], value)
+            out[key] = deep_merge(out[key], value)
         else:
             out[key] = value
     return out
@@ -307,7 +319,7 @@ def build_config(preset: str = "paper", overrides: dict[str, Any] | None = None)
     """A preset's config with user overrides applied on top; errors name the bad key."""
     if preset not in PRESETS:
         raise ConfigError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
-    data = _deep_merge({"preset": preset, **PRESETS[preset]}, overrides or {})
+    data = deep_merge({"preset": preset, **PRESETS[preset]}, overrides or {})
     data["preset"] = preset
     try:
         return Config.model_validate(data)
@@ -341,7 +353,7 @@ def load_config(
     overrides = read_yaml(path, "config file") if path is not None else {}
     chosen = preset or overrides.pop("preset", None) or default_preset
     overrides.pop("preset", None)
-    return build_config(chosen, _deep_merge(overrides, extra))
+    return build_config(chosen, deep_merge(overrides, extra))
 
 
 def config_to_dict(config: Config) -> dict[str, Any]:

@@ -34,14 +34,23 @@ class FrameCodes:
 class FrameEmbedder:
     """Per-patch path (any encoder family) or, when the backend offers it, the dense one-pass path."""
 
-    def __init__(self, backend: EncoderBackend, geometry: TwoScaleGeometry) -> None:
+    def __init__(self, backend: EncoderBackend, geometry: TwoScaleGeometry, neighbourhood: int = 1) -> None:
+        """`neighbourhood`: codes averaged over k x k neighbouring patches of their scale (BankConfig)."""
         self.backend = backend
         self.geometry = geometry
+        self.neighbourhood = neighbourhood
         self._quarters = geometry.quarter_index()
         self.dense = callable(getattr(backend, "encode_frames", None))
 
     def embed(self, frames: np.ndarray) -> FrameCodes:
-        """(B, 3, H, W) normalised model inputs -> codes of all patches of both scales."""
+        """(B, 3, H, W) normalised model inputs -> codes of all patches of both scales (aggregated over the
+        neighbourhood, the same for the bank and the queries)."""
+        codes = self._encode(frames)
+        if self.neighbourhood <= 1:
+            return codes
+        return FrameCodes(aggregate(codes.small, self.neighbourhood), aggregate(codes.large, self.neighbourhood))
+
+    def _encode(self, frames: np.ndarray) -> FrameCodes:
         if frames.ndim == 3:
             frames = frames[None]
         if self.dense:
@@ -61,3 +70,12 @@ class FrameEmbedder:
             small=small.reshape(b, *g.small.shape, dim),
             large=large.reshape(b, *g.large.shape, dim),
         )
+
+
+def aggregate(codes: np.ndarray, k: int) -> np.ndarray:
+    """Each code of a (B, rows, cols, D) grid averaged with its k x k neighbours (edges repeated): PatchCore's
+    local neighbourhood aggregation. A patch is then judged with the texture around it, which a defect that
+    spans many patches (a differently finished region) changes even where each patch alone looks normal."""
+    from scipy.ndimage import uniform_filter
+
+    return uniform_filter(codes, size=(1, k, k, 1), mode="nearest").astype(np.float32, copy=False)

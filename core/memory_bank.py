@@ -51,7 +51,7 @@ def build_memory_bank(
         log.info("memory bank from a seeded subset of %d images", len(chosen))
     images = chosen
     geometry = TwoScaleGeometry.from_config(cfg.geometry)
-    embedder = FrameEmbedder(backend, geometry)
+    embedder = FrameEmbedder(backend, geometry, bc.neighbourhood)
     dim = cfg.encoder.embed_dim
     small = np.empty((len(images) * geometry.small.count, dim), dtype=np.float32)
     large = np.empty((len(images) * geometry.large.count, dim), dtype=np.float32)

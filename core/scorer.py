@@ -49,7 +49,7 @@ class AnomalyScorer:
         self.bundle = bundle
         self.scoring = resolve_scoring(scoring or bundle.config.scoring, bundle)
         self.geometry = TwoScaleGeometry.from_config(bundle.config.geometry)
-        self.embedder = FrameEmbedder(backend, self.geometry) if backend is not None else None
+        self.embedder = FrameEmbedder(backend, self.geometry, bundle.config.bank.neighbourhood) if backend is not None else None
         self.mapping = FrameMapping.from_config(bundle.config.geometry)
         self.grids = {"small": self.geometry.small, "large": self.geometry.large}
         self._banks = banks

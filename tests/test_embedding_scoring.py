@@ -1,9 +1,12 @@
 """Frame embedding reuses 32-px codes for the 64-px scale exactly; the scorer finds planted defects."""
 
 import numpy as np
+import pytest
 import torch
 
+from sclvi.config import build_config
 from sclvi.embedding import FrameEmbedder
+from sclvi.errors import ConfigError
 from sclvi.engines.torch_backend import TorchBackend
 from sclvi.geometry import TwoScaleGeometry
 from sclvi.images import read_rgb
@@ -91,3 +94,35 @@ def test_bundle_normalises_with_its_own_photometric_mode(tmp_path, random_bundle
         b = load_bundle(tmp_path / mode)
         np.testing.assert_array_equal(b.normalise(frame), normalise(frame, b.mean, mode))
     assert not np.array_equal(load_bundle(tmp_path / "frame").normalise(frame), load_bundle(tmp_path / "none").normalise(frame))
+
+
+def test_neighbourhood_aggregation_averages_each_code_with_its_grid_neighbours():
+    from sclvi.embedding import aggregate
+
+    grid = np.zeros((1, 5, 6, 2), np.float32)
+    grid[0, 2, 3] = [9.0, -9.0]  # one distinct patch
+    out = aggregate(grid, 3)
+    assert out.shape == grid.shape and out.dtype == np.float32
+    np.testing.assert_allclose(out[0, 1:4, 2:5], np.full((3, 3, 2), [1.0, -1.0]))  # spread over its 3x3 with weight 1/9
+    assert not out[0, 0].any() and not out[0, :, :2].any()  # nothing beyond
+    edge = np.zeros((1, 4, 4, 1), np.float32)
+    edge[0, 0, 0] = 9.0  # at a corner the edge is repeated, not zero-padded: the corner keeps 4/9
+    assert aggregate(edge, 3)[0, 0, 0, 0] == pytest.approx(4.0)
+    np.testing.assert_array_equal(aggregate(grid, 1), grid)
+
+
+def test_bank_and_queries_are_aggregated_alike(random_bundle, synthetic_object):
+    """Product presets aggregate 3x3 (the paper preset does not); the bank and the queries must get the same
+    codes, or a training image would no longer match itself."""
+    assert random_bundle.config.bank.neighbourhood == 3 and build_config("paper").bank.neighbourhood == 1
+    backend = TorchBackend(random_bundle)
+    geometry = TwoScaleGeometry.from_config(random_bundle.config.geometry)
+    train_img = read_rgb(sorted((synthetic_object / "train" / "good").iterdir())[0], 96)
+    frame = random_bundle.normalise(train_img)
+    plain, mixed = FrameEmbedder(backend, geometry).embed(frame), FrameEmbedder(backend, geometry, 3).embed(frame)
+    assert not np.allclose(plain.large, mixed.large)
+    scorer = AnomalyScorer(random_bundle, backend, random_bundle.config.scoring.model_copy(update={"eta": 1}))
+    np.testing.assert_allclose(scorer.embed([train_img]).small[0], mixed.small[0], atol=1e-5)
+    assert scorer.score([train_img])[0].score == 0.0  # the bank holds exactly these aggregated codes
+    with pytest.raises(ConfigError, match="odd"):
+        build_config("lite", {"bank": {"neighbourhood": 2}}).bank
