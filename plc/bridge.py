@@ -66,6 +66,7 @@ class Bridge:
         self.delivery = self._load_state()  # what was written per camera (survives restarts with state_file)
         self.held_since: dict[str, float] = {}  # camera -> when a verdict that overtook an earlier one was first held
         self.counts = {cam: 0 for cam in cfg.cameras}
+        self.last_written: dict[str, int] = {}  # seq of the block each camera last got (for the overrun log)
         self.stats = {"written": 0, "duplicates": 0, "late": 0, "rejects": 0, "plc_errors": 0, "unknown_camera": 0,
                       "overruns": 0, "represented": 0, "held": 0, "out_of_order": 0}
         self.serves_registers = cfg.mode in SERVER_MODES
@@ -148,7 +149,8 @@ class Bridge:
             if self.plc.read_register(base + NEW):
                 flags |= FLAG_OVERRUN
                 self.stats["overruns"] += 1
-                log.error("PLC did not take verdict %s seq %d in time: overwriting it", v["camera"], v["seq"] - 1)
+                log.error("PLC did not take verdict %s seq %s in time: overwriting it with seq %d", v["camera"],
+                          self.last_written.get(v["camera"], "?"), v["seq"])
         late = (time.time_ns() - v.get("t_acq_ns", 0)) / 1e6 > self.cfg.deadline_ms
         if late:
             flags |= FLAG_LATE
@@ -157,6 +159,7 @@ class Bridge:
         block = Block.encode(v, self.counts[v["camera"]] + 1, self.cfg.not_inspected_rejects, flags)
         self.plc.write_block(base, block.registers)
         self.counts[v["camera"]] += 1
+        self.last_written[v["camera"]] = v["seq"]  # not always seq - 1: verdicts can be written out of order
         if block.reject:
             self.stats["rejects"] += 1
             if self.cfg.reject_pulse_ms > 0 and not late:

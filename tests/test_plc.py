@@ -213,6 +213,32 @@ def test_a_verdict_the_plc_had_not_taken_is_presented_again_by_a_restarted_serve
         runtime.close()
 
 
+def test_an_overrun_names_the_verdict_the_plc_did_not_take_even_out_of_order(tmp_path, caplog):
+    """The PLC never clears `New`: each write overruns the block before it. Seq 3 overtook seq 2 (written
+    after the reorder wait), so the block seq 2 overwrote is seq 3's, not seq 1's."""
+    port, endpoint = free_port(), f"tcp://127.0.0.1:{free_port()}"
+    cfg = load_bridge_config(overrides={"verdict_endpoint": endpoint, "mode": "modbus-server", "port": port,
+                                        "cameras": ["cam0"], "handshake": True, "handshake_timeout_ms": 50,
+                                        "reject_pulse_ms": 0, "reorder_wait_ms": 1})
+    runtime = zmq.Context.instance().socket(zmq.DEALER)
+    runtime.setsockopt(zmq.LINGER, 0)
+    runtime.connect(endpoint)
+    bridge = Bridge(cfg)
+    try:
+        for seq in (1, 3, 3, 2):  # seq 3 is held once (it overtook seq 2), then written past the 1-ms wait
+            runtime.send_multipart([b"verdict", msgpack.packb(_verdict(seq, "OK"))])
+            assert bridge.sock.poll(5000)
+            bridge.handle(*_split(bridge.sock.recv_multipart()))
+            time.sleep(0.01)
+        overruns = [r.getMessage() for r in caplog.records if "did not take" in r.getMessage()]
+        assert overruns == ["PLC did not take verdict cam0 seq 1 in time: overwriting it with seq 3",
+                            "PLC did not take verdict cam0 seq 3 in time: overwriting it with seq 2"]
+        assert bridge.stats["overruns"] == 2
+    finally:
+        bridge.close()
+        runtime.close()
+
+
 def _split(message):
     return message[0], message[1:]
 
