@@ -206,6 +206,9 @@ def bank_cmd(
     max_images: Optional[int] = typer.Option(
         None, help="Build the bank from a seeded subset of this many images (0: every image; default: as the bundle says)."),
     coreset_ratio: Optional[float] = typer.Option(None, help="Keep this fraction of the codes (1: all)."),
+    neighbourhood: Optional[int] = typer.Option(
+        None, help="Average each code with its k x k neighbouring patches, in the bank and in every query (odd; 1: the "
+        "paper; product presets: 3). Bundles trained before this setting existed have 1."),
 ) -> None:
     """(Re)build a trained bundle's memory bank: after `train --no-bank`, with more good parts, or with another
     subset size or coreset. No retraining; calibrated thresholds are dropped (calibrate again)."""
@@ -223,6 +226,8 @@ def bank_cmd(
             update["max_images"] = max_images or None
         if coreset_ratio is not None:
             update["coreset_ratio"] = coreset_ratio
+        if neighbourhood is not None:
+            update["neighbourhood"] = neighbourhood
         bank = config_from_dict({**config_to_dict(b.config), "bank": {**b.config.bank.model_dump(), **update}}).bank
         images = read_dataset(data, need_test=False).train
         small, large = rebuild_memory_bank(b, load_backend(b, "torch"), images, bank)

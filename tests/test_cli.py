@@ -4,6 +4,7 @@ import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -114,6 +115,16 @@ def test_bank_rebuilds_the_memory_bank_without_retraining_and_drops_the_old_cali
     assert rebuilt.manifest["files"][WEIGHTS] == b.manifest["files"][WEIGHTS]  # the encoder is untouched
     bad = runner.invoke(app, ["bank", str(b.path), str(synthetic_object), "--coreset-ratio", "2"])
     assert bad.exit_code == 2 and "bank.coreset_ratio" in bad.output
+    # the neighbourhood aggregation of an older bundle (1) switched on: bank codes change, queries follow
+    assert b.config.bank.neighbourhood == 3
+    aggregated = np.array(rebuilt.bank("large"))  # a copy: the bank file is memory-mapped and gets replaced
+    plain = runner.invoke(app, ["bank", str(b.path), str(synthetic_object), "--neighbourhood", "1"])
+    assert plain.exit_code == 0, plain.output
+    unaggregated = load_bundle(b.path)
+    assert unaggregated.config.bank.neighbourhood == 1 and not np.allclose(unaggregated.bank("large"), aggregated)
+    assert runner.invoke(app, ["bank", str(b.path), str(synthetic_object), "--neighbourhood", "3"]).exit_code == 0
+    np.testing.assert_allclose(load_bundle(b.path).bank("large"), aggregated, atol=1e-5)  # back to the same codes
+    rebuilt = load_bundle(b.path)
     set_calibration(rebuilt, {"image_threshold": 1.0, "pixel_threshold": 1.0})
     broken = tmp_path / "broken"
     shutil.copytree(synthetic_object, broken)
