@@ -365,7 +365,10 @@ def write_quality_report(rows: list[dict[str, Any]], protocol: str, out: Path, s
         f"Input: `preprocess.photometric: {cfg.preprocess.photometric}` (`frame`: each frame mapped to one gray-level mean "
         "and spread first; floors get the same input). Variants: `default` = the preset as `sclvi train` gives it; the "
         "others switch the product's departures from the paper (frame photometric step, synthetic-defect term "
-        f"`train.defect_weight` = {cfg.train.defect_weight}) off one at a time, on one seed.",
+        f"`train.defect_weight` = {cfg.train.defect_weight}, codes aggregated over `bank.neighbourhood` = "
+        f"{cfg.bank.neighbourhood} x {cfg.bank.neighbourhood} patches) off one at a time: a training change on one seed, "
+        "the bank-only aggregation on every seed's own default model (no retraining, so the difference is the "
+        "aggregation alone).",
         "Floors: `raw pixels` = each 32-px patch averaged to 8x8 minus the mean image, plain 1-NN, no network; "
         "`untrained encoder` = the preset's random initialisation with the same bank and scoring. "
         "`pretext` = pretext accuracy, mean of the 32-px and 64-px heads, on held-out images never trained on "
