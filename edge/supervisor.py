@@ -99,7 +99,8 @@ class Runtime:
         self._worker_deaths: list[float] = []
         self.stopping = False
         self._stall_stop = threading.Event()
-        self._stall_thread = threading.Thread(target=self._watch_stalls, name="stall-watch", daemon=True)
+        self._stall_thread: threading.Thread | None = None  # made in start(): a thread holding self in __init__
+        # would make a cycle that keeps a refused runtime's semaphores alive until the garbage collector runs
         self.zmq = zmq.Context()
         self.control = None
         self._auth = None
@@ -164,6 +165,7 @@ class Runtime:
         self._start_publisher()
         for w in range(self.cfg.workers):
             self._start_worker(w)
+        self._stall_thread = threading.Thread(target=self._watch_stalls, name="stall-watch", daemon=True)
         self._stall_thread.start()
         self._wait_for_workers()
         for cam in range(len(self.cfg.cameras)):
@@ -376,7 +378,7 @@ class Runtime:
     def shutdown(self) -> dict[str, int]:
         self.stopping = True
         self._stall_stop.set()
-        if self._stall_thread.is_alive():
+        if self._stall_thread is not None:
             self._stall_thread.join()
         s = self.shared
         s.stop.set()

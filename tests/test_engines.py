@@ -12,7 +12,7 @@ from sclvi.dataset import read_dataset
 from sclvi.engines import available_backends, load_backend
 from sclvi.engines.export import export_onnx
 from sclvi.errors import BackendError, BundleError
-from sclvi.evaluate import embed_test_set, metrics_report, score_test_set
+from sclvi.evaluate import embed_test_set, score_test_set
 from sclvi.images import read_rgb
 from sclvi.scorer import AnomalyScorer
 from test_embedding_scoring import CountingBackend
@@ -45,16 +45,22 @@ def test_onnx_runtime_matches_torch_on_codes_and_anomaly_maps(exported, syntheti
 
 
 def test_fp16_graph_keeps_the_ranking(exported, synthetic_object):
+    """FP16 moves scores by ~1e-3: it may swap two parts whose scores tie that closely, never two that differ
+    by more (an AUROC on 11 images would turn one such tie into a 0.04 swing, so pairs are compared)."""
     ds = read_dataset(synthetic_object)
-    aurocs, codes = {}, {}
+    scores, codes = {}, {}
     for name in ("onnxruntime", "onnxruntime-fp16"):
         codes[name], _ = embed_test_set(exported, ds, load_backend(exported, name))
-        scores, maps, _ = score_test_set(exported, codes[name], exported.config.scoring)
-        aurocs[name] = metrics_report(ds, scores, maps, None)["image_auroc"]
+        scores[name], _, _ = score_test_set(exported, codes[name], exported.config.scoring)
     a, b = codes["onnxruntime"].small.reshape(-1, 16), codes["onnxruntime-fp16"].small.reshape(-1, 16)
     cos = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
     assert cos.min() >= 0.999
-    assert abs(aurocs["onnxruntime"] - aurocs["onnxruntime-fp16"]) <= 0.005
+    s32, s16 = scores["onnxruntime"], scores["onnxruntime-fp16"]
+    spread = s32.max() - s32.min()
+    assert spread > 0 and np.abs(s16 - s32).max() <= 0.01 * spread
+    i, j = np.triu_indices(len(s32), 1)
+    clear = np.abs(s32[i] - s32[j]) > 0.02 * spread  # not a near-tie
+    assert clear.sum() >= len(i) // 2 and (np.sign(s32[i] - s32[j]) == np.sign(s16[i] - s16[j]))[clear].all()
 
 
 def test_one_engine_call_per_encoder_per_frame(exported, synthetic_object):
