@@ -293,7 +293,7 @@ def floor_rows(name: str, ds: Any, protocol: str, masks: np.ndarray | None, work
 def run_quality(name: str, root: Path, protocol: str, tasks: list[str], seeds: list[int], work: Path,
                 out: Path, improvements: list[str] | None = None, progress: Any = None) -> list[dict[str, Any]]:
     """Floors, then every (task, seed) of the protocol's preset: one row each, eta 10; with `improvements`,
-    also each IMPROVEMENTS variant on the first task and seed. `progress(rows)` after each row, so an
+    also the IMPROVEMENTS variants picked (see below). `progress(rows)` after each row, so an
     interrupted run still leaves a report of what it measured."""
     from sclvi.dataset import read_dataset
     from sclvi.evaluate import test_masks, write_overlays
@@ -567,7 +567,8 @@ def main(argv: list[str] | None = None) -> Path:
                     help="compare these encoder presets (scl12, eta 10) instead")
     ap.add_argument("--improvements", nargs="*", default=None, metavar="SLUG",
                     choices=[label.replace(" ", "-") for label in IMPROVEMENTS],
-                    help="also train each departure from the paper alone (and neither) on the first task and seed")
+                    help="also each departure from the paper alone (all, or the slugs named): a training change on the first "
+                    "task and seed, a bank-only one (no-code-aggregation) on every seed's model")
     ap.add_argument("--steps", nargs="+", type=int, default=None, metavar="N",
                     help="learning curve instead: one scl12 model per step budget (quality-steps-<protocol>.md)")
     args = parse_args(ap, argv)
