@@ -84,6 +84,17 @@ IMPROVEMENTS: dict[str, dict[str, Any]] = {
     "no code aggregation": {"bank": {"neighbourhood": 1}},
 }
 ETAS = (1, 3, 5, 10, 20)
+
+
+def _slug(label: str) -> str:
+    """An IMPROVEMENTS label as `--improvements` takes it and as its cache folder is named."""
+    return label.replace(" ", "-")
+
+
+def _bank_only(variant: dict[str, Any]) -> bool:
+    """Does the variant change only the memory bank (so a trained model serves it without retraining)?"""
+    return set(variant) == {"bank"}
+
 CORESETS = (0.1, 0.01)
 WINDOWS = (2, 4)
 
@@ -307,15 +318,14 @@ def run_quality(name: str, root: Path, protocol: str, tasks: list[str], seeds: l
     # `improvements`: the variants' slugs (IMPROVEMENTS labels with dashes), [] for all of them, None for none.
     # A variant that changes only the bank needs no training: every seed's model is scored.
     picked = {} if improvements is None else {
-        label: over for label, over in IMPROVEMENTS.items() if not improvements or label.replace(" ", "-") in improvements}
+        label: over for label, over in IMPROVEMENTS.items() if not improvements or _slug(label) in improvements}
     runs += [(label, over, tasks[0], seed) for label, over in picked.items()
-             for seed in (seeds if set(over) == {"bank"} else seeds[:1])]
+             for seed in (seeds if _bank_only(over) else seeds[:1])]
     for variant, over, task, seed in runs:
         cfg = protocol_config(protocol, task, seed=seed, variant=over)
-        slug = variant.replace(" ", "-")
-        where = work / name / f"{task}-seed{seed}-{slug}"
-        if set(over) == {"bank"} and not where.exists() and (work / name / f"{task}-seed{seed}-default").is_dir():
-            shutil.copytree(work / name / f"{task}-seed{seed}-default", where)  # same model; its bank is rebuilt
+        where, default = (work / name / f"{task}-seed{seed}-{_slug(label)}" for label in (variant, "default"))
+        if _bank_only(over) and not where.exists() and default.is_dir():
+            shutil.copytree(default, where)  # same model; its bank is rebuilt
         bundle, scores, maps, embed_s, score_s, train_s = train_and_score(cfg, ds, where)
         rows.append(quality_row(name, ds, masks, preset, "trained", task, seed, scores, maps, embed_s, score_s, train_s,
                                 {**model_facts(bundle), "window": resolve_scoring(cfg.scoring, bundle).window,
@@ -566,7 +576,7 @@ def main(argv: list[str] | None = None) -> Path:
     ap.add_argument("--families", nargs="+", default=None, metavar="PRESET",
                     help="compare these encoder presets (scl12, eta 10) instead")
     ap.add_argument("--improvements", nargs="*", default=None, metavar="SLUG",
-                    choices=[label.replace(" ", "-") for label in IMPROVEMENTS],
+                    choices=[_slug(label) for label in IMPROVEMENTS],
                     help="also each departure from the paper alone (all, or the slugs named): a training change on the first "
                     "task and seed, a bank-only one (no-code-aggregation) on every seed's model")
     ap.add_argument("--steps", nargs="+", type=int, default=None, metavar="N",

@@ -107,6 +107,10 @@ def make_shared(camera_ids: list[str], slots: int, slot_bytes: list[int], worker
         counters=Counters(2 + len(rings) + workers, ctx),
         stop=ctx.Event(), stop_workers=ctx.Event(), paused=ctx.Event(), image_threshold=ctx.Value("d", thresholds[0]),
         pixel_threshold=ctx.Value("d", thresholds[1]), generation=ctx.Value("i", 0),
-        seq=[ctx.Value("q", 0) for _ in camera_ids], acq_done=ctx.Array("i", len(camera_ids)),
-        workers_ready=ctx.Array("i", workers), alive_until=ctx.Array("q", len(camera_ids) + workers), camera_ids=camera_ids,
+        seq=[ctx.Value("q", 0) for _ in camera_ids],
+        # one writer per entry at a time (aligned word writes): no lock, which a process killed while holding it would
+        # leave taken for good (the hazard edge/ring_lock.py removes from the rings); alive_until is written on
+        # every worker loop, so a lock there would also sit on the hot path
+        acq_done=ctx.Array("i", len(camera_ids), lock=False), workers_ready=ctx.Array("i", workers, lock=False),
+        alive_until=ctx.Array("q", len(camera_ids) + workers, lock=False), camera_ids=camera_ids,
     )

@@ -204,8 +204,8 @@ class Runtime:
             # and come back to life once it is gone.
             until, kind, i, p = min(late, key=lambda entry: entry[0])
             who = f"acquisition {self.cfg.cameras[i].camera_id}" if kind == "acquisition" else f"inference worker {i}"
-            log.error("%s (pid %d) showed no sign of life for %.1f s (stall_timeout_s %g): hung, killing it to restart it",
-                      who, p.pid, self.cfg.stall_timeout_s + (now - until) / 1e9, self.cfg.stall_timeout_s)
+            log.error("%s (pid %d) missed its promised sign of life by %.1f s (stall_timeout_s %g): hung, killing it to "
+                      "restart it", who, p.pid, (now - until) / 1e9, self.cfg.stall_timeout_s)
             self.shared.alive_until[self.shared.heartbeat_index(kind, i)] = 0  # once: its replacement promises anew
             self.shared.counters.add(0, "stalls")
             try:
