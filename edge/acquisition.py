@@ -27,6 +27,7 @@ def acquisition_main(cfg: RuntimeConfig, cam: int, shared: Shared) -> None:
     count = shared.counters
     backoff = 0.5
     beat = shared.heartbeat_index("acquisition", cam)
+    ring.spec.lock.on_wait = lambda: shared.beat(beat, cfg.stall_timeout_s)  # blocked behind a hung worker: not hung
     try:
         while not shared.stop.is_set():
             shared.beat(beat, cfg.stall_timeout_s + backoff)  # opening a camera may take a while; so may the back-off

@@ -54,6 +54,8 @@ def worker_main(cfg: RuntimeConfig, w: int, shared: Shared) -> None:
     next_preview = 0.0
     beat = shared.heartbeat_index("worker", w)
     shared.beat(beat, cfg.stall_timeout_s)
+    for ring in rings:  # blocked behind a hung process holding a ring: not hung itself
+        ring.spec.lock.on_wait = lambda: shared.beat(beat, cfg.stall_timeout_s)
     shared.workers_ready[w] = 1
     log.info("worker %d ready (%s)", w, scorer.embedder.backend.name)
     try:

@@ -6,6 +6,11 @@ and acquisition, the restarted worker and the line stop with the supervisor stil
 (CI caught it: `test_crashed_worker_is_restarted_and_no_frame_is_lost` stuck after seq 2). An flock()
 on a file is released by the kernel when its holder dies. flock excludes open file descriptions, not
 threads, so each process opens its own descriptor and a thread lock orders the threads of one process.
+
+A process waiting for the lock is not hung, its holder may be: the waiter polls and calls `on_wait` (set per
+process: acquisition and workers renew their heartbeat there), so the stall watch kills the stopped holder and
+not the camera blocked behind it (CI caught that too: a SIGSTOPped worker holding the lock got the innocent
+acquisition killed first, costing a frame).
 """
 
 from __future__ import annotations
@@ -13,6 +18,8 @@ from __future__ import annotations
 import fcntl
 import os
 import threading
+import time
+from collections.abc import Callable
 from typing import Any
 
 
@@ -23,6 +30,7 @@ class RobustLock:
         self._fd: int | None = None
         self._pid = -1
         self._thread_lock = threading.Lock()
+        self.on_wait: Callable[[], None] | None = None  # called while another process holds the lock
 
     def _descriptor(self) -> int:
         if self._fd is None or self._pid != os.getpid():
@@ -33,7 +41,16 @@ class RobustLock:
     def __enter__(self) -> "RobustLock":
         self._thread_lock.acquire()
         try:
-            fcntl.flock(self._descriptor(), fcntl.LOCK_EX)
+            fd, pause = self._descriptor(), 0.0001
+            while True:  # held for a few instructions: the first try nearly always wins
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if self.on_wait is not None:
+                        self.on_wait()
+                    time.sleep(pause)
+                    pause = min(2 * pause, 0.005)
         except BaseException:
             self._thread_lock.release()
             raise
@@ -55,3 +72,4 @@ class RobustLock:
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.path, self._fd, self._pid, self._thread_lock = state["path"], None, -1, threading.Lock()
+        self.on_wait = None

@@ -191,3 +191,31 @@ def test_a_process_killed_while_holding_the_ring_lock_does_not_stop_the_line(tmp
         child.kill()
         child.join(10)
         lock.close()
+
+
+def test_a_process_waiting_for_the_ring_lock_keeps_its_heartbeat(tmp_path):
+    """Waiting behind a hung holder is not a hang: the waiter calls on_wait (it renews its heartbeat there), so
+    the stall watch kills the holder, not the camera queued behind it (a CI run killed the innocent one first)."""
+    ctx = mp.get_context("spawn")
+    lock, held = RobustLock(str(tmp_path / "ring.lock")), ctx.Event()
+    child = ctx.Process(target=_hold_the_ring_lock_then_wait, args=(lock, held))
+    child.start()
+    beats: list[float] = []
+    lock.on_wait = lambda: beats.append(time.monotonic())
+    try:
+        assert held.wait(60)
+        got = threading.Event()
+        taker = threading.Thread(target=lambda: (lock.__enter__(), got.set(), lock.__exit__()), daemon=True)
+        taker.start()
+        assert not got.wait(1.0)
+        assert len(beats) >= 50 and max(np.diff(beats)) < 0.1  # beats all the while, none far apart
+        child.kill()
+        assert got.wait(10)
+        n = len(beats)
+        with lock:  # uncontended: no wait, no call
+            pass
+        assert len(beats) == n
+    finally:
+        child.kill()
+        child.join(10)
+        lock.close()
