@@ -72,6 +72,7 @@ def publisher_main(cfg: RuntimeConfig, shared: Shared, row: int, drift_reference
             endpoints.restrict(cfg.telemetry_endpoint)
         _serve(cfg, shared, row, dealer, pull, pub, journal, drift_reference)
     finally:
+        shared.alive_until[shared.heartbeat_index("publisher")] = 0  # exiting is no hang
         for sock in sockets:
             sock.close()
         if auth is not None:
@@ -117,11 +118,13 @@ def _serve(cfg: RuntimeConfig, shared: Shared, row: int, dealer: zmq.Socket, pul
             count.add(row, "send_failures")
             log.error("verdict channel: dropping unacknowledged verdict %s (more than %d pending)", lost, cfg.max_pending)
 
+    beat = shared.heartbeat_index("publisher")
     if replayed:
         log.warning("publisher restarted: resending %d unacknowledged verdicts from the journal", len(replayed))
     for msg in replayed.values():
         publish(msg, journaled=True)
     while True:
+        shared.beat(beat, cfg.stall_timeout_s)  # every round takes milliseconds: a stuck one is a hang
         events = dict(poller.poll(5))
         while pull in events and pull.poll(0):  # drain new verdicts
             msg = msgpack.unpackb(pull.recv(), raw=False)

@@ -39,7 +39,8 @@ class Shared:
     seq: list[Any]  # Value('q') per camera: sequence numbers survive an acquisition restart
     acq_done: Any  # Array('i') per camera: the finite source has ended
     workers_ready: Any  # Array('i') per worker: model loaded, taking frames
-    alive_until: Any  # Array('q'): per camera's acquisition, then per worker, the monotonic ns by which it beats again
+    alive_until: Any  # Array('q'): per camera's acquisition, per worker, then the publisher: the monotonic ns by which
+    # it beats again
     camera_ids: list[str] = field(default_factory=list)
     _push: Any = field(default=None, repr=False)  # this process's PUSH socket, made on first use
 
@@ -63,8 +64,11 @@ class Shared:
         `index`: from `heartbeat_index`."""
         self.alive_until[index] = time.monotonic_ns() + int(allowance_s * 1e9)
 
-    def heartbeat_index(self, kind: str, i: int) -> int:
-        """Slot of camera `i`'s acquisition (kind `acquisition`) or of worker `i` (kind `worker`) in alive_until."""
+    def heartbeat_index(self, kind: str, i: int = 0) -> int:
+        """Slot of camera `i`'s acquisition (kind `acquisition`), of worker `i` (kind `worker`) or of the publisher
+        (kind `publisher`, the last slot) in alive_until."""
+        if kind == "publisher":
+            return len(self.alive_until) - 1
         return i if kind == "acquisition" else len(self.rings) + i
 
     def send(self, msg: dict[str, Any]) -> None:
@@ -112,5 +116,5 @@ def make_shared(camera_ids: list[str], slots: int, slot_bytes: list[int], worker
         # leave taken for good (the hazard edge/ring_lock.py removes from the rings); alive_until is written on
         # every worker loop, so a lock there would also sit on the hot path
         acq_done=ctx.Array("i", len(camera_ids), lock=False), workers_ready=ctx.Array("i", workers, lock=False),
-        alive_until=ctx.Array("q", len(camera_ids) + workers, lock=False), camera_ids=camera_ids,
+        alive_until=ctx.Array("q", len(camera_ids) + workers + 1, lock=False), camera_ids=camera_ids,
     )

@@ -154,6 +154,7 @@ class Runtime:
     def _start_publisher(self) -> None:
         from sclvi.edge.publisher import publisher_main
 
+        self.shared.beat(self.shared.heartbeat_index("publisher"), 2 * self.cfg.stall_timeout_s)  # spawn, import, journal
         self.publisher = self.ctx.Process(
             target=publisher_main, name="publisher", daemon=True,
             args=(self.cfg, self.shared, self.shared.row_publisher(self.cfg.workers), Reference.from_calibration(self.calibration)),
@@ -188,14 +189,15 @@ class Runtime:
     # -- supervision -----------------------------------------------------------------------------
     def _watch_stalls(self) -> None:
         """A process that broke its heartbeat promise (Shared.beat) is hung — in a camera driver, an endless loop,
-        or stopped while holding a ring lock — and the line would stand still while looking alive. Kill it; the
-        watchdog then handles it as a crash (its frame NOT_INSPECTED, a new process, counted toward the
-        crash-loop limit for workers). A thread of its own: the main loop itself blocks on a ring lock such a
+        or stopped while holding a ring lock; a publisher stuck on its journal's disk — and the line would stand
+        still while looking alive. Kill it; the watchdog then handles it as a crash (its frame NOT_INSPECTED, a new
+        process, counted toward the crash-loop limit for workers; a new publisher resends what its journal owes). A thread of its own: the main loop itself blocks on a ring lock such a
         process holds, and only the kill frees it. It never reaps (is_alive/exitcode would race the main
         loop's waitpid): it signals the pid the main loop gave the process."""
         while not self._stall_stop.wait(min(0.5, self.cfg.stall_timeout_s / 4)):
             now = time.monotonic_ns()
             procs = [("acquisition", i, p) for i, p in enumerate(self.acquisition)] + [("worker", i, p) for i, p in enumerate(self.workers)]
+            procs.append(("publisher", 0, self.publisher))
             late = [(self.shared.alive_until[self.shared.heartbeat_index(kind, i)], kind, i, p) for kind, i, p in procs if p is not None]
             late = [entry for entry in late if entry[0] and now > entry[0]]
             if not late or self.stopping:
@@ -203,7 +205,8 @@ class Runtime:
             # One per round, the longest overdue: the others may only be waiting on it (a ring lock it holds)
             # and come back to life once it is gone.
             until, kind, i, p = min(late, key=lambda entry: entry[0])
-            who = f"acquisition {self.cfg.cameras[i].camera_id}" if kind == "acquisition" else f"inference worker {i}"
+            who = {"acquisition": f"acquisition {self.cfg.cameras[i].camera_id}", "worker": f"inference worker {i}",
+                   "publisher": "the verdict publisher"}[kind]
             log.error("%s (pid %d) missed its promised sign of life by %.1f s (stall_timeout_s %g): hung, killing it to "
                       "restart it", who, p.pid, (now - until) / 1e9, self.cfg.stall_timeout_s)
             self.shared.alive_until[self.shared.heartbeat_index(kind, i)] = 0  # once: its replacement promises anew

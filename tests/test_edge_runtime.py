@@ -172,14 +172,15 @@ def test_crashed_worker_is_restarted_and_no_frame_is_lost(random_bundle, replay)
     assert len(crashed) == result["nis_worker_crash"] <= 1  # the frame it held, if any
 
 
-@pytest.mark.parametrize("who", ["worker", "acquisition"])
+@pytest.mark.parametrize("who", ["worker", "acquisition", "publisher"])
 def test_a_hung_process_is_killed_and_restarted_and_no_frame_is_lost(random_bundle, replay, who):
     """A process stopped dead (SIGSTOP: what a hang in a camera driver or a lock looks like) is alive to
     is_alive(), so only its missed heartbeats show it. Before the stall watch the line stood still for good,
     status "running"."""
     cfg = runtime_config(random_bundle, [{"kind": "folder", "path": str(replay), "rate_hz": 4, "loop": True, "max_frames": 16}],
                          stall_timeout_s=2)
-    pick = {"worker": lambda st: st["workers"][0]["pid"], "acquisition": lambda st: st["cameras"][0]["pid"]}[who]
+    pick = {"worker": lambda st: st["workers"][0]["pid"], "acquisition": lambda st: st["cameras"][0]["pid"],
+            "publisher": lambda st: st["publisher"]["pid"]}[who]
     verdicts, result = run_and_kill(cfg, pick, sig=signal.SIGSTOP)
     seqs = sorted(v["seq"] for v in verdicts)
     # every frame has exactly one verdict; a restarted replay source counts its 16 frames afresh
