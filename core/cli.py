@@ -209,6 +209,9 @@ def bank_cmd(
     neighbourhood: Optional[int] = typer.Option(
         None, help="Average each code with its k x k neighbouring patches, in the bank and in every query (odd; 1: the "
         "paper; product presets: 3). Bundles trained before this setting existed have 1."),
+    retrieve: Optional[int] = typer.Option(
+        None, help="Search each frame only among the codes of its K most similar bank images (a line with several "
+        "variants in one bank; needs coreset ratio 1); 0: every image, the paper."),
 ) -> None:
     """(Re)build a trained bundle's memory bank: after `train --no-bank`, with more good parts, or with another
     subset size or coreset. No retraining; calibrated thresholds are dropped (calibrate again)."""
@@ -228,6 +231,8 @@ def bank_cmd(
             update["coreset_ratio"] = coreset_ratio
         if neighbourhood is not None:
             update["neighbourhood"] = neighbourhood
+        if retrieve is not None:
+            update["retrieve"] = retrieve
         bank = config_from_dict({**config_to_dict(b.config), "bank": {**b.config.bank.model_dump(), **update}}).bank
         images = read_dataset(data, need_test=False).train
         small, large = rebuild_memory_bank(b, load_backend(b, "torch"), images, bank)

@@ -255,12 +255,19 @@ class BankConfig(_Strict):
     neighbourhood: int = Field(
         1, ge=1, le=9, description="memory items and query codes alike: each patch code averaged with its k x k grid "
         "neighbours of the same scale (PatchCore's local aggregation; odd k); 1 = the paper (each patch alone)")
+    retrieve: int = Field(
+        0, ge=0, description="search each frame's patches only among the memory items of its `retrieve` most similar "
+        "training images (whole-frame code statistics; SPADE's image-level k-NN): keeps one variant's texture from "
+        "matching another's; 0 = every image (the paper). Needs a bank without coreset")
     seed: int = 0
 
     @model_validator(mode="after")
     def _odd(self) -> "BankConfig":
         if self.neighbourhood % 2 == 0:
             raise ValueError("bank.neighbourhood must be odd (centred on the patch): 1, 3, 5, ...")
+        if self.retrieve and self.coreset_ratio < 1:
+            raise ValueError("bank.retrieve needs every image's codes (coreset_ratio 1): a coreset mixes the images; "
+                             "both make the search smaller, pick one")
         return self
 
 
@@ -272,6 +279,13 @@ class Config(_Strict):
     train: TrainConfig = TrainConfig()
     scoring: ScoringConfig = ScoringConfig()
     bank: BankConfig = BankConfig()
+
+    @model_validator(mode="after")
+    def _retrieval_kernel(self) -> "Config":
+        if self.bank.retrieve and self.scoring.knn == "faiss-ivf":
+            raise ValueError("bank.retrieve searches a few images' codes per frame, which faiss-ivf cannot index "
+                             "ahead: use knn numba (or auto), or bank.retrieve 0")
+        return self
 
     @model_validator(mode="after")
     def _dense_strides(self) -> "Config":

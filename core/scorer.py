@@ -16,6 +16,7 @@ from sclvi.roi import FrameMapping
 from sclvi.knn import PatchScorer, make_patch_scorer
 from sclvi.knn.buckets import grid_positions
 from sclvi.maps import fuse_maps, image_score, pixel_map, smooth_map
+from sclvi.retrieval import ImageRetrieval
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,8 @@ class AnomalyScorer:
         self.grids = {"small": self.geometry.small, "large": self.geometry.large}
         self._banks = banks
         self._knn: dict[str, PatchScorer] | None = None
+        self._retrieval: ImageRetrieval | None = None
+        self.retrieve = bundle.config.bank.retrieve  # the bank's setting when this scorer was made
         self.positions = {scale: grid_positions(grid.shape) for scale, grid in self.grids.items()}
 
     @property
@@ -66,10 +69,22 @@ class AnomalyScorer:
         """The k-NN kernels, built on first use: an embedding-only scorer never loads the banks."""
         if self._knn is None:
             self._knn = {}
+            codes = {}
             for scale, grid in self.grids.items():
-                codes, positions = self._banks[scale] if self._banks else self.bundle.bank_data(scale)[:2]
-                self._knn[scale] = make_patch_scorer(codes, positions, grid.shape, self.scoring)
+                codes[scale], positions = self._banks[scale] if self._banks else self.bundle.bank_data(scale)[:2]
+                self._knn[scale] = make_patch_scorer(codes[scale], positions, grid.shape, self.scoring)
+            if self.retrieve:
+                self._retrieval = ImageRetrieval.from_banks(codes, {s: g.count for s, g in self.grids.items()}, self.retrieve)
         return self._knn
+
+    def search_banks(self, small: np.ndarray, large: np.ndarray) -> dict[str, PatchScorer]:
+        """The k-NN kernels one frame is searched with: over the whole bank, or (bank.retrieve) over the
+        memory items of the frame's nearest training images only."""
+        knn = self.knn
+        if self._retrieval is None or self._retrieval.k >= self._retrieval.images:
+            return knn
+        images = self._retrieval.nearest(small, large)
+        return {scale: kernel.restricted(self._retrieval.rows(images, scale)) for scale, kernel in knn.items()}
 
     def embed(self, frames: list[np.ndarray] | np.ndarray) -> FrameCodes:
         """Codes of all patches of (H, W, 3) uint8 model inputs (`mapping.to_input` of a camera frame)."""
@@ -83,7 +98,8 @@ class AnomalyScorer:
 
         `timings`, if given, receives the milliseconds spent in k-NN + affinity and in the map fusion."""
         t0 = time.perf_counter()
-        patch = {scale: self.knn[scale].score(c.reshape(-1, c.shape[-1]), self.positions[scale])
+        knn = self.search_banks(small, large)
+        patch = {scale: knn[scale].score(c.reshape(-1, c.shape[-1]), self.positions[scale])
                  for scale, c in (("small", small), ("large", large))}
         t1 = time.perf_counter()
         maps = {scale: pixel_map(self.grids[scale], p.reshape(self.grids[scale].shape)) for scale, p in patch.items()}

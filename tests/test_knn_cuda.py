@@ -35,6 +35,9 @@ SIM_SCRIPT = textwrap.dedent(
     out["fp16_rel"] = float(np.abs(half - ref).max() / ref.mean())
     device_q = cuda.to_device(q)  # a device array, as an engine's output buffer would be
     out["device_input"] = float(np.abs(CudaPatchScorer(bank, ScoringConfig()).score(device_q) - ref).max())
+    rows = np.arange(40, 260, 2)  # image retrieval: a sub-bank gathered on the device
+    sub_ref = NumpyPatchScorer(bank[rows], pos[rows], grid, ScoringConfig()).score(q)
+    out["restricted"] = float(np.abs(CudaPatchScorer(bank, ScoringConfig()).restricted(rows).score(q) - sub_ref).max())
     print(json.dumps(out))
     """
 )
@@ -75,3 +78,6 @@ def test_cuda_kernel_on_gpu_equals_reference_at_frame_scale():
     np.testing.assert_allclose(CudaPatchScorer(bank, s).score(q), ref, atol=1e-9)
     half = CudaPatchScorer(bank, ScoringConfig(gpu_bank_dtype="float16")).score(q)
     assert np.abs(half - ref).max() / ref.mean() < 2e-3
+    rows = np.arange(0, len(bank), 3)  # image retrieval's sub-bank, gathered on the device
+    np.testing.assert_allclose(CudaPatchScorer(bank, s).restricted(rows).score(q),
+                               NumbaPatchScorer(bank[rows], np.zeros((len(rows), 2), np.int16), 1, s).score(q), atol=1e-9)

@@ -30,6 +30,10 @@ class PatchScorer(Protocol):
         """Anomaly score of each query code; positions (Q, 2) are needed for position windows."""
         ...
 
+    def restricted(self, rows: np.ndarray) -> "PatchScorer":
+        """The same kernel over the bank rows `rows` only (image retrieval: sclvi/retrieval.py)."""
+        ...
+
 
 def choose_kernel(scoring: ScoringConfig) -> str:
     if scoring.knn != "auto":

@@ -11,6 +11,7 @@ Position windows: each query visits only the bank codes of nearby grid cells, wi
 
 from __future__ import annotations
 
+import copy
 import os
 from concurrent.futures import ThreadPoolExecutor
 
@@ -163,12 +164,26 @@ class NumbaPatchScorer:
         self.bank_block = bank_block
         self.threads = threads or os.cpu_count() or 1
         self.pool = ThreadPoolExecutor(self.threads)  # made once: this runs for every frame
-        self.buckets = CellBuckets.build(np.asarray(positions), grid) if scoring.window is not None else None
+        self.positions = np.asarray(positions)
         self.tile = tile
+        self._index_cells()
+
+    def _index_cells(self) -> None:
+        self.buckets = CellBuckets.build(self.positions, (self.rows, self.cols)) if self.scoring.window is not None else None
         if self.buckets is not None:
             # the bank sorted by cell: a bank row of any window is then one contiguous block
             self.sorted_codes = np.ascontiguousarray(self.codes[self.buckets.order])
             self.sorted_sq = self.bank_sq[self.buckets.order]
+
+    def restricted(self, rows: np.ndarray) -> "NumbaPatchScorer":
+        """The same kernel over the bank rows `rows` only (image retrieval, sclvi/retrieval.py); shares the
+        thread pool, so it is cheap to make for every frame."""
+        sub = copy.copy(self)
+        sub.codes = np.ascontiguousarray(self.codes[rows])
+        sub.bank_sq = self.bank_sq[rows]
+        sub.positions = self.positions[rows]
+        sub._index_cells()
+        return sub
 
     def candidates(self, queries: np.ndarray) -> np.ndarray:
         """(Q, eta + margin) bank indices of the float32 pre-selection (-1 where the bank is smaller)."""

@@ -14,6 +14,7 @@ Position windows are not implemented on the GPU (use the numba or numpy kernel f
 
 from __future__ import annotations
 
+import copy
 import math
 from functools import lru_cache
 
@@ -138,6 +139,22 @@ def _kernels(dim: int, keep: int, k: int, candidates: int):
     return partial_topk, finish
 
 
+@lru_cache(maxsize=None)
+def _gather_kernel():
+    """dst[i] = src[rows[i]], dst_sq[i] = src_sq[rows[i]]: a sub-bank made on the device (image retrieval)."""
+
+    @cuda.jit
+    def gather(src, src_sq, rows, dst, dst_sq):
+        i = cuda.grid(1)
+        if i < rows.shape[0]:
+            j = rows[i]
+            for t in range(src.shape[1]):
+                dst[i, t] = src[j, t]
+            dst_sq[i] = src_sq[j]
+
+    return gather
+
+
 class CudaPatchScorer:
     name = "cuda"
 
@@ -155,11 +172,26 @@ class CudaPatchScorer:
         self.bank = cuda.to_device(host, stream=self.stream)
         sq = np.einsum("nd,nd->n", host.astype(np.float32), host.astype(np.float32)).astype(np.float32)
         self.bank_sq = cuda.to_device(sq, stream=self.stream)
-        self.k = min(scoring.eta, self.n)
-        self.keep = min(scoring.eta + MARGIN, self.n)
+        self._plan(splits)
+
+    def _plan(self, splits: int = 0) -> None:
+        self.k = min(self.scoring.eta, self.n)
+        self.keep = min(self.scoring.eta + MARGIN, self.n)
         self.splits = splits or max(1, min(64, math.ceil(self.n / 4096)))
         self.split_len = math.ceil(self.n / self.splits)
         self.partial, self.finish = _kernels(self.dim, self.keep, self.k, self.splits * self.keep)
+
+    def restricted(self, rows: np.ndarray) -> "CudaPatchScorer":
+        """The same kernels over the bank rows `rows` only (image retrieval), gathered on the device from the
+        resident bank: only the row indices cross the bus."""
+        sub = copy.copy(self)
+        d_rows = cuda.to_device(np.ascontiguousarray(rows, dtype=np.int64), stream=self.stream)
+        sub.n = len(rows)
+        sub.bank = cuda.device_array((sub.n, self.dim), dtype=self.bank.dtype, stream=self.stream)
+        sub.bank_sq = cuda.device_array(sub.n, dtype=np.float32, stream=self.stream)
+        _gather_kernel()[math.ceil(sub.n / 128), 128, self.stream](self.bank, self.bank_sq, d_rows, sub.bank, sub.bank_sq)
+        sub._plan()
+        return sub
 
     def score(self, queries, positions: np.ndarray | None = None) -> np.ndarray:
         if hasattr(queries, "__cuda_array_interface__"):

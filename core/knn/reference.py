@@ -15,7 +15,12 @@ class NumpyPatchScorer:
     def __init__(self, codes: np.ndarray, positions: np.ndarray, grid: int | tuple[int, int], scoring: ScoringConfig) -> None:
         self.codes = np.asarray(codes, dtype=np.float32)
         self.scoring = scoring
-        self.buckets = CellBuckets.build(np.asarray(positions), grid) if scoring.window is not None else None
+        self.positions, self.grid = np.asarray(positions), grid
+        self.buckets = CellBuckets.build(self.positions, grid) if scoring.window is not None else None
+
+    def restricted(self, rows: np.ndarray) -> "NumpyPatchScorer":
+        """The same search over the bank rows `rows` only (image retrieval)."""
+        return NumpyPatchScorer(self.codes[rows], self.positions[rows], self.grid, self.scoring)
 
     def search(self, queries: np.ndarray, positions: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(distances, bank indices) of each query's eta nearest codes, ascending, ties by index."""
