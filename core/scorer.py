@@ -45,8 +45,10 @@ class AnomalyScorer:
         backend: EncoderBackend | None,
         scoring: ScoringConfig | None = None,
         banks: dict[str, tuple[np.ndarray, np.ndarray]] | None = None,
+        retrieve: int | None = None,
     ) -> None:
-        """`banks` overrides the bundle's (codes, positions) per scale, e.g. a coreset under study."""
+        """`banks` overrides the bundle's (codes, positions) per scale, e.g. a coreset under study; `retrieve`
+        the bundle's bank.retrieve (0 for such a coreset: it holds no whole images)."""
         self.bundle = bundle
         self.scoring = resolve_scoring(scoring or bundle.config.scoring, bundle)
         self.geometry = TwoScaleGeometry.from_config(bundle.config.geometry)
@@ -56,7 +58,7 @@ class AnomalyScorer:
         self._banks = banks
         self._knn: dict[str, PatchScorer] | None = None
         self._retrieval: ImageRetrieval | None = None
-        self.retrieve = bundle.config.bank.retrieve  # the bank's setting when this scorer was made
+        self.retrieve = bundle.config.bank.retrieve if retrieve is None else retrieve  # fixed when the scorer is made
         self.positions = {scale: grid_positions(grid.shape) for scale, grid in self.grids.items()}
 
     @property
