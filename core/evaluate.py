@@ -50,11 +50,9 @@ def score_test_set(
     codes: FrameCodes,
     scoring: ScoringConfig,
     banks: dict[str, tuple[np.ndarray, np.ndarray]] | None = None,
-    retrieve: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray, float]:
-    """(image scores, fused maps, seconds per image) for embedded test images under one scoring config
-    (`banks`, `retrieve`: see AnomalyScorer)."""
-    scorer = AnomalyScorer(bundle, None, scoring, banks=banks, retrieve=retrieve)
+    """(image scores, fused maps, seconds per image) for embedded test images under one scoring config."""
+    scorer = AnomalyScorer(bundle, None, scoring, banks=banks)
     n = len(codes.small)
     scores = np.empty(n)
     maps = np.empty((n, *bundle.config.geometry.input_hw), dtype=np.float32)

@@ -28,6 +28,12 @@ def frame_descriptor(small: np.ndarray, large: np.ndarray) -> np.ndarray:
     return np.concatenate([small.mean(axis=-2), large.mean(axis=-2)], axis=-1).astype(np.float32)
 
 
+def whole_images(banks: dict[str, np.ndarray], cells: dict[str, int]) -> bool:
+    """Do both banks hold the same number of whole images (no coreset thinned them)?"""
+    images = {scale: len(codes) // cells[scale] for scale, codes in banks.items()}
+    return not any(len(codes) % cells[s] for s, codes in banks.items()) and len(set(images.values())) == 1
+
+
 @dataclass(frozen=True)
 class ImageRetrieval:
     """The bank's images as descriptors, and which rows of each scale's bank belong to which image."""
@@ -41,11 +47,10 @@ class ImageRetrieval:
     @classmethod
     def from_banks(cls, banks: dict[str, np.ndarray], cells: dict[str, int], k: int) -> "ImageRetrieval":
         """`banks`: (count, D) codes per scale, stored image by image (no coreset); `cells`: codes per image."""
-        images = {scale: len(codes) // cells[scale] for scale, codes in banks.items()}
-        if any(len(codes) % cells[s] for s, codes in banks.items()) or len(set(images.values())) != 1:
+        if not whole_images(banks, cells):
             raise BundleError("bank.retrieve needs banks stored image by image (no coreset): rebuild the bank with "
                               "`sclvi bank BUNDLE DATA --coreset-ratio 1`, or set bank.retrieve 0")
-        n = images["small"]
+        n = len(banks["small"]) // cells["small"]
         grids = {s: np.asarray(banks[s], dtype=np.float32).reshape(n, cells[s], -1) for s in ("small", "large")}
         desc = frame_descriptor(grids["small"], grids["large"])
         centre = desc.mean(0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 
@@ -16,7 +17,9 @@ from sclvi.roi import FrameMapping
 from sclvi.knn import PatchScorer, make_patch_scorer
 from sclvi.knn.buckets import grid_positions
 from sclvi.maps import fuse_maps, image_score, pixel_map, smooth_map
-from sclvi.retrieval import ImageRetrieval
+from sclvi.retrieval import ImageRetrieval, whole_images
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -45,10 +48,8 @@ class AnomalyScorer:
         backend: EncoderBackend | None,
         scoring: ScoringConfig | None = None,
         banks: dict[str, tuple[np.ndarray, np.ndarray]] | None = None,
-        retrieve: int | None = None,
     ) -> None:
-        """`banks` overrides the bundle's (codes, positions) per scale, e.g. a coreset under study; `retrieve`
-        the bundle's bank.retrieve (0 for such a coreset: it holds no whole images)."""
+        """`banks` overrides the bundle's (codes, positions) per scale, e.g. a coreset under study."""
         self.bundle = bundle
         self.scoring = resolve_scoring(scoring or bundle.config.scoring, bundle)
         self.geometry = TwoScaleGeometry.from_config(bundle.config.geometry)
@@ -58,7 +59,7 @@ class AnomalyScorer:
         self._banks = banks
         self._knn: dict[str, PatchScorer] | None = None
         self._retrieval: ImageRetrieval | None = None
-        self.retrieve = bundle.config.bank.retrieve if retrieve is None else retrieve  # fixed when the scorer is made
+        self.retrieve = bundle.config.bank.retrieve  # the bank's setting when this scorer was made
         self.positions = {scale: grid_positions(grid.shape) for scale, grid in self.grids.items()}
 
     @property
@@ -75,8 +76,13 @@ class AnomalyScorer:
             for scale, grid in self.grids.items():
                 codes[scale], positions = self._banks[scale] if self._banks else self.bundle.bank_data(scale)[:2]
                 self._knn[scale] = make_patch_scorer(codes[scale], positions, grid.shape, self.scoring)
-            if self.retrieve:
-                self._retrieval = ImageRetrieval.from_banks(codes, {s: g.count for s, g in self.grids.items()}, self.retrieve)
+            cells = {s: g.count for s, g in self.grids.items()}
+            if self.retrieve and not whole_images(codes, cells):
+                log.info("image retrieval off: this bank is a coreset, which holds no whole images")
+            elif self.retrieve and not all(hasattr(k, "restricted") for k in self._knn.values()):
+                log.info("image retrieval off: the %s k-NN kernel searches an index built ahead", self.scoring.knn)
+            elif self.retrieve:
+                self._retrieval = ImageRetrieval.from_banks(codes, cells, self.retrieve)
         return self._knn
 
     def search_banks(self, small: np.ndarray, large: np.ndarray) -> dict[str, PatchScorer]:

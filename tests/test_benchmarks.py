@@ -20,7 +20,7 @@ def test_quality_benchmark_rows_stand_next_to_the_floors_over_seeds(tmp_path):
                      ("trained", "scl12", 0, "paper loss and input"), ("trained", "scl12", 0, "synthetic defects only"),
                      ("trained", "scl12", 0, "frame photometric only"),
                      ("trained", "scl12", 0, "no code aggregation"), ("trained", "scl12", 1, "no code aggregation"),
-                     ("trained", "scl12", 0, "with image retrieval"), ("trained", "scl12", 1, "with image retrieval")]
+                     ("trained", "scl12", 0, "no image retrieval"), ("trained", "scl12", 1, "no image retrieval")]
     # each variant really trains what its label says
     variants = {r["variant"]: (r["photometric"], r["defect_weight"]) for r in data["rows"] if r["kind"] == "trained"}
     assert variants["paper loss and input"] == ("none", 0.0) and variants["frame photometric only"] == ("frame", 0.0)
@@ -34,7 +34,8 @@ def test_quality_benchmark_rows_stand_next_to_the_floors_over_seeds(tmp_path):
         assert own.config.bank.neighbourhood == 1 and default.config.bank.neighbourhood == 3
         assert (own.path / "encoder.safetensors").read_bytes() == (default.path / "encoder.safetensors").read_bytes()
         assert own.manifest["training"] == default.manifest["training"]
-        assert load_bundle(work / f"scl12-seed{seed}-with-image-retrieval").config.bank.retrieve == 50
+        assert load_bundle(work / f"scl12-seed{seed}-no-image-retrieval").config.bank.retrieve == 0
+        assert default.config.bank.retrieve == 50
     scl12 = [r for r in data["rows"] if r["task"] == "scl12" and r["variant"] == "default"]
     assert all(0.0 <= r["pretext_acc"] <= 1.0 and r["code_rank32"] > 0 for r in scl12)
     assert all(r["pretext_acc"] is None for r in data["rows"] if r["task"] == "none")

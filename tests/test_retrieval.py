@@ -1,13 +1,15 @@
 """Image retrieval before the patch k-NN (bank.retrieve): the right images, the same kernels, and the case it is
 for — a line with two variants, where one variant's texture on the other's part hid among the wrong neighbours."""
 
+import logging
+
 import numpy as np
 import pytest
 
 from conftest import make_bundle, tiny_config
 from knn_cases import cases
 from sclvi.config import ScoringConfig, build_config
-from sclvi.errors import BundleError, ConfigError
+from sclvi.errors import BundleError
 from sclvi.knn.buckets import grid_positions
 from sclvi.knn.numba_cpu import NumbaPatchScorer
 from sclvi.knn.reference import NumpyPatchScorer
@@ -42,14 +44,12 @@ def test_restricted_kernel_equals_a_kernel_built_on_the_rows(window):
     assert not np.allclose(NumpyPatchScorer(bank, pos, grid, s).score(q, qpos), want)  # the restriction matters
 
 
-def test_settings_that_cannot_retrieve_are_refused():
-    with pytest.raises(ConfigError, match="coreset"):
-        build_config("lite", {"bank": {"retrieve": 10, "coreset_ratio": 0.1}})
-    with pytest.raises(ConfigError, match="faiss-ivf"):
-        build_config("lite", {"bank": {"retrieve": 10}, "scoring": {"knn": "faiss-ivf"}})
+def test_product_presets_retrieve_and_the_paper_does_not():
+    assert build_config("lite").bank.retrieve == build_config("dense-lite").bank.retrieve == 50
+    assert build_config("paper").bank.retrieve == 0
 
 
-def test_a_defect_made_of_the_other_variant_is_found_with_retrieval(tmp_path):
+def test_a_defect_made_of_the_other_variant_is_found_with_retrieval(tmp_path, caplog):
     """A two-variant line, one bank: a patch of variant B's texture on a variant-A part has perfect neighbours
     in B's images, so the whole-bank search calls it normal; retrieving A's images first does not. Scored
     through AnomalyScorer (what evaluation and the edge workers call), on codes, so only the search is tested."""
@@ -80,3 +80,11 @@ def test_a_defect_made_of_the_other_variant_is_found_with_retrieval(tmp_path):
     assert found > 1.8 * clean and hidden < 1.2 * clean, (clean, found, hidden)
     # retrieval picked the six A images: the same result as a bank of A's images alone
     assert found == pytest.approx(a_bank.score_codes(defect["small"], defect["large"]).score, rel=1e-9)
+    # a coreset bank holds no whole images: retrieval is off (logged), the whole bank is searched
+    thinned = {s: (c[:-1], p[:-1]) for s, (c, p) in flat.items()}
+    bundle.config = cfg
+    with caplog.at_level(logging.INFO, logger="sclvi.scorer"):
+        off = AnomalyScorer(bundle, None, ScoringConfig(), banks=thinned).score_codes(defect["small"], defect["large"]).score
+    assert "image retrieval off" in caplog.text
+    bundle.config = cfg.model_copy(update={"bank": cfg.bank.model_copy(update={"retrieve": 0})})
+    assert off == AnomalyScorer(bundle, None, ScoringConfig(), banks=thinned).score_codes(defect["small"], defect["large"]).score
