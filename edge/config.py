@@ -67,9 +67,9 @@ class RuntimeConfig(_Strict):
         "instead of restarting forever while every part gets NOT_INSPECTED",
     )
     stall_timeout_s: float = Field(
-        30.0, gt=0, description="an acquisition, inference or publisher process that shows no sign of life for this long (hung in a "
-        "camera driver, a lock, an endless loop) is killed and restarted like a crashed one; must exceed the longest "
-        "single inference and every camera's fetch_timeout_s",
+        30.0, gt=0, description="an acquisition, inference or publisher process that shows no sign of life for this "
+        "long (hung in a camera driver, a lock, an endless loop) is killed and restarted like a crashed one; must exceed "
+        "the longest single inference and every camera's fetch_timeout_s",
     )
     verdict_endpoint: str = Field("tcp://127.0.0.1:5555", description="the PLC bridge's ROUTER (we connect)")
     telemetry_endpoint: str | None = Field("tcp://127.0.0.1:5556", description="PUB for heartbeats (we bind)")

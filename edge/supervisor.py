@@ -191,9 +191,10 @@ class Runtime:
         """A process that broke its heartbeat promise (Shared.beat) is hung — in a camera driver, an endless loop,
         or stopped while holding a ring lock; a publisher stuck on its journal's disk — and the line would stand
         still while looking alive. Kill it; the watchdog then handles it as a crash (its frame NOT_INSPECTED, a new
-        process, counted toward the crash-loop limit for workers; a new publisher resends what its journal owes). A thread of its own: the main loop itself blocks on a ring lock such a
-        process holds, and only the kill frees it. It never reaps (is_alive/exitcode would race the main
-        loop's waitpid): it signals the pid the main loop gave the process."""
+        process, counted toward the crash-loop limit for workers; a new publisher resends what its journal owes).
+        A thread of its own: the main loop itself blocks on a ring lock such a process holds, and only the kill
+        frees it. It never reaps (is_alive/exitcode would race the main loop's waitpid): it signals the pid the
+        main loop gave the process."""
         while not self._stall_stop.wait(min(0.5, self.cfg.stall_timeout_s / 4)):
             now = time.monotonic_ns()
             procs = [("acquisition", i, p) for i, p in enumerate(self.acquisition)] + [("worker", i, p) for i, p in enumerate(self.workers)]
