@@ -579,7 +579,7 @@ def main(argv: list[str] | None = None) -> Path:
     ap.add_argument("--improvements", nargs="*", default=None, metavar="SLUG",
                     choices=[_slug(label) for label in IMPROVEMENTS],
                     help="also each departure from the paper alone (all, or the slugs named): a training change on the first "
-                    "task and seed, a bank-only one (no-code-aggregation) on every seed's model")
+                    "task and seed, a bank-only one (no-code-aggregation, no-image-retrieval) on every seed's model")
     ap.add_argument("--steps", nargs="+", type=int, default=None, metavar="N",
                     help="learning curve instead: one scl12 model per step budget (quality-steps-<protocol>.md)")
     args = parse_args(ap, argv)

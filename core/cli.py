@@ -211,7 +211,7 @@ def bank_cmd(
         "paper; product presets: 3). Bundles trained before this setting existed have 1."),
     retrieve: Optional[int] = typer.Option(
         None, help="Search each frame only among the codes of its K most similar bank images (a line with several "
-        "variants in one bank; needs coreset ratio 1); 0: every image, the paper."),
+        "variants in one bank; product presets: 50; off for a coreset bank); 0: every image, the paper."),
 ) -> None:
     """(Re)build a trained bundle's memory bank: after `train --no-bank`, with more good parts, or with another
     subset size or coreset. No retraining; calibrated thresholds are dropped (calibrate again)."""

@@ -82,14 +82,15 @@ class AnomalyScorer:
             elif self.retrieve and not all(hasattr(k, "restricted") for k in self._knn.values()):
                 log.info("image retrieval off: the %s k-NN kernel searches an index built ahead", self.scoring.knn)
             elif self.retrieve:
-                self._retrieval = ImageRetrieval.from_banks(codes, cells, self.retrieve)
+                retrieval = ImageRetrieval.from_banks(codes, cells, self.retrieve)
+                self._retrieval = retrieval if retrieval.k < retrieval.images else None  # K >= bank: nothing to restrict
         return self._knn
 
     def search_banks(self, small: np.ndarray, large: np.ndarray) -> dict[str, PatchScorer]:
         """The k-NN kernels one frame is searched with: over the whole bank, or (bank.retrieve) over the
         memory items of the frame's nearest training images only."""
         knn = self.knn
-        if self._retrieval is None or self._retrieval.k >= self._retrieval.images:
+        if self._retrieval is None:
             return knn
         images = self._retrieval.nearest(small, large)
         return {scale: kernel.restricted(self._retrieval.rows(images, scale)) for scale, kernel in knn.items()}
