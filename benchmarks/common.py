@@ -74,7 +74,8 @@ def untrained_bundle(path: Path, cfg, train_images: list[Path] | None = None, se
     torch.manual_seed(seed)
     model = build_model(cfg.encoder).eval()
     if train_images:
-        mean = mean_image(np.stack([read_input(p, cfg.geometry) for p in train_images]), cfg.preprocess.photometric)
+        mean = mean_image(np.stack([read_input(p, cfg.geometry) for p in train_images]), cfg.preprocess.photometric,
+                          cfg.preprocess.mean)
     else:
         mean = np.full((*cfg.geometry.input_hw, 3), 128, np.float32)
     save_bundle(path, cfg, state_to_numpy(model), mean, {"note": "untrained (random weights)"})

@@ -83,6 +83,8 @@ IMPROVEMENTS: dict[str, dict[str, Any]] = {
     # bank-only: no training of its own (scored on every seed's default model with its bank rebuilt)
     "no code aggregation": {"bank": {"neighbourhood": 1}},
     "no image retrieval": {"bank": {"retrieve": 0}},
+    # a candidate, not in the default: the mean gray level subtracted instead of the per-pixel mean image
+    "flat mean": {"preprocess": {"mean": "flat"}},
 }
 ETAS = (1, 3, 5, 10, 20)
 
@@ -330,7 +332,7 @@ def run_quality(name: str, root: Path, protocol: str, tasks: list[str], seeds: l
         bundle, scores, maps, embed_s, score_s, train_s = train_and_score(cfg, ds, where)
         rows.append(quality_row(name, ds, masks, preset, "trained", task, seed, scores, maps, embed_s, score_s, train_s,
                                 {**model_facts(bundle), "window": resolve_scoring(cfg.scoring, bundle).window,
-                                 "photometric": cfg.preprocess.photometric, "defect_weight": cfg.train.defect_weight},
+                                 "photometric": cfg.preprocess.photometric, "mean": cfg.preprocess.mean, "defect_weight": cfg.train.defect_weight},
                                 variant))
         if progress is not None:
             progress(rows)
@@ -379,7 +381,7 @@ def write_quality_report(rows: list[dict[str, Any]], protocol: str, out: Path, s
         f"`train.defect_weight` = {cfg.train.defect_weight}, codes aggregated over `bank.neighbourhood` = "
         f"{cfg.bank.neighbourhood} x {cfg.bank.neighbourhood} patches) off one at a time: a training change on one seed, "
         "the bank-only aggregation on every seed's own default model (no retraining, so the difference is the "
-        "aggregation alone).",
+        "aggregation alone). `flat mean` switches a candidate on instead (`preprocess.mean: flat`, not a default).",
         "Floors: `raw pixels` = each 32-px patch averaged to 8x8 minus the mean image, plain 1-NN, no network; "
         "`untrained encoder` = the preset's random initialisation with the same bank and scoring. "
         "`pretext` = pretext accuracy, mean of the 32-px and 64-px heads, on held-out images never trained on "

@@ -58,6 +58,12 @@ class PreprocessConfig(_Strict):
         description="none: the paper (subtract the training mean image); frame: first map each frame to one "
         "gray-level mean and spread, so exposure, lamp ageing and part-to-part brightness do not read as defects",
     )
+    mean: Literal["image", "flat"] = Field(
+        "image",
+        description="what is subtracted: image = the training set's per-pixel mean image (Patch SVDD); flat = its "
+        "mean gray level per channel. On an aligned part the per-pixel mean removes the part itself, leaving the "
+        "pretext task little to locate patches by (train/pretext.py)",
+    )
 
 
 class GeometryConfig(_Strict):

@@ -82,12 +82,19 @@ def photometric(frame: np.ndarray, mode: str = "none") -> np.ndarray:
     return (f - mu) * np.float32(FRAME_STD / max(sd, 1.0)) + np.float32(FRAME_MEAN)
 
 
-def mean_image(frames: np.ndarray, mode: str = "none") -> np.ndarray:
-    """Per-pixel mean of the training inputs after `photometric(mode)`, (H, W, 3) float32."""
+def mean_image(frames: np.ndarray, mode: str = "none", kind: str = "image") -> np.ndarray:
+    """Mean of the training inputs after `photometric(mode)`, (H, W, 3) float32: per pixel (`image`), or the
+    per-channel mean gray level repeated over the frame (`flat`: the same file and shape, so nothing
+    downstream changes)."""
+    if kind not in ("image", "flat"):
+        raise ValueError(f"unknown mean kind {kind!r}")
     acc = np.zeros(frames.shape[1:], dtype=np.float64)
     for f in frames:
         acc += photometric(f, mode)
-    return (acc / max(1, len(frames))).astype(np.float32)
+    mean = acc / max(1, len(frames))
+    if kind == "flat":
+        mean = np.broadcast_to(mean.mean(axis=(0, 1)), mean.shape)
+    return np.ascontiguousarray(mean, dtype=np.float32)
 
 
 def normalise(frame: np.ndarray, mean: np.ndarray, mode: str = "none") -> np.ndarray:

@@ -240,7 +240,7 @@ def train(cfg: Config, data_root: str | Path, out: str | Path, resume: bool = Fa
     if len(frames) < 2:
         raise DataError(f"{data_root}/train/good has {len(frames)} image(s); training needs at least 2")
     mode = cfg.preprocess.photometric
-    mean = mean_image(frames, mode)
+    mean = mean_image(frames, mode, cfg.preprocess.mean)
     all_images = torch.from_numpy(np.stack([normalise(f, mean, mode) for f in frames]))
     del frames
     fit, held_idx = split_holdout(len(all_images), tc.holdout_frac if N_CLASSES[tc.task] else 0.0, tc.seed)
