@@ -87,6 +87,8 @@ IMPROVEMENTS: dict[str, dict[str, Any]] = {
     "flat mean": {"preprocess": {"mean": "flat"}},
 }
 ETAS = (1, 3, 5, 10, 20)
+CORESETS = (0.1, 0.01)
+WINDOWS = (2, 4)
 
 
 def _slug(label: str) -> str:
@@ -97,9 +99,6 @@ def _slug(label: str) -> str:
 def _bank_only(variant: dict[str, Any]) -> bool:
     """Does the variant change only the memory bank (so a trained model serves it without retraining)?"""
     return set(variant) == {"bank"}
-
-CORESETS = (0.1, 0.01)
-WINDOWS = (2, 4)
 
 
 def models_dir(work: Path, protocol: str) -> Path:
@@ -420,14 +419,15 @@ def write_quality_report(rows: list[dict[str, Any]], protocol: str, out: Path, s
 
 def per_defect_table(rows: list[dict[str, Any]]) -> list[str]:
     """Image / pixel AUROC per defect type (each type against all good images) for the floors and each task's
-    default trained rows (mean over seeds), with each type's share of the defect pixels: where a set's figures
-    come from."""
+    trained rows, default and each variant (mean over seeds), with each type's share of the defect pixels: where
+    a set's figures come from."""
     groups: dict[str, list[dict[str, Any]]] = {}
     for r in rows:
         if r["kind"] != "trained":
             groups.setdefault(r["kind"], []).append(r)
-        elif (r.get("variant") or "default") == "default":
-            groups.setdefault(f"trained, {r['task']}", []).append(r)
+        else:
+            variant = r.get("variant") or "default"
+            groups.setdefault(f"trained, {r['task']}" + ("" if variant == "default" else f", {variant}"), []).append(r)
     defects = list(dict.fromkeys(d for r in rows for d in r.get("per_defect", {})))
     if not defects or not groups:
         return []
@@ -581,7 +581,8 @@ def main(argv: list[str] | None = None) -> Path:
     ap.add_argument("--improvements", nargs="*", default=None, metavar="SLUG",
                     choices=[_slug(label) for label in IMPROVEMENTS],
                     help="also each departure from the paper alone (all, or the slugs named): a training change on the first "
-                    "task and seed, a bank-only one (no-code-aggregation, no-image-retrieval) on every seed's model")
+                    "task and seed, a bank-only one (no-code-aggregation, no-image-retrieval) on every seed's model; flat-mean is a "
+                    "candidate switched on, not a departure switched off")
     ap.add_argument("--steps", nargs="+", type=int, default=None, metavar="N",
                     help="learning curve instead: one scl12 model per step budget (quality-steps-<protocol>.md)")
     args = parse_args(ap, argv)
