@@ -62,7 +62,7 @@ class PreprocessConfig(_Strict):
         "image",
         description="what is subtracted: image = the training set's per-pixel mean image (Patch SVDD); flat = its "
         "mean gray level per channel. On an aligned part the per-pixel mean removes the part itself, leaving the "
-        "pretext task little to locate patches by (train/pretext.py)",
+        "pretext task little to locate patches by (tests/test_pretext.py measures it)",
     )
 
 
