@@ -84,13 +84,11 @@ def test_the_per_pixel_mean_image_leaves_an_aligned_part_nothing_to_locate_patch
     images' mean patch per cell): at or below chance on the per-pixel residuals, easy on the flat-mean input.
     (Training on the demo's set agrees: held-out 64-px pretext accuracy 0.23 with the flat mean against 0.12
     at 60 steps, chance 0.083.)"""
-    from PIL import Image
-
-    from sclvi.images import mean_image, normalise
+    from sclvi.images import mean_image, normalise, read_rgb
     from sclvi.synthetic import write_synthetic
 
     root = write_synthetic(tmp_path, "object", size=128, n_train=12, n_test_good=0, n_test_defect=0, seed=0)
-    frames = np.stack([np.array(Image.open(p).convert("RGB")) for p in sorted((root / "train" / "good").glob("*.png"))])
+    frames = np.stack([read_rgb(p, None) for p in sorted((root / "train" / "good").glob("*.png"))])
     accuracy = {}
     for kind in ("image", "flat"):
         mean = mean_image(frames, mode, kind)
