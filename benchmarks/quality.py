@@ -77,14 +77,15 @@ TASKS = ("none", "jigsaw8", "scl12")
 #: `--improvements`: the product's departures from the paper, each alone and both off, on the protocol's
 #: preset (label -> config overrides); the `default` rows have them all.
 IMPROVEMENTS: dict[str, dict[str, Any]] = {
-    "paper loss and input": {"preprocess": {"photometric": "none"}, "train": {"defect_weight": 0.0}},
-    "synthetic defects only": {"preprocess": {"photometric": "none"}, "train": {"defect_weight": 1.0}},
-    "frame photometric only": {"preprocess": {"photometric": "frame"}, "train": {"defect_weight": 0.0}},
+    "paper loss and input": {"preprocess": {"photometric": "none", "mean": "image"}, "train": {"defect_weight": 0.0}},
+    "synthetic defects only": {"preprocess": {"photometric": "none", "mean": "image"}, "train": {"defect_weight": 1.0}},
+    "frame photometric only": {"preprocess": {"photometric": "frame", "mean": "image"}, "train": {"defect_weight": 0.0}},
+    "flat mean only": {"preprocess": {"photometric": "none", "mean": "flat"}, "train": {"defect_weight": 0.0}},
+    # the default with the paper's per-pixel mean image (the flat mean alone switched off)
+    "per-pixel mean": {"preprocess": {"mean": "image"}},
     # bank-only: no training of its own (scored on every seed's default model with its bank rebuilt)
     "no code aggregation": {"bank": {"neighbourhood": 1}},
     "no image retrieval": {"bank": {"retrieve": 0}},
-    # a candidate, not in the default: the mean gray level subtracted instead of the per-pixel mean image
-    "flat mean": {"preprocess": {"mean": "flat"}},
 }
 ETAS = (1, 3, 5, 10, 20)
 CORESETS = (0.1, 0.01)
@@ -269,8 +270,10 @@ def defect_pixel_shares(ds: Any, masks: np.ndarray | None) -> dict[str, float]:
 
 def floor_rows(name: str, ds: Any, protocol: str, masks: np.ndarray | None, work: Path,
                progress: Any = None) -> list[dict[str, Any]]:
-    """The two no-learning floors of this set at the protocol's geometry, bank, scoring and preset (cached in
-    work/<set>/floors.json: they depend on nothing else); `progress(rows)` after each one computed."""
+    """The two no-learning floors of this set at the protocol's geometry, bank, scoring and preset, each cached in
+    work/<set>/floors.json under the settings it reads (the raw-pixel floor has no encoder and always subtracts
+    the per-pixel mean image, so an encoder or `preprocess.mean` change leaves it cached); `progress(rows)` after
+    each one."""
     from sclvi.benchmarks.common import untrained_bundle
     from sclvi.benchmarks.floors import raw_pixel_floor
     from sclvi.engines import load_backend
@@ -281,30 +284,43 @@ def floor_rows(name: str, ds: Any, protocol: str, masks: np.ndarray | None, work
     base = protocol_config(protocol, "scl12")
     preset = PROTOCOLS[protocol]["preset"]
     cache = work / name / "floors.json"
-    key = json.dumps({k: base.model_dump(mode="json")[k] for k in ("preset", "encoder", "preprocess", "geometry", "bank", "scoring")})
-    cached = json.loads(cache.read_text()) if cache.is_file() else {}
-    cached = cached.get("by_key", {cached["key"]: cached["rows"]} if "key" in cached else {})  # one per protocol setting
-    if key in cached:
-        log.info("%s: floors reused from %s", name, cache)
-        return cached[key]
+    cached = json.loads(cache.read_text()).get("by_key", {}) if cache.is_file() else {}
+    settings = base.model_dump(mode="json")
+    keys = {
+        "floor: raw pixels": json.dumps({"floor": "raw pixels", "photometric": settings["preprocess"]["photometric"],
+                                         "bank": {k: settings["bank"][k] for k in ("max_images", "seed")},
+                                         **{k: settings[k] for k in ("geometry", "scoring")}}),
+        "floor: untrained encoder": json.dumps({"floor": "untrained encoder", **{
+            k: settings[k] for k in ("preset", "encoder", "preprocess", "geometry", "bank", "scoring")}}),
+    }
     chosen = bank_images(ds.train, base.bank.max_images, base.bank.seed)
-    scores, maps, score_s = raw_pixel_floor(base, ds, chosen)
-    rows = [quality_row(name, ds, masks, preset, "floor: raw pixels", None, None, scores, maps, 0.0, score_s, None, {})]
-    if progress is not None:
-        progress(list(rows))
-    bundle = untrained_bundle(work / name / "untrained", base, chosen)
-    codes, embed_s = embed_test_set(bundle, ds, load_backend(bundle))
-    scores, maps, score_s = score_test_set(bundle, codes, base.scoring)
-    rows.append(quality_row(name, ds, masks, preset, "floor: untrained encoder", None, 0, scores, maps, embed_s, score_s,
-                            None, {"window": resolve_scoring(base.scoring, bundle).window}))
-    if progress is not None:
-        progress(list(rows))
-    cache.write_text(json.dumps({"by_key": {**cached, key: rows}}, default=str))
+    rows: list[dict[str, Any]] = []
+    for kind, key in keys.items():
+        if key in cached:
+            log.info("%s: %s reused from %s", name, kind, cache)
+            rows.append(cached[key])
+            continue
+        if kind == "floor: raw pixels":
+            scores, maps, score_s = raw_pixel_floor(base, ds, chosen)
+            row = quality_row(name, ds, masks, preset, kind, None, None, scores, maps, 0.0, score_s, None, {})
+        else:
+            bundle = untrained_bundle(work / name / "untrained", base, chosen)
+            codes, embed_s = embed_test_set(bundle, ds, load_backend(bundle))
+            scores, maps, score_s = score_test_set(bundle, codes, base.scoring)
+            row = quality_row(name, ds, masks, preset, kind, None, 0, scores, maps, embed_s, score_s, None,
+                              {"window": resolve_scoring(base.scoring, bundle).window})
+        rows.append(row)
+        cached[key] = row
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        cache.write_text(json.dumps({"by_key": cached}, default=str))
+        if progress is not None:
+            progress(list(rows))
     return rows
 
 
 def run_quality(name: str, root: Path, protocol: str, tasks: list[str], seeds: list[int], work: Path,
-                out: Path, improvements: list[str] | None = None, progress: Any = None) -> list[dict[str, Any]]:
+                out: Path, improvements: list[str] | None = None, progress: Any = None,
+                variant_seeds: int = 1) -> list[dict[str, Any]]:
     """Floors, then every (task, seed) of the protocol's preset: one row each, eta 10; with `improvements`,
     also the IMPROVEMENTS variants picked (see below). `progress(rows)` after each row, so an
     interrupted run still leaves a report of what it measured."""
@@ -318,11 +334,12 @@ def run_quality(name: str, root: Path, protocol: str, tasks: list[str], seeds: l
     rows = floor_rows(name, ds, protocol, masks, work, progress)
     runs = [("default", {}, task, seed) for task in tasks for seed in seeds]
     # `improvements`: the variants' slugs (IMPROVEMENTS labels with dashes), [] for all of them, None for none.
-    # A variant that changes only the bank needs no training: every seed's model is scored.
+    # A variant that changes only the bank needs no training: every seed's model is scored; a training variant
+    # trains the first `variant_seeds` seeds.
     picked = {} if improvements is None else {
         label: over for label, over in IMPROVEMENTS.items() if not improvements or _slug(label) in improvements}
     runs += [(label, over, tasks[0], seed) for label, over in picked.items()
-             for seed in (seeds if _bank_only(over) else seeds[:1])]
+             for seed in (seeds if _bank_only(over) else seeds[:variant_seeds])]
     for variant, over, task, seed in runs:
         cfg = protocol_config(protocol, task, seed=seed, variant=over)
         where, default = (work / name / f"{task}-seed{seed}-{_slug(label)}" for label in (variant, "default"))
@@ -376,12 +393,13 @@ def write_quality_report(rows: list[dict[str, Any]], protocol: str, out: Path, s
         f"on an aligned part, none otherwise; the `window` column). Total wall time {seconds / 60:.0f} min on the machine below.",
         f"Input: `preprocess.photometric: {cfg.preprocess.photometric}` (`frame`: each frame mapped to one gray-level mean "
         "and spread first; floors get the same input). Variants: `default` = the preset as `sclvi train` gives it; the "
-        "others switch the product's departures from the paper (frame photometric step, synthetic-defect term "
+        "others switch the product's departures from the paper (frame photometric step, `preprocess.mean: "
+        f"{cfg.preprocess.mean}` = the mean gray level subtracted instead of the per-pixel mean image, synthetic-defect term "
         f"`train.defect_weight` = {cfg.train.defect_weight}, codes aggregated over `bank.neighbourhood` = "
-        f"{cfg.bank.neighbourhood} x {cfg.bank.neighbourhood} patches) off one at a time: a training change on one seed, "
-        "the bank-only aggregation on every seed's own default model (no retraining, so the difference is the "
-        "aggregation alone). `flat mean` switches a candidate on instead (`preprocess.mean: flat`, not a default).",
-        "Floors: `raw pixels` = each 32-px patch averaged to 8x8 minus the mean image, plain 1-NN, no network; "
+        f"{cfg.bank.neighbourhood} x {cfg.bank.neighbourhood} patches, image retrieval `bank.retrieve` = {cfg.bank.retrieve}) "
+        "off one at a time or on alone: a training change on the seeds its row says, a bank-only one on every seed's own "
+        "default model (no retraining, so the difference is the bank setting alone).",
+        "Floors: `raw pixels` = each 32-px patch averaged to 8x8 minus the per-pixel mean image, plain 1-NN, no network; "
         "`untrained encoder` = the preset's random initialisation with the same bank and scoring. "
         "`pretext` = pretext accuracy, mean of the 32-px and 64-px heads, on held-out images never trained on "
         "(and on the training batches); chance 1/12 for scl12, 1/8 for jigsaw8. Each model's curve is in its bundle "
@@ -581,8 +599,9 @@ def main(argv: list[str] | None = None) -> Path:
     ap.add_argument("--improvements", nargs="*", default=None, metavar="SLUG",
                     choices=[_slug(label) for label in IMPROVEMENTS],
                     help="also each departure from the paper alone (all, or the slugs named): a training change on the first "
-                    "task and seed, a bank-only one (no-code-aggregation, no-image-retrieval) on every seed's model; flat-mean is a "
-                    "candidate switched on, not a departure switched off")
+                    "task and --variant-seeds seeds, a bank-only one (no-code-aggregation, no-image-retrieval) on every seed's model")
+    ap.add_argument("--variant-seeds", type=int, default=1, metavar="N",
+                    help="how many of --seeds a training variant of --improvements trains (each costs a training run)")
     ap.add_argument("--steps", nargs="+", type=int, default=None, metavar="N",
                     help="learning curve instead: one scl12 model per step budget (quality-steps-<protocol>.md)")
     args = parse_args(ap, argv)
@@ -617,7 +636,8 @@ def main(argv: list[str] | None = None) -> Path:
     for name in args.sets:
         done = list(rows)
         rows += run_quality(name, args.data / name, args.protocol, args.tasks, args.seeds, work, args.out, args.improvements,
-                            lambda partial: write_quality_report(done + partial, args.protocol, args.out, time.perf_counter() - t0))
+                            lambda partial: write_quality_report(done + partial, args.protocol, args.out, time.perf_counter() - t0),
+                            args.variant_seeds)
         path = write_quality_report(rows, args.protocol, args.out, time.perf_counter() - t0)
     print(f"report: {path}")
     return path

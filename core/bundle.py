@@ -2,7 +2,7 @@
 
     bundle.json          manifest: format version, full config, training metadata, file hashes, banks
     encoder.safetensors  weights of the main and secondary encoders (float32)
-    mean.npy             the training set's per-pixel mean image (normalisation)
+    mean.npy             what is subtracted before the encoder: the training mean per pixel or per channel (preprocess.mean)
     bank_small.sclvibank memory bank of 32-px codes and their grid positions (memory-mapped on load)
     bank_large.sclvibank memory bank of 64-px codes
 

@@ -19,16 +19,18 @@ def test_quality_benchmark_rows_stand_next_to_the_floors_over_seeds(tmp_path):
                      ("trained", "scl12", 0, "default"), ("trained", "scl12", 1, "default"),
                      ("trained", "none", 0, "default"), ("trained", "none", 1, "default"),
                      ("trained", "scl12", 0, "paper loss and input"), ("trained", "scl12", 0, "synthetic defects only"),
-                     ("trained", "scl12", 0, "frame photometric only"),
+                     ("trained", "scl12", 0, "frame photometric only"), ("trained", "scl12", 0, "flat mean only"),
+                     ("trained", "scl12", 0, "per-pixel mean"),
                      ("trained", "scl12", 0, "no code aggregation"), ("trained", "scl12", 1, "no code aggregation"),
-                     ("trained", "scl12", 0, "no image retrieval"), ("trained", "scl12", 1, "no image retrieval"),
-                     ("trained", "scl12", 0, "flat mean")]
+                     ("trained", "scl12", 0, "no image retrieval"), ("trained", "scl12", 1, "no image retrieval")]
     # each variant really trains what its label says
     variants = {r["variant"]: (r["photometric"], r["defect_weight"]) for r in data["rows"] if r["kind"] == "trained"}
     assert variants["paper loss and input"] == ("none", 0.0) and variants["frame photometric only"] == ("frame", 0.0)
-    assert variants["synthetic defects only"] == ("none", 1.0)
+    assert variants["synthetic defects only"] == ("none", 1.0) and variants["flat mean only"] == ("none", 0.0)
+    assert variants["default"] == variants["per-pixel mean"] == ("frame", 1.0)
+    paper_mean = {"paper loss and input", "synthetic defects only", "frame photometric only", "per-pixel mean"}
     assert {r["variant"]: r["mean"] for r in data["rows"] if r["kind"] == "trained"} == {
-        v: "flat" if v == "flat mean" else "image" for v in variants}
+        v: "image" if v in paper_mean else "flat" for v in variants}
     # the bank-only variant scores every seed's default model (copied, not retrained) with its bank rebuilt
     from sclvi.bundle import load_bundle
 
@@ -40,8 +42,8 @@ def test_quality_benchmark_rows_stand_next_to_the_floors_over_seeds(tmp_path):
         assert own.manifest["training"] == default.manifest["training"]
         assert load_bundle(work / f"scl12-seed{seed}-no-image-retrieval").config.bank.retrieve == 0
         assert default.config.bank.retrieve == 50
-    flat = load_bundle(work / "scl12-seed0-flat-mean").mean
-    assert np.ptp(flat, axis=(0, 1)).max() == 0 and np.ptp(load_bundle(work / "scl12-seed0-default").mean, axis=(0, 1)).max() > 1
+    flat = load_bundle(work / "scl12-seed0-default").mean
+    assert np.ptp(flat, axis=(0, 1)).max() == 0 and np.ptp(load_bundle(work / "scl12-seed0-per-pixel-mean").mean, axis=(0, 1)).max() > 1
     scl12 = [r for r in data["rows"] if r["task"] == "scl12" and r["variant"] == "default"]
     assert all(0.0 <= r["pretext_acc"] <= 1.0 and r["code_rank32"] > 0 for r in scl12)
     assert all(r["pretext_acc"] is None for r in data["rows"] if r["task"] == "none")

@@ -58,9 +58,11 @@ def test_paper_preset_stays_as_published_and_product_presets_carry_the_improveme
 
     paper = build_config("paper")
     assert paper.preprocess.photometric == "none" and paper.train.defect_weight == 0.0 and paper.bank.neighbourhood == 1
+    assert paper.preprocess.mean == "image" and paper.bank.retrieve == 0
     for preset in set(PRESETS) - {"paper"}:
         cfg = build_config(preset)
         assert cfg.preprocess.photometric == "frame" and cfg.train.defect_weight > 0 and cfg.bank.neighbourhood == 3, preset
+        assert cfg.preprocess.mean == "flat" and cfg.bank.retrieve == 50, preset
     # a user can still switch each one off
     off = build_config("dense-lite", {"preprocess": {"photometric": "none"}, "train": {"defect_weight": 0}})
     assert off.preprocess.photometric == "none" and off.train.defect_weight == 0
