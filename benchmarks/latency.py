@@ -145,7 +145,7 @@ def bench_one(preset: str, mode: str, geometry: str, args: argparse.Namespace, w
     from sclvi.bundle import load_bundle
     from sclvi.engines import available_backends, load_backend
     from sclvi.knn import choose_kernel
-    from sclvi.scorer import resolve_scoring
+    from sclvi.scorer import AnomalyScorer, resolve_scoring
 
     parts = mode.split("/")
     window, coreset, knn = parts[0], (parts[1:2] or ["1.0"])[0], (parts[2:3] or ["auto"])[0]
@@ -177,6 +177,7 @@ def bench_one(preset: str, mode: str, geometry: str, args: argparse.Namespace, w
             "geometry": geometry, "frame": [frames[0].shape[1], frames[0].shape[0]], "input": [in_w, in_h],
             "window": resolve_scoring(bundle.config.scoring, bundle).window, "coreset": cfg.bank.coreset_ratio,
             "bank_codes": int(sum(bundle.manifest["banks"][s]["count"] for s in ("small", "large"))),
+            "retrieve": AnomalyScorer(bundle, None).retrieved_images,
             "compute_ms": {k: percentiles(v) for k, v in compute.items()},
             "stages_ms": {k: percentiles(v) for k, v in samples.items()},
             "total_samples_ms": samples["total"].tolist(),
@@ -201,6 +202,11 @@ def bench_one(preset: str, mode: str, geometry: str, args: argparse.Namespace, w
 
 def _ms(v: float | None) -> str:
     return "-" if v is None else f"{v:.1f}"
+
+
+def _retrieval(k: int | None, images: int) -> str:
+    """The retrieval cell: each frame searched among K of the bank's images, or the whole bank."""
+    return "off" if k is None else f"{k} of {images} images"
 
 
 def save_histogram(path: Path, rows: list[dict[str, Any]], title: str) -> None:
@@ -236,22 +242,23 @@ def write_report(rows: list[dict[str, Any]], args: argparse.Namespace, out: Path
         f"roi that tiles inspected at scale s (aspect kept; `preprocess` includes the cut and scale). 32-px patches at stride "
         f"{args.small_stride}, 64-px at stride 16; "
         f"memory bank from {args.train_images} images (window and coreset per row: a coreset is taken per grid "
-        f"cell when windowed); one inference worker; random weights. Latency: {args.frames} frames through the runtime paced at "
+        f"cell when windowed; `retrieval`: each frame searched among its K nearest bank images, `bank.retrieve`, off "
+        f"for a coreset bank); one inference worker; random weights. Latency: {args.frames} frames through the runtime paced at "
         f"{100 * args.load:.0f}% of the measured capacity, {args.warmup} warm-up frames excluded. Throughput: "
         f"the same runtime with the source free-running. `publish` = worker verdict -> received by the PLC "
         f"stand-in over ZeroMQ; `total` = acquisition -> PLC. Wall time {seconds / 60:.1f} min.",
         "",
         "## Summary",
         "",
-        "| preset | backend | geometry | model input | k-NN | window | coreset | bank codes | compute ms/frame (p50) | k-NN ms (p50) | end-to-end p50 / p95 / p99 ms | throughput frames/s | peer ms/frame (p50) | peer / ours |",
-        "|---|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| preset | backend | geometry | model input | k-NN | window | coreset | bank codes | retrieval | compute ms/frame (p50) | k-NN ms (p50) | end-to-end p50 / p95 / p99 ms | throughput frames/s | peer ms/frame (p50) | peer / ours |",
+        "|---|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         t = r["stages_ms"]["total"]
         peer = r.get("peer_ms", {}).get("frame", {}).get("p50")
         lines.append(
             f"| {r['preset']} | {r['backend']} | {r['geometry']} | {r['input'][0]}x{r['input'][1]} | {r['knn']} | {'none' if r['window'] is None else '+-' + str(r['window'])} | "
-            f"{r['coreset']:g} | {r['bank_codes']:,} | {r['compute_ms']['frame']['p50']:.1f} | {r['compute_ms']['knn']['p50']:.1f} | "
+            f"{r['coreset']:g} | {r['bank_codes']:,} | {_retrieval(r.get('retrieve'), args.train_images)} | {r['compute_ms']['frame']['p50']:.1f} | {r['compute_ms']['knn']['p50']:.1f} | "
             f"{t['p50']:.1f} / {t['p95']:.1f} / {t['p99']:.1f} | {r['throughput_fps']:.2f} | "
             f"{_ms(peer)} | {'-' if peer is None else format(r['peer_ratio'], '.1f') + 'x'} |"
         )

@@ -86,6 +86,13 @@ class AnomalyScorer:
                 self._retrieval = retrieval if retrieval.k < retrieval.images else None  # K >= bank: nothing to restrict
         return self._knn
 
+    @property
+    def retrieved_images(self) -> int | None:
+        """K when each frame is searched among its K nearest bank images only, None when the whole bank is
+        (retrieval off, a coreset bank, an index-based kernel, or K not below the bank's image count)."""
+        _ = self.knn  # building the kernels decides retrieval
+        return None if self._retrieval is None else self._retrieval.k
+
     def search_banks(self, small: np.ndarray, large: np.ndarray) -> dict[str, PatchScorer]:
         """The k-NN kernels one frame is searched with: over the whole bank, or (bank.retrieve) over the
         memory items of the frame's nearest training images only."""

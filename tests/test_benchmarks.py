@@ -147,7 +147,7 @@ def test_latency_benchmark_smoke(tmp_path):
     assert [(r["geometry"], r["frame"], r["input"]) for r in rows] == [("96", [96, 96], [96, 96]),
                                                                       ("160x120@0.8", [160, 120], [128, 96])]
     for row in rows:
-        assert row["window"] == 1 and row["coreset"] == 1.0
+        assert row["window"] == 1 and row["coreset"] == 1.0 and row["retrieve"] is None  # 3 bank images, K = 50
         assert row["verdicts"] == row["grabbed"] == 14  # paced and free-running runs, 7 frames each
         assert row["verdict_counts"].get("NOT_INSPECTED (bad_frame)", 0) == 0  # native frames are inspected
         assert set(row["stages_ms"]) == set(STAGES)
@@ -157,7 +157,7 @@ def test_latency_benchmark_smoke(tmp_path):
         assert row["stages_ms"]["embed"]["p50"] < total and row["stages_ms"]["knn"]["p50"] < total
         assert row["throughput_fps"] > 0 and row["peer_ratio"] > 0
     text = report.read_text()
-    assert "| dense-lite | onnxruntime | 96 | 96x96 | numba | +-1 | 1 |" in text
+    assert "| dense-lite | onnxruntime | 96 | 96x96 | numba | +-1 | 1 |" in text and "| off |" in text
     assert "| dense-lite | onnxruntime | 160x120@0.8 | 128x96 | numba | +-1 | 1 |" in text
     assert (tmp_path / "latency-cpu.png").stat().st_size > 1000
 
@@ -235,3 +235,28 @@ def test_aspect_benchmark_compares_squashed_and_native_geometry_on_mixed_sizes(t
     assert rows[0]["bank_codes"] == 4 * 29 * 29 and rows[1]["bank_codes"] != rows[0]["bank_codes"]
     assert all(0.0 <= r["image_auroc"] <= 1.0 and 0.0 <= r["pixel_auroc"] <= 1.0 for r in rows)
     assert "| native |" in report.read_text()
+
+
+def test_each_floor_is_cached_under_the_settings_it_reads(tmp_path, monkeypatch):
+    """The raw-pixel floor reads no encoder and no `preprocess.mean`: changing the mean recomputes the untrained
+    floor only, and asking again with nothing changed recomputes neither."""
+    import sclvi.benchmarks.common as common
+    import sclvi.benchmarks.floors as floors
+    from sclvi.benchmarks import quality
+    from sclvi.bundle import load_bundle
+    from sclvi.dataset import read_dataset
+
+    write_synthetic(tmp_path / "data", "object", size=176, n_train=4, n_test_good=2, n_test_defect=1, seed=0)
+    ds = read_dataset(tmp_path / "data" / "object")
+    calls: list[str] = []
+    raw, untrained = floors.raw_pixel_floor, common.untrained_bundle
+    monkeypatch.setattr(floors, "raw_pixel_floor", lambda *a: calls.append("raw") or raw(*a))
+    monkeypatch.setattr(common, "untrained_bundle", lambda *a: calls.append("untrained") or untrained(*a))
+    work = tmp_path / "work"
+    flat = quality.floor_rows("object", ds, "smoke", None, work)
+    assert calls == ["raw", "untrained"] and np.ptp(load_bundle(work / "object" / "untrained").mean, axis=(0, 1)).max() == 0
+    monkeypatch.setitem(quality.PROTOCOLS, "smoke", {**quality.PROTOCOLS["smoke"], "preprocess": {"mean": "image"}})
+    per_pixel = quality.floor_rows("object", ds, "smoke", None, work)
+    assert calls == ["raw", "untrained", "untrained"] and per_pixel[0] == flat[0]
+    assert np.ptp(load_bundle(work / "object" / "untrained").mean, axis=(0, 1)).max() > 1
+    assert quality.floor_rows("object", ds, "smoke", None, work) == per_pixel and len(calls) == 3

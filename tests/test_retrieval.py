@@ -80,11 +80,13 @@ def test_a_defect_made_of_the_other_variant_is_found_with_retrieval(tmp_path, ca
     assert found > 1.8 * clean and hidden < 1.2 * clean, (clean, found, hidden)
     # retrieval picked the six A images: the same result as a bank of A's images alone
     assert found == pytest.approx(a_bank.score_codes(defect["small"], defect["large"]).score, rel=1e-9)
+    assert retrieving.retrieved_images == 6 and whole_bank.retrieved_images is None  # what bench latency reports
     # a coreset bank holds no whole images: retrieval is off (logged), the whole bank is searched
     thinned = {s: (c[:-1], p[:-1]) for s, (c, p) in flat.items()}
     bundle.config = cfg
     with caplog.at_level(logging.INFO, logger="sclvi.scorer"):
         off = AnomalyScorer(bundle, None, ScoringConfig(), banks=thinned).score_codes(defect["small"], defect["large"]).score
     assert "image retrieval off" in caplog.text
+    assert AnomalyScorer(bundle, None, ScoringConfig(), banks=thinned).retrieved_images is None
     bundle.config = cfg.model_copy(update={"bank": cfg.bank.model_copy(update={"retrieve": 0})})
     assert off == AnomalyScorer(bundle, None, ScoringConfig(), banks=thinned).score_codes(defect["small"], defect["large"]).score
