@@ -157,6 +157,7 @@ def bench_one(preset: str, mode: str, geometry: str, args: argparse.Namespace, w
     frames = _frames(replay, args.warmup + args.compute_frames)
     in_h, in_w = cfg.geometry.input_hw
     backends = available_backends(bundle) if args.backends == ["auto"] else args.backends
+    retrieve = AnomalyScorer(bundle, None).retrieved_images  # the bundle's, whatever the backend: loads its banks once
     rows = []
     for name in backends:
         log.info("%s / %s: in-process compute", preset, name)
@@ -177,7 +178,7 @@ def bench_one(preset: str, mode: str, geometry: str, args: argparse.Namespace, w
             "geometry": geometry, "frame": [frames[0].shape[1], frames[0].shape[0]], "input": [in_w, in_h],
             "window": resolve_scoring(bundle.config.scoring, bundle).window, "coreset": cfg.bank.coreset_ratio,
             "bank_codes": int(sum(bundle.manifest["banks"][s]["count"] for s in ("small", "large"))),
-            "retrieve": AnomalyScorer(bundle, None).retrieved_images,
+            "retrieve": retrieve,
             "compute_ms": {k: percentiles(v) for k, v in compute.items()},
             "stages_ms": {k: percentiles(v) for k, v in samples.items()},
             "total_samples_ms": samples["total"].tolist(),
