@@ -33,15 +33,21 @@ def test_retrieval_finds_the_frames_own_variant():
 
 
 @pytest.mark.parametrize("window", [None, 1])
-def test_restricted_kernel_equals_a_kernel_built_on_the_rows(window):
+@pytest.mark.parametrize("images", [range(1, 11), [0, 2, 3, 7, 11]])  # a run of images, scattered ones
+def test_restricted_kernel_equals_a_kernel_built_on_the_rows(window, images):
     name, q, bank, pos, grid = cases(n_queries=60, n_bank=300, dim=8)[0]
-    s = ScoringConfig(position_window=window)
-    rows = np.arange(25, 275)  # whole images of the 25-cell grid
+    s = ScoringConfig(position_window=window, eta=5)
+    rows = (np.array(images)[:, None] * 25 + np.arange(25)).ravel()  # whole images of the 25-cell grid
     qpos = pos[:60]
     want = NumpyPatchScorer(bank[rows], pos[rows], grid, s).score(q, qpos)
-    np.testing.assert_allclose(NumbaPatchScorer(bank, pos, grid, s).restricted(rows).score(q, qpos), want, atol=1e-9)
+    numba = NumbaPatchScorer(bank, pos, grid, s)
+    np.testing.assert_allclose(numba.restricted(rows).score(q, qpos), want, atol=1e-9)
     np.testing.assert_allclose(NumpyPatchScorer(bank, pos, grid, s).restricted(rows).score(q, qpos), want, atol=1e-12)
     assert not np.allclose(NumpyPatchScorer(bank, pos, grid, s).score(q, qpos), want)  # the restriction matters
+    # restricted again: rows of the restricted bank, whether the kernel copied it or only marks it (windowed)
+    twice = numba.restricted(rows).restricted(np.arange(0, len(rows), 2))
+    once = rows[::2]
+    np.testing.assert_allclose(twice.score(q, qpos), NumpyPatchScorer(bank[once], pos[once], grid, s).score(q, qpos), atol=1e-9)
 
 
 def test_product_presets_retrieve_and_the_paper_does_not():

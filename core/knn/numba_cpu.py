@@ -105,8 +105,11 @@ def _finish(queries, bank, cand, k, lam, authors, out):
 
 @njit(parallel=True, cache=True, fastmath=_REASSOC)
 def _windowed(q, qrow, qcol, tile_start, sbank, sbank_sq, offsets, order, bank, rows, cols, window, keep, k, lam,
-              authors, out, short):
+              authors, out, short, sel):
     """Position windows without candidate lists (queries sorted by tile, then row, then column).
+
+    `sel`: the places in the sorted bank that are searched, ascending, and `offsets` where each cell's start in
+    `sel` (every place, or those of the images that image retrieval kept: the bank is not copied per frame).
 
     The bank is stored sorted by cell, so each bank row of a query's window is one contiguous run of
     codes. A tile's queries walk each bank row of their union together, so the run is read from memory
@@ -128,7 +131,8 @@ def _windowed(q, qrow, qcol, tile_start, sbank, sbank_sq, offsets, order, bank, 
                 worst = bd[keep - 1]
                 j0 = offsets[br * cols + max(0, qcol[r] - window)]
                 j1 = offsets[br * cols + min(cols, qcol[r] + window + 1)]
-                for j in range(j0, j1):
+                for jj in range(j0, j1):
+                    j = sel[jj]
                     dot = np.float32(0.0)
                     for c in range(dim):
                         dot += q[r, c] * sbank[j, c]
@@ -166,6 +170,9 @@ class NumbaPatchScorer:
         self.pool = ThreadPoolExecutor(self.threads)  # made once: this runs for every frame
         self.positions = np.asarray(positions)
         self.tile = tile
+        self.sel: np.ndarray | None = None  # windowed: places in the sorted bank searched, ascending
+        self.sel_offsets: np.ndarray | None = None  # where each cell starts in `sel`
+        self.bank_rows: np.ndarray | None = None  # windowed and restricted: this scorer's rows in the full bank
         self._index_cells()
 
     def _index_cells(self) -> None:
@@ -174,11 +181,24 @@ class NumbaPatchScorer:
             # the bank sorted by cell: a bank row of any window is then one contiguous block
             self.sorted_codes = np.ascontiguousarray(self.codes[self.buckets.order])
             self.sorted_sq = self.bank_sq[self.buckets.order]
+            self.sorted_at = np.empty_like(self.buckets.order)  # bank index -> place in the sorted bank
+            self.sorted_at[self.buckets.order] = np.arange(len(self.buckets.order))
+            self.sel, self.sel_offsets = np.arange(len(self.codes), dtype=np.int64), self.buckets.offsets
 
     def restricted(self, rows: np.ndarray) -> "NumbaPatchScorer":
         """The same kernel over the bank rows `rows` only (image retrieval, sclvi/retrieval.py); shares the
-        thread pool, so it is cheap to make for every frame."""
+        thread pool, so it is cheap to make for every frame. Windowed: the bank stays where it is and the
+        kernel visits only the kept places (copying the kept rows and sorting them again cost more than the
+        search itself at 50 of 200 images)."""
         sub = copy.copy(self)
+        if self.buckets is not None:
+            full = np.asarray(rows) if self.bank_rows is None else self.bank_rows[rows]
+            kept = np.zeros(len(self.codes), dtype=bool)
+            kept[self.sorted_at[full]] = True
+            sub.sel = np.flatnonzero(kept)
+            sub.sel_offsets = np.searchsorted(sub.sel, self.buckets.offsets)
+            sub.bank_rows = full
+            return sub
         sub.codes = np.ascontiguousarray(self.codes[rows])
         sub.bank_sq = self.bank_sq[rows]
         sub.positions = self.positions[rows]
@@ -226,8 +246,9 @@ class NumbaPatchScorer:
         np.cumsum(np.bincount(tiles, minlength=len(tile_start) - 1), out=tile_start[1:])
         sorted_out = np.empty(len(q), dtype=np.float64)
         b = self.buckets
-        _windowed(q[perm], pos[perm, 0], pos[perm, 1], tile_start, self.sorted_codes, self.sorted_sq, b.offsets,
-                  b.order, self.codes, self.rows, self.cols, s.window, s.eta + MARGIN, s.eta, s.lam, authors, sorted_out, short)
+        _windowed(q[perm], pos[perm, 0], pos[perm, 1], tile_start, self.sorted_codes, self.sorted_sq, self.sel_offsets,
+                  b.order, self.codes, self.rows, self.cols, s.window, s.eta + MARGIN, s.eta, s.lam, authors, sorted_out, short,
+                  self.sel)
         out[perm] = sorted_out
         if short.any():
             raise ValueError(f"fewer than eta={s.eta} bank codes in some position windows: widen the window or lower eta")
