@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from sclvi.benchmarks.common import machine, machine_table, parse_args
-from sclvi.benchmarks.quality import PROTOCOLS, _trained_bundle, models_dir, protocol_config
+from sclvi.benchmarks.quality import PROTOCOLS, _trained_bundle, model_cache, models_dir, protocol_config
 
 ALIGNED_RATIOS = (1.0, 0.5, 0.25, 0.1)  # per cell: every window keeps its share
 GLOBAL_RATIOS = (1.0, 0.05, 0.01)  # whole-bank greedy k-center
@@ -56,7 +56,7 @@ def run_set(name: str, root: Path, protocol: str, seeds: list[int], work: Path) 
     rows = []
     for seed in seeds:
         cfg = protocol_config(protocol, "scl12", seed=seed)
-        bundle, _ = _trained_bundle(cfg, root, work / name / f"scl12-seed{seed}")
+        bundle, _ = _trained_bundle(cfg, root, model_cache(work, name, "scl12", seed))
         codes, _ = embed_test_set(bundle, ds, load_backend(bundle))
         masks = test_masks(ds, cfg.geometry)
         scoring = resolve_scoring(cfg.scoring.model_copy(update={"knn": "numba"}), bundle)

@@ -23,7 +23,7 @@ import numpy as np  # noqa: E402
 
 from sclvi.benchmarks.common import machine, machine_table  # noqa: E402
 from sclvi.benchmarks.quality import (  # noqa: E402
-    PROTOCOLS, _pct, floor_rows, model_cells, model_facts, protocol_config, quality_row, train_and_score)
+    PROTOCOLS, _pct, floor_rows, model_cache, model_cells, model_facts, protocol_config, quality_row, train_and_score)
 
 
 def budget_variant(protocol: str, steps: int) -> tuple[str, dict[str, Any]]:
@@ -48,7 +48,7 @@ def run_curve(name: str, root: Path, protocol: str, budgets: list[int], seeds: l
         slug, over = budget_variant(protocol, steps)
         for seed in seeds:
             cfg = protocol_config(protocol, "scl12", seed=seed, variant=over)
-            bundle, scores, maps, embed_s, score_s, train_s = train_and_score(cfg, ds, work / name / f"scl12-seed{seed}-{slug}")
+            bundle, scores, maps, embed_s, score_s, train_s = train_and_score(cfg, ds, model_cache(work, name, "scl12", seed, slug))
             rows.append(quality_row(name, ds, masks, cfg.preset, "trained", "scl12", seed, scores, maps, embed_s, score_s,
                                     train_s, {"budget": steps, **model_facts(bundle)}))
             if progress is not None:

@@ -97,6 +97,12 @@ def _slug(label: str) -> str:
     return label.replace(" ", "-")
 
 
+def model_cache(work: Path, name: str, task: str, seed: int, label: str = "default") -> Path:
+    """Where the quality benchmark caches the model of one set, task, seed and variant (the other benchmarks
+    that score "the quality benchmark's models" look them up here rather than training their own)."""
+    return work / name / f"{task}-seed{seed}-{_slug(label)}"
+
+
 def _bank_only(variant: dict[str, Any]) -> bool:
     """Does the variant change only the memory bank (so a trained model serves it without retraining)?"""
     return set(variant) == {"bank"}
@@ -342,7 +348,7 @@ def run_quality(name: str, root: Path, protocol: str, tasks: list[str], seeds: l
              for seed in (seeds if _bank_only(over) else seeds[:variant_seeds])]
     for variant, over, task, seed in runs:
         cfg = protocol_config(protocol, task, seed=seed, variant=over)
-        where, default = (work / name / f"{task}-seed{seed}-{_slug(label)}" for label in (variant, "default"))
+        where, default = (model_cache(work, name, task, seed, label) for label in (variant, "default"))
         if _bank_only(over) and not where.exists() and default.is_dir():
             shutil.copytree(default, where)  # same model; its bank is rebuilt
         bundle, scores, maps, embed_s, score_s, train_s = train_and_score(cfg, ds, where)

@@ -216,6 +216,8 @@ def test_knn_quality_benchmark_compares_each_mode_with_exact_search(tmp_path):
     assert all(0.0 <= r["image_auroc"] <= 1.0 for r in rows)
     assert rows[0]["bank_codes"] > rows[len(ALIGNED_RATIOS if aligned else GLOBAL_RATIOS) - 1]["bank_codes"]  # smaller
     assert "| object | numba |" in report.read_text() and "+0.00 |" in report.read_text()  # exact vs itself
+    # it scored the quality benchmark's cached default model, where `sclvi bench quality` keeps it
+    assert [p.name for p in (tmp_path / "work" / "smoke" / "object").iterdir()] == ["scl12-seed0-default"]
 
 
 def test_aspect_benchmark_compares_squashed_and_native_geometry_on_mixed_sizes(tmp_path):
