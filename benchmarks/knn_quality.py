@@ -6,8 +6,10 @@ For each shared set and seed, the quality benchmark's trained model (trained her
 missing) is scored with exact search and with smaller banks: per grid cell coresets when the bank is
 aligned (the position window is on), a global greedy coreset otherwise. Rows: image / pixel AUROC and
 k-NN + maps time per test image at the protocol's geometry, mean +- std over seeds, and the change
-against exact search. The line-rate figures of the same modes at 256 px / stride 4 are in
-`sclvi bench latency --knn-modes`. Writes quality-knn-modes-<protocol>.md / .json.
+against exact search. `--small-stride 4` scores the same models at the line's geometry (a bank rebuilt at
+that stride in a cached copy: the encoders do not depend on the stride), where the k-NN time per image is
+the line's. The line-rate figures of the same modes are in `sclvi bench latency --knn-modes`. Writes
+quality-knn-modes-<protocol>[-stride<s>].md / .json.
 """
 
 from __future__ import annotations
@@ -25,8 +27,53 @@ from sclvi.benchmarks.quality import PROTOCOLS, _trained_bundle, model_cache, mo
 
 ALIGNED_RATIOS = (1.0, 0.5, 0.25, 0.1)  # per cell: every window keeps its share
 GLOBAL_RATIOS = (1.0, 0.05, 0.01)  # whole-bank greedy k-center
-#: Unaligned sets also get the approximate index on the whole bank (scoring.knn faiss-ivf).
+#: Unaligned sets also get the approximate index on the whole bank (scoring.knn faiss-ivf), at the default
+#: probe count and a quarter of it.
 IVF = "faiss-ivf"
+IVF_NPROBES = (8, 2)
+
+
+def at_stride(bundle: Any, data: Path, stride: int) -> Any:
+    """The same trained model with its memory bank at another 32-px patch stride, in a cached copy next to it
+    (`<model>-stride<s>`; built in a temporary folder and renamed, so an interrupted run leaves no half bank)."""
+    import shutil
+
+    from sclvi.bundle import load_bundle, set_bank_config
+    from sclvi.dataset import read_dataset
+    from sclvi.engines import load_backend
+    from sclvi.errors import SclviError
+    from sclvi.memory_bank import build_memory_bank
+
+    geometry = bundle.config.geometry.model_copy(update={"small_stride": stride})
+    if geometry == bundle.config.geometry:
+        return bundle
+    where = bundle.path.with_name(f"{bundle.path.name}-stride{stride}")
+    try:
+        cached = load_bundle(where)
+        if cached.config == bundle.config.model_copy(update={"geometry": geometry}) and cached.has_bank() and \
+                cached.manifest["files"]["encoder.safetensors"] == bundle.manifest["files"]["encoder.safetensors"]:
+            return cached
+    except (SclviError, KeyError):
+        pass
+    tmp = where.with_name(where.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(bundle.path, tmp)
+    copy = load_bundle(tmp)
+    copy.config = copy.config.model_copy(update={"geometry": geometry})  # what build_memory_bank follows
+    build_memory_bank(copy, load_backend(copy), read_dataset(data, need_test=False).train)
+    set_bank_config(copy, copy.config.bank, geometry)
+    shutil.rmtree(where, ignore_errors=True)
+    tmp.rename(where)
+    return load_bundle(where)
+
+
+def retrieved(bundle: Any, banks: dict[str, Any] | None) -> int | None:
+    """K when each test image is searched among its K nearest bank images, None when among all the bank's codes
+    (retrieval off, K not below the bank's image count, or a reduced bank, which holds no whole images)."""
+    info = bundle.manifest["banks"]["small"]
+    images = info["count"] // int(np.prod(info["grid"]))
+    k = bundle.config.bank.retrieve
+    return k if k and banks is None and k < images else None
 
 
 def reduced_banks(bundle: Any, window: int | None, ratio: float) -> dict[str, tuple[np.ndarray, np.ndarray]] | None:
@@ -46,7 +93,8 @@ def reduced_banks(bundle: Any, window: int | None, ratio: float) -> dict[str, tu
     return banks
 
 
-def run_set(name: str, root: Path, protocol: str, seeds: list[int], work: Path) -> list[dict[str, Any]]:
+def run_set(name: str, root: Path, protocol: str, seeds: list[int], work: Path,
+            stride: int | None = None) -> list[dict[str, Any]]:
     from sclvi.dataset import read_dataset
     from sclvi.engines import load_backend
     from sclvi.evaluate import embed_test_set, metrics_report, score_test_set, test_masks
@@ -57,25 +105,33 @@ def run_set(name: str, root: Path, protocol: str, seeds: list[int], work: Path) 
     for seed in seeds:
         cfg = protocol_config(protocol, "scl12", seed=seed)
         bundle, _ = _trained_bundle(cfg, root, model_cache(work, name, "scl12", seed))
+        if stride is not None:
+            bundle = at_stride(bundle, root, stride)
         codes, _ = embed_test_set(bundle, ds, load_backend(bundle))
-        masks = test_masks(ds, cfg.geometry)
+        masks = test_masks(ds, bundle.config.geometry)
         scoring = resolve_scoring(cfg.scoring.model_copy(update={"knn": "numba"}), bundle)
-        modes = [(r, "numba") for r in (ALIGNED_RATIOS if scoring.window is not None else GLOBAL_RATIOS)]
+        modes = [(r, "numba", None) for r in (ALIGNED_RATIOS if scoring.window is not None else GLOBAL_RATIOS)]
         if scoring.window is None:
-            modes.append((1.0, IVF))
-        for ratio, kernel in modes:
+            modes += [(1.0, IVF, nprobe) for nprobe in IVF_NPROBES]
+        for ratio, kernel, nprobe in modes:
             banks = reduced_banks(bundle, scoring.window, ratio)
-            scores, maps, score_s = score_test_set(bundle, codes, scoring.model_copy(update={"knn": kernel}), banks)
+            over = {"knn": kernel, **({"ivf_nprobe": nprobe} if nprobe else {})}
+            scores, maps, score_s = score_test_set(bundle, codes, scoring.model_copy(update=over), banks)
             m = metrics_report(ds, scores, maps, masks)
             n_codes = sum(len(b[0]) for b in banks.values()) if banks else sum(
                 bundle.manifest["banks"][s]["count"] for s in ("small", "large"))
             rows.append({"set": name, "seed": seed, "window": scoring.window, "coreset": ratio, "kernel": kernel,
-                         "bank_codes": n_codes,
+                         "nprobe": nprobe, "retrieve": retrieved(bundle, banks), "bank_codes": n_codes,
+                         "small_stride": bundle.config.geometry.small_stride,
                          "image_auroc": m["image_auroc"], "pixel_auroc": m.get("pixel_auroc"),
                          "score_ms_per_image": 1000 * score_s})  # score_test_set gives seconds per image
-            print(f"{name} seed {seed} {kernel} window {scoring.window} coreset {ratio:g}: image AUROC {m['image_auroc']:.4f}",
-                  flush=True)
+            print(f"{name} seed {seed} {_kernel(kernel, nprobe)} window {scoring.window} coreset {ratio:g}: image AUROC "
+                  f"{m['image_auroc']:.4f}, {1000 * score_s:.0f} ms / image", flush=True)
     return rows
+
+
+def _kernel(kernel: str, nprobe: int | None) -> str:
+    return kernel if nprobe is None else f"{kernel}, nprobe {nprobe}"
 
 
 def _mean_std(vals: list[float]) -> str:
@@ -85,36 +141,48 @@ def _mean_std(vals: list[float]) -> str:
     return f"{100 * np.mean(vals):.1f} +- {100 * np.std(vals):.1f}" if len(vals) > 1 else f"{100 * vals[0]:.1f}"
 
 
-def write_report(rows: list[dict[str, Any]], protocol: str, out: Path, seconds: float) -> Path:
+def write_report(rows: list[dict[str, Any]], protocol: str, out: Path, seconds: float, stride: int | None = None) -> Path:
     info = machine()
+    geometry = {**PROTOCOLS[protocol]["geometry"], **({"small_stride": stride} if stride else {})}
     lines = [
-        f"# k-NN modes vs exact search: detection quality ({protocol} protocol)",
+        f"# k-NN modes vs exact search: detection quality ({protocol} protocol{f', stride {stride}' if stride else ''})",
         "",
-        f"The quality benchmark's trained scl12 models ({PROTOCOLS[protocol]['preset']}, geometry "
-        f"{PROTOCOLS[protocol]['geometry']}), scored with exact search and with coresets (per grid cell when the "
-        "bank is aligned and the position window is on; global greedy k-center otherwise), and on unaligned sets with "
-        "faiss IVF-Flat candidates + exact re-rank on the whole bank. Mean +- std over seeds; "
-        f"`vs exact` = change of the mean image AUROC in points. Wall time {seconds / 60:.0f} min.",
+        f"The quality benchmark's trained scl12 models ({PROTOCOLS[protocol]['preset']}, geometry {geometry}"
+        f"{' (banks rebuilt at that stride)' if stride else ''}), scored with exact search and with coresets (per grid "
+        "cell when the bank is aligned and the position window is on; global greedy k-center otherwise), and on "
+        "unaligned sets with faiss IVF-Flat candidates + exact re-rank. `retrieval`: each test image searched among "
+        "its K nearest bank images (the default; a coreset holds no whole images, so it searches all of its codes). "
+        "Mean +- std over seeds; `vs exact` = change of the mean image AUROC in points against the first row "
+        f"(exact search, default retrieval). Wall time {seconds / 60:.0f} min on the machine below.",
         "",
-        "| set | k-NN | window | coreset | bank codes | image AUROC | vs exact | pixel AUROC | k-NN + maps ms / image |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| set | k-NN | window | coreset | retrieval | bank codes | image AUROC | vs exact | pixel AUROC | vs exact | "
+        "k-NN + maps ms / image |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name in dict.fromkeys(r["set"] for r in rows):
         mine = [r for r in rows if r["set"] == name]
-        exact = np.mean([r["image_auroc"] for r in mine if r["coreset"] == 1.0 and r["kernel"] == "numba"])
-        for ratio, kernel in dict.fromkeys((r["coreset"], r["kernel"]) for r in mine):
-            g = [r for r in mine if (r["coreset"], r["kernel"]) == (ratio, kernel)]
+        exact = [r for r in mine if r["coreset"] == 1.0 and r["kernel"] == "numba"]
+        for ratio, kernel, nprobe in dict.fromkeys((r["coreset"], r["kernel"], r.get("nprobe")) for r in mine):
+            g = [r for r in mine if (r["coreset"], r["kernel"], r.get("nprobe")) == (ratio, kernel, nprobe)]
             window = "none" if g[0]["window"] is None else f"+-{g[0]['window']}"
-            delta = 100 * (np.mean([r["image_auroc"] for r in g]) - exact)
-            lines.append(f"| {name} | {kernel} | {window} | {ratio:g} | {int(np.mean([r['bank_codes'] for r in g])):,} | "
-                         f"{_mean_std([r['image_auroc'] for r in g])} | {delta:+.2f} | "
-                         f"{_mean_std([r['pixel_auroc'] for r in g])} | "
+            deltas = []
+            for key in ("image_auroc", "pixel_auroc"):
+                if g[0].get(key) is None:
+                    deltas.append("-")
+                    continue
+                deltas.append(f"{100 * (np.mean([r[key] for r in g]) - np.mean([r[key] for r in exact])):+.2f}")
+            k = g[0].get("retrieve")
+            lines.append(f"| {name} | {_kernel(kernel, nprobe)} | {window} | {ratio:g} | {f'{k} images' if k else 'off'} | "
+                         f"{int(np.mean([r['bank_codes'] for r in g])):,} | "
+                         f"{_mean_std([r['image_auroc'] for r in g])} | {deltas[0]} | "
+                         f"{_mean_std([r['pixel_auroc'] for r in g])} | {deltas[1]} | "
                          f"{np.mean([r['score_ms_per_image'] for r in g]):.1f} |")
     lines += ["", "## Machine", "", machine_table(info), ""]
     out.mkdir(parents=True, exist_ok=True)
-    path = out / f"quality-knn-modes-{protocol}.md"
+    stem = f"quality-knn-modes-{protocol}{f'-stride{stride}' if stride else ''}"
+    path = out / f"{stem}.md"
     path.write_text("\n".join(lines))
-    (out / f"quality-knn-modes-{protocol}.json").write_text(json.dumps({"machine": info, "rows": rows}, indent=2))
+    (out / f"{stem}.json").write_text(json.dumps({"machine": info, "rows": rows}, indent=2))
     return path
 
 
@@ -125,12 +193,15 @@ def main(argv: list[str] | None = None) -> Path:
     ap.add_argument("--protocol", default="cpu", choices=sorted(PROTOCOLS))
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--work", type=Path, default=Path("/tmp/sclvi-bench"), help="the quality benchmark's bundle cache")
+    ap.add_argument("--small-stride", type=int, default=None,
+                    help="score the models with banks rebuilt at this 32-px patch stride (the line's: 4)")
     args = parse_args(ap, argv)
     t0 = time.perf_counter()
     rows = []
     for name in args.sets:
-        rows += run_set(name, args.data / name, args.protocol, args.seeds, models_dir(args.work, args.protocol))
-    path = write_report(rows, args.protocol, args.out, time.perf_counter() - t0)
+        rows += run_set(name, args.data / name, args.protocol, args.seeds, models_dir(args.work, args.protocol),
+                        args.small_stride)
+        path = write_report(rows, args.protocol, args.out, time.perf_counter() - t0, args.small_stride)  # as it goes
     print(f"report: {path}")
     return path
 

@@ -161,11 +161,12 @@ def add_bank(bundle: ModelBundle, codes: np.ndarray, positions: np.ndarray, head
     bundle._banks.pop(header.scale, None)
 
 
-def set_bank_config(bundle: ModelBundle, bank: Any) -> bool:
-    """Record the bank settings a rebuilt bank follows, and drop the calibration: thresholds set on the old
-    bank's scores do not hold for the new one. True when there was a calibration to drop."""
+def set_bank_config(bundle: ModelBundle, bank: Any, geometry: Any = None) -> bool:
+    """Record the bank settings a rebuilt bank follows (and its geometry, when it was rebuilt at other patch
+    strides), and drop the calibration: thresholds set on the old bank's scores do not hold for the new one.
+    True when there was a calibration to drop."""
     manifest = _read_manifest(bundle.path)
-    config = bundle.config.model_copy(update={"bank": bank})
+    config = bundle.config.model_copy(update={"bank": bank, **({"geometry": geometry} if geometry is not None else {})})
     manifest["config"] = config_to_dict(config)
     dropped = manifest.pop("calibration", None) is not None
     _write_json_atomic(bundle.path / MANIFEST, manifest)

@@ -265,7 +265,7 @@ class BankConfig(_Strict):
         0, ge=0, description="search each frame's patches only among the memory items of its `retrieve` most similar "
         "training images (mean code per scale; SPADE's image-level k-NN): keeps one variant's texture from matching "
         "another's, and bounds the search; 0 = every image (the paper). Off (logged) for a coreset bank, which holds "
-        "no whole images, and for the faiss-ivf kernel")
+        "no whole images")
     seed: int = 0
 
     @model_validator(mode="after")

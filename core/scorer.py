@@ -79,8 +79,6 @@ class AnomalyScorer:
             cells = {s: g.count for s, g in self.grids.items()}
             if self.retrieve and not whole_images(codes, cells):
                 log.info("image retrieval off: this bank is a coreset, which holds no whole images")
-            elif self.retrieve and not all(hasattr(k, "restricted") for k in self._knn.values()):
-                log.info("image retrieval off: the %s k-NN kernel searches an index built ahead", self.scoring.knn)
             elif self.retrieve:
                 retrieval = ImageRetrieval.from_banks(codes, cells, self.retrieve)
                 self._retrieval = retrieval if retrieval.k < retrieval.images else None  # K >= bank: nothing to restrict

@@ -204,20 +204,35 @@ def test_faults_benchmark_smoke(tmp_path):
 
 
 def test_knn_quality_benchmark_compares_each_mode_with_exact_search(tmp_path):
-    from sclvi.benchmarks.knn_quality import ALIGNED_RATIOS, GLOBAL_RATIOS, IVF, main
+    from sclvi.benchmarks.knn_quality import ALIGNED_RATIOS, GLOBAL_RATIOS, IVF, IVF_NPROBES, main
 
     write_synthetic(tmp_path / "data", "object", size=176, n_train=6, n_test_good=3, n_test_defect=2, seed=0)
-    report = main(["--data", str(tmp_path / "data"), "--sets", "object", "--protocol", "smoke", "--seeds", "0",
-                   "--work", str(tmp_path / "work"), "--out", str(tmp_path / "out")])
+    args = ["--data", str(tmp_path / "data"), "--sets", "object", "--protocol", "smoke", "--seeds", "0",
+            "--work", str(tmp_path / "work"), "--out", str(tmp_path / "out")]
+    report = main(args)
     rows = json.loads((tmp_path / "out" / "quality-knn-modes-smoke.json").read_text())["rows"]
-    modes = [(r["coreset"], r["kernel"]) for r in rows]
+    modes = [(r["coreset"], r["kernel"], r["nprobe"]) for r in rows]
     aligned = rows[0]["window"] is not None
-    assert modes == [(c, "numba") for c in (ALIGNED_RATIOS if aligned else GLOBAL_RATIOS)] + ([] if aligned else [(1.0, IVF)])
+    assert modes == [(c, "numba", None) for c in (ALIGNED_RATIOS if aligned else GLOBAL_RATIOS)] + (
+        [] if aligned else [(1.0, IVF, n) for n in IVF_NPROBES])
     assert all(0.0 <= r["image_auroc"] <= 1.0 for r in rows)
     assert rows[0]["bank_codes"] > rows[len(ALIGNED_RATIOS if aligned else GLOBAL_RATIOS) - 1]["bank_codes"]  # smaller
     assert "| object | numba |" in report.read_text() and "+0.00 |" in report.read_text()  # exact vs itself
     # it scored the quality benchmark's cached default model, where `sclvi bench quality` keeps it
-    assert [p.name for p in (tmp_path / "work" / "smoke" / "object").iterdir()] == ["scl12-seed0-default"]
+    models = tmp_path / "work" / "smoke" / "object"
+    assert [p.name for p in models.iterdir()] == ["scl12-seed0-default"]
+    # at the line's stride: the same model, its bank rebuilt at that stride in a cached copy
+    fine = main(args + ["--small-stride", "8"])
+    assert fine.name == "quality-knn-modes-smoke-stride8.md"
+    rows8 = json.loads((tmp_path / "out" / "quality-knn-modes-smoke-stride8.json").read_text())["rows"]
+    assert rows8[0]["small_stride"] == 8 and rows[0]["small_stride"] == 16
+    assert rows8[0]["bank_codes"] > rows[0]["bank_codes"]  # a finer grid of the same images
+    assert sorted(p.name for p in models.iterdir()) == ["scl12-seed0-default", "scl12-seed0-default-stride8"]
+    from sclvi.bundle import load_bundle
+
+    assert (models / "scl12-seed0-default-stride8" / "encoder.safetensors").read_bytes() == \
+        (models / "scl12-seed0-default" / "encoder.safetensors").read_bytes()
+    assert load_bundle(models / "scl12-seed0-default").config.geometry.small_stride == 16  # the cache left as it was
 
 
 def test_aspect_benchmark_compares_squashed_and_native_geometry_on_mixed_sizes(tmp_path):

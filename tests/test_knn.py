@@ -120,3 +120,23 @@ def test_faiss_ivf_is_exact_when_every_list_is_probed_and_close_otherwise():
     assert np.median(np.abs(few - exact) / exact) < 0.05  # approximate, not arbitrary
     with pytest.raises(ValueError, match="position window"):
         ScoringConfig(knn="faiss-ivf", position_window=2)
+
+
+def test_faiss_ivf_restricted_to_some_rows_searches_only_them_and_never_comes_up_short():
+    rng = np.random.default_rng(1)
+    bank = rng.normal(size=(3000, 16)).astype(np.float32)
+    q = rng.normal(size=(50, 16)).astype(np.float32)
+    pos = np.zeros((3000, 2), np.int16)
+    rows = np.sort(rng.choice(3000, 300, replace=False))
+    every = ScoringConfig(knn="faiss-ivf", ivf_nlist=16, ivf_nprobe=16)
+    index = make_patch_scorer(bank, pos, 1, every)
+    want = NumbaPatchScorer(bank[rows], pos[rows], 1, ScoringConfig()).score(q)
+    np.testing.assert_allclose(index.restricted(rows).score(q), want, atol=TOL, rtol=TOL)  # one index, a bitmap per frame
+    # restricted again: rows of the restricted bank
+    np.testing.assert_allclose(index.restricted(rows).restricted(np.arange(0, 300, 3)).score(q),
+                               NumbaPatchScorer(bank[rows[::3]], pos[rows[::3]], 1, ScoringConfig()).score(q), atol=TOL, rtol=TOL)
+    # 20 kept rows and 1 list of 16 probed: most queries find fewer than eta there and are searched again over all
+    few = rows[:20]
+    one = make_patch_scorer(bank, pos, 1, every.model_copy(update={"ivf_nprobe": 1})).restricted(few)
+    assert (one._search(q, 14, 1)[:, 9] < 0).any()
+    np.testing.assert_allclose(one.score(q), NumbaPatchScorer(bank[few], pos[few], 1, ScoringConfig()).score(q), atol=TOL, rtol=TOL)

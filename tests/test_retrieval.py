@@ -87,6 +87,11 @@ def test_a_defect_made_of_the_other_variant_is_found_with_retrieval(tmp_path, ca
     # retrieval picked the six A images: the same result as a bank of A's images alone
     assert found == pytest.approx(a_bank.score_codes(defect["small"], defect["large"]).score, rel=1e-9)
     assert retrieving.retrieved_images == 6 and whole_bank.retrieved_images is None  # what bench latency reports
+    # the faiss-ivf kernel retrieves too (a bitmap of the kept rows on its one index; every list probed: exact)
+    bundle.config = cfg
+    via_index = AnomalyScorer(bundle, None, ScoringConfig(knn="faiss-ivf", ivf_nlist=4, ivf_nprobe=4), banks=flat)
+    assert via_index.retrieved_images == 6
+    assert via_index.score_codes(defect["small"], defect["large"]).score == pytest.approx(found, rel=1e-6)
     # a coreset bank holds no whole images: retrieval is off (logged), the whole bank is searched
     thinned = {s: (c[:-1], p[:-1]) for s, (c, p) in flat.items()}
     bundle.config = cfg

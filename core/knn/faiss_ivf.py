@@ -4,11 +4,14 @@ kernel: for unaligned parts (no position window) where exact whole-bank search i
 The index clusters the bank into `nlist` cells (k-means on a sample) and each query searches the
 `nprobe` nearest cells only; the top eta + margin it returns are re-ranked on exact distances, so the
 only approximation is a true neighbour missing from the probed cells (recall: `sclvi bench knn`).
-faiss is an optional extra: pip install "sclvi[ann]".
+Image retrieval restricts the search with a bitmap of the kept rows (faiss's IDSelectorBitmap), so the
+index is built once for the whole bank; a query whose probed cells hold fewer than eta kept codes is searched
+again over every cell. faiss is an optional extra: pip install "sclvi[ann]".
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 
 import numpy as np
@@ -34,21 +37,54 @@ class FaissIvfPatchScorer:
         nlist = scoring.ivf_nlist or max(1, min(n // 39, int(4 * np.sqrt(n))))  # faiss wants >= 39 points per list
         self.quantizer = faiss.IndexFlatL2(d)
         self.index = faiss.IndexIVFFlat(self.quantizer, d, nlist)
-        sample = self.codes
-        if n > 256 * nlist:
-            sample = self.codes[np.random.default_rng(seed).choice(n, 256 * nlist, replace=False)]
+        sample = self.codes  # k-means on 64 codes per list (faiss asks 39-256): a 650k-code bank trains in
+        if n > 64 * nlist:  # about a minute on 2 cores instead of 2.5 (every worker start builds the index)
+            sample = self.codes[np.random.default_rng(seed).choice(n, 64 * nlist, replace=False)]
         self.index.train(sample)
         self.index.add(self.codes)
         self.index.nprobe = min(scoring.ivf_nprobe, nlist)
+        self.bank_rows: np.ndarray | None = None  # restricted: this scorer's rows in the full bank
+        self._bitmap: np.ndarray | None = None  # kept alive: faiss reads it through a raw pointer
+        self._selector = None
         log.info("faiss IVF-Flat: %d codes in %d lists, %d probed per query", n, nlist, self.index.nprobe)
 
+    def restricted(self, rows: np.ndarray) -> "FaissIvfPatchScorer":
+        """The same index searched over the bank rows `rows` only (image retrieval, sclvi/retrieval.py): a
+        bitmap per frame, the index is shared."""
+        import faiss
+
+        sub = copy.copy(self)
+        sub.bank_rows = np.asarray(rows, dtype=np.int64) if self.bank_rows is None else self.bank_rows[rows]
+        kept = np.zeros(len(self.codes), dtype=bool)
+        kept[sub.bank_rows] = True
+        sub._bitmap = np.packbits(kept, bitorder="little")  # faiss: bit (id & 7) of byte (id >> 3)
+        sub._selector = faiss.IDSelectorBitmap(len(kept), faiss.swig_ptr(sub._bitmap))
+        return sub
+
+    def _search(self, q: np.ndarray, keep: int, nprobe: int) -> np.ndarray:
+        import faiss
+
+        params = faiss.SearchParametersIVF()  # per call: the shared index is never changed
+        params.nprobe = nprobe
+        if self._selector is not None:
+            params.sel = self._selector
+        return self.index.search(q, keep, params=params)[1].astype(np.int64)
+
     def candidates(self, queries: np.ndarray) -> np.ndarray:
-        keep = min(self.scoring.eta + MARGIN, len(self.codes))
-        return self.index.search(np.ascontiguousarray(queries, dtype=np.float32), keep)[1].astype(np.int64)
+        """(Q, eta + margin) bank indices (-1 past the bank's end); every query gets at least eta."""
+        searched = len(self.codes) if self.bank_rows is None else len(self.bank_rows)
+        keep = min(self.scoring.eta + MARGIN, searched)
+        q = np.ascontiguousarray(queries, dtype=np.float32)
+        found = self._search(q, keep, min(self.scoring.ivf_nprobe, self.index.nlist))
+        short = found[:, min(self.scoring.eta, searched) - 1] < 0  # its probed lists held too few kept codes
+        if short.any():
+            found[short] = self._search(q[short], keep, self.index.nlist)
+        return found
 
     def score(self, queries: np.ndarray, positions: np.ndarray | None = None) -> np.ndarray:
         s = self.scoring
         q = np.ascontiguousarray(queries, dtype=np.float32)
         out = np.empty(len(q), dtype=np.float64)
-        _finish(q, self.codes, self.candidates(q), min(s.eta, len(self.codes)), s.lam, s.formula == "authors", out)
+        searched = len(self.codes) if self.bank_rows is None else len(self.bank_rows)
+        _finish(q, self.codes, self.candidates(q), min(s.eta, searched), s.lam, s.formula == "authors", out)
         return out
