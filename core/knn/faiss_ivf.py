@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import time
 
 import numpy as np
 
@@ -37,8 +38,11 @@ class FaissIvfPatchScorer:
         nlist = scoring.ivf_nlist or max(1, min(n // 39, int(4 * np.sqrt(n))))  # faiss wants >= 39 points per list
         self.quantizer = faiss.IndexFlatL2(d)
         self.index = faiss.IndexIVFFlat(self.quantizer, d, nlist)
-        sample = self.codes  # k-means on 64 codes per list (faiss asks 39-256): a 650k-code bank trains in
-        if n > 64 * nlist:  # about a minute on 2 cores instead of 2.5 (every worker start builds the index)
+        t0 = time.perf_counter()
+        # k-means on 64 codes per list (faiss asks 39-256); every worker start builds the index. A 650k-code
+        # stride-4 bank of the tiles: 15 s instead of 38 s with 256 per list, recall@10 0.988 vs 0.990 at nprobe 8
+        sample = self.codes
+        if n > 64 * nlist:
             sample = self.codes[np.random.default_rng(seed).choice(n, 64 * nlist, replace=False)]
         self.index.train(sample)
         self.index.add(self.codes)
@@ -46,7 +50,8 @@ class FaissIvfPatchScorer:
         self.bank_rows: np.ndarray | None = None  # restricted: this scorer's rows in the full bank
         self._bitmap: np.ndarray | None = None  # kept alive: faiss reads it through a raw pointer
         self._selector = None
-        log.info("faiss IVF-Flat: %d codes in %d lists, %d probed per query", n, nlist, self.index.nprobe)
+        log.info("faiss IVF-Flat: %d codes in %d lists, %d probed per query (built in %.1f s)", n, nlist,
+                 self.index.nprobe, time.perf_counter() - t0)
 
     def restricted(self, rows: np.ndarray) -> "FaissIvfPatchScorer":
         """The same index searched over the bank rows `rows` only (image retrieval, sclvi/retrieval.py): a
