@@ -135,7 +135,7 @@ def test_faiss_ivf_restricted_to_some_rows_searches_only_them_and_never_comes_up
     # restricted again: rows of the restricted bank
     np.testing.assert_allclose(index.restricted(rows).restricted(np.arange(0, 300, 3)).score(q),
                                NumbaPatchScorer(bank[rows[::3]], pos[rows[::3]], 1, ScoringConfig()).score(q), atol=TOL, rtol=TOL)
-    # 20 kept rows and 1 list of 16 probed: most queries find fewer than eta there and are searched again over all
+    # 20 kept rows and 1 list of 16 probed: most queries find fewer than eta there and probe 4x as many lists, again
     few = rows[:20]
     one = make_patch_scorer(bank, pos, 1, every.model_copy(update={"ivf_nprobe": 1})).restricted(few)
     assert (one._search(q, 14, 1)[:, 9] < 0).any()
