@@ -66,6 +66,11 @@ class FaissIvfPatchScorer:
         sub._selector = faiss.IDSelectorBitmap(len(kept), faiss.swig_ptr(sub._bitmap))
         return sub
 
+    @property
+    def searched(self) -> int:
+        """How many bank codes this scorer searches (all, or the rows it was restricted to)."""
+        return len(self.codes) if self.bank_rows is None else len(self.bank_rows)
+
     def _search(self, q: np.ndarray, keep: int, nprobe: int) -> np.ndarray:
         import faiss
 
@@ -77,7 +82,7 @@ class FaissIvfPatchScorer:
 
     def candidates(self, queries: np.ndarray) -> np.ndarray:
         """(Q, eta + margin) bank indices (-1 past the bank's end); every query gets at least eta."""
-        searched = len(self.codes) if self.bank_rows is None else len(self.bank_rows)
+        searched = self.searched
         keep = min(self.scoring.eta + MARGIN, searched)
         q = np.ascontiguousarray(queries, dtype=np.float32)
         nprobe = min(self.scoring.ivf_nprobe, self.index.nlist)
@@ -93,6 +98,5 @@ class FaissIvfPatchScorer:
         s = self.scoring
         q = np.ascontiguousarray(queries, dtype=np.float32)
         out = np.empty(len(q), dtype=np.float64)
-        searched = len(self.codes) if self.bank_rows is None else len(self.bank_rows)
-        _finish(q, self.codes, self.candidates(q), min(s.eta, searched), s.lam, s.formula == "authors", out)
+        _finish(q, self.codes, self.candidates(q), min(s.eta, self.searched), s.lam, s.formula == "authors", out)
         return out
