@@ -67,15 +67,6 @@ def at_stride(bundle: Any, data: Path, stride: int) -> Any:
     return load_bundle(where)
 
 
-def retrieved(bundle: Any, banks: dict[str, Any] | None) -> int | None:
-    """K when each test image is searched among its K nearest bank images, None when among all the bank's codes
-    (retrieval off, K not below the bank's image count, or a reduced bank, which holds no whole images)."""
-    info = bundle.manifest["banks"]["small"]
-    images = info["count"] // int(np.prod(info["grid"]))
-    k = bundle.config.bank.retrieve
-    return k if k and banks is None and k < images else None
-
-
 def reduced_banks(bundle: Any, window: int | None, ratio: float) -> dict[str, tuple[np.ndarray, np.ndarray]] | None:
     from sclvi.geometry import TwoScaleGeometry
     from sclvi.memory_bank import coreset_keep
@@ -98,7 +89,7 @@ def run_set(name: str, root: Path, protocol: str, seeds: list[int], work: Path,
     from sclvi.dataset import read_dataset
     from sclvi.engines import load_backend
     from sclvi.evaluate import embed_test_set, metrics_report, score_test_set, test_masks
-    from sclvi.scorer import resolve_scoring
+    from sclvi.scorer import AnomalyScorer, resolve_scoring
 
     ds = read_dataset(root)
     rows = []
@@ -117,11 +108,13 @@ def run_set(name: str, root: Path, protocol: str, seeds: list[int], work: Path,
             banks = reduced_banks(bundle, scoring.window, ratio)
             over = {"knn": kernel, **({"ivf_nprobe": nprobe} if nprobe else {})}
             scores, maps, score_s = score_test_set(bundle, codes, scoring.model_copy(update=over), banks)
+            # asked of a numba scorer (cheap to build; retrieval does not depend on the kernel)
+            retrieve = AnomalyScorer(bundle, None, scoring, banks=banks).retrieved_images
             m = metrics_report(ds, scores, maps, masks)
             n_codes = sum(len(b[0]) for b in banks.values()) if banks else sum(
                 bundle.manifest["banks"][s]["count"] for s in ("small", "large"))
             rows.append({"set": name, "seed": seed, "window": scoring.window, "coreset": ratio, "kernel": kernel,
-                         "nprobe": nprobe, "retrieve": retrieved(bundle, banks), "bank_codes": n_codes,
+                         "nprobe": nprobe, "retrieve": retrieve, "bank_codes": n_codes,
                          "small_stride": bundle.config.geometry.small_stride,
                          "image_auroc": m["image_auroc"], "pixel_auroc": m.get("pixel_auroc"),
                          "score_ms_per_image": 1000 * score_s})  # score_test_set gives seconds per image

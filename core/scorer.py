@@ -87,7 +87,7 @@ class AnomalyScorer:
     @property
     def retrieved_images(self) -> int | None:
         """K when each frame is searched among its K nearest bank images only, None when the whole bank is
-        (retrieval off, a coreset bank, an index-based kernel, or K not below the bank's image count)."""
+        (retrieval off, a coreset bank, or K not below the bank's image count)."""
         _ = self.knn  # building the kernels decides retrieval
         return None if self._retrieval is None else self._retrieval.k
 

@@ -86,12 +86,13 @@ class FaissIvfPatchScorer:
         keep = min(self.scoring.eta + MARGIN, searched)
         q = np.ascontiguousarray(queries, dtype=np.float32)
         nprobe = min(self.scoring.ivf_nprobe, self.index.nlist)
+        need = min(self.scoring.eta, searched)
         found = self._search(q, keep, nprobe)
-        short = found[:, min(self.scoring.eta, searched) - 1] < 0  # its probed lists held too few kept codes
+        short = found[:, need - 1] < 0  # its probed lists held too few kept codes
         while short.any() and nprobe < self.index.nlist:  # 4x the lists each round; all of them at last
             nprobe = min(4 * nprobe, self.index.nlist)
             found[short] = self._search(q[short], keep, nprobe)
-            short = found[:, min(self.scoring.eta, searched) - 1] < 0
+            short = found[:, need - 1] < 0
         return found
 
     def score(self, queries: np.ndarray, positions: np.ndarray | None = None) -> np.ndarray:
