@@ -15,7 +15,9 @@ The peer, timed in the same run: Patch SVDD's reference inference as its paper d
 model: a per-patch dataset and data loader feeding the encoder in mini-batches, the 64-px patches
 embedded from pixels (their four quarters through the main encoder again), then plain nearest-neighbour
 search (eta = 1, exact) on the full bank. The ratio shows what one-call batching, the shared main encoder
-and the fused kernel buy. Weights are random: timing does not depend on them.
+and the fused kernel buy. Weights are random: the encoders' and exact search's timing does not depend on them.
+`--bundle B --data D` times a trained bundle on its data set's test images instead: what an approximate index
+(faiss-ivf, whose cost follows how the codes cluster) and image retrieval cost on real codes.
 Geometries: `256` squashes every frame to 256x256 (the paper's protocol); `WxH[@SCALE]` replays native W x H
 camera frames and inspects the largest centred roi whose size at SCALE both patch grids tile (the whole frame
 when it tiles; the worker cuts and scales it: `preprocess`).
@@ -35,7 +37,8 @@ from typing import Any
 import numpy as np
 
 from sclvi.benchmarks.common import machine, machine_table, parse_args
-from sclvi.benchmarks.line import bench_config, percentiles, prepare_bundle, run_line, stage_samples, stage_table
+from sclvi.benchmarks.line import (bench_config, percentiles, prepare_bundle, prepare_trained, run_line, stage_samples,
+                                   stage_table)
 
 log = logging.getLogger(__name__)
 
@@ -149,11 +152,20 @@ def bench_one(preset: str, mode: str, geometry: str, args: argparse.Namespace, w
 
     parts = mode.split("/")
     window, coreset, knn = parts[0], (parts[1:2] or ["1.0"])[0], (parts[2:3] or ["auto"])[0]
-    cfg = bench_config(preset, geometry, args.small_stride, window, float(coreset), knn)
-    log.info("%s / %s: %s", preset, mode, cfg.geometry.describe())
     tag = f"{preset}-{mode.replace('/', '_')}-{geometry.replace('@', '_')}"
-    bundle_dir, replay = prepare_bundle(work / tag, cfg, args.train_images, args.replay_images)
-    bundle = load_bundle(bundle_dir)
+    if args.bundle is not None:
+        if float(coreset) != 1.0:
+            raise ValueError(f"k-NN mode {mode}: a trained --bundle is timed with its own bank (coreset 1.0)")
+        scoring = bench_config(preset, 256, args.small_stride, window, 1.0, knn).scoring
+        bundle_dir, replay = prepare_trained(work / tag, args.bundle, args.data, {
+            "position_window": scoring.position_window, "knn": scoring.knn}, args.replay_images)
+        bundle = load_bundle(bundle_dir)
+        cfg = bundle.config
+    else:
+        cfg = bench_config(preset, geometry, args.small_stride, window, float(coreset), knn)
+        bundle_dir, replay = prepare_bundle(work / tag, cfg, args.train_images, args.replay_images)
+        bundle = load_bundle(bundle_dir)
+    log.info("%s / %s: %s", preset, mode, cfg.geometry.describe())
     frames = _frames(replay, args.warmup + args.compute_frames)
     in_h, in_w = cfg.geometry.input_hw
     backends = available_backends(bundle) if args.backends == ["auto"] else args.backends
@@ -236,6 +248,8 @@ def write_report(rows: list[dict[str, Any]], args: argparse.Namespace, out: Path
     tag = "gpu" if "gpu" in info else "cpu"
     hist = out / f"{args.report}-{tag}.png"
     save_histogram(hist, rows, f"End-to-end latency ({tag}, stride {args.small_stride})")
+    source = "random weights, synthetic parts" if args.bundle is None else \
+        f"trained bundle `{args.bundle}` replaying {args.replay_images} test images of `{args.data}`"
     lines = [
         f"# Line latency and throughput ({tag})",
         "",
@@ -244,7 +258,7 @@ def write_report(rows: list[dict[str, Any]], args: argparse.Namespace, out: Path
         f"{args.small_stride}, 64-px at stride 16; "
         f"memory bank from {args.train_images} images (window and coreset per row: a coreset is taken per grid "
         f"cell when windowed; `retrieval`: each frame searched among its K nearest bank images, `bank.retrieve`, off "
-        f"for a coreset bank); one inference worker; random weights. Latency: {args.frames} frames through the runtime paced at "
+        f"for a coreset bank); one inference worker; {source}. Latency: {args.frames} frames through the runtime paced at "
         f"{100 * args.load:.0f}% of the measured capacity, {args.warmup} warm-up frames excluded. Throughput: "
         f"the same runtime with the source free-running. `publish` = worker verdict -> received by the PLC "
         f"stand-in over ZeroMQ; `total` = acquisition -> PLC. Wall time {seconds / 60:.1f} min.",
@@ -303,7 +317,24 @@ def main(argv: list[str] | None = None) -> Path:
     ap.add_argument("--peer-frames", type=int, default=3)
     ap.add_argument("--work", type=Path, default=None, help="scratch folder (default: a temporary one)")
     ap.add_argument("--report", default="latency", help="report name: <report>-<cpu|gpu>.md/.json/.png")
+    ap.add_argument("--bundle", type=Path, default=None,
+                    help="time this trained bundle (its preset, geometry and bank) instead of random-weight ones; "
+                    "needs --data")
+    ap.add_argument("--data", type=Path, default=None,
+                    help="with --bundle: its data set; the camera replays --replay-images of its test images and "
+                    "training images outside the bank calibrate the thresholds")
     args = parse_args(ap, argv)
+    if (args.bundle is None) != (args.data is None):
+        ap.error("--bundle and --data go together")
+    if args.bundle is not None:
+        from sclvi.bundle import load_bundle
+
+        trained = load_bundle(args.bundle)
+        g, small = trained.config.geometry, trained.manifest["banks"]["small"]
+        h, w = g.input_hw
+        args.presets, args.geometries = [trained.config.preset], [str(w) if g.frame is None else f"{w}x{h}"]
+        args.small_stride = g.small_stride
+        args.train_images = small["count"] // (small["grid"][0] * small["grid"][1])  # whole images (no coreset)
     t0 = time.perf_counter()
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp:

@@ -103,6 +103,44 @@ def prepare_bundle(work: Path, cfg: Any, n_train: int, n_replay: int, seed: int 
     return bundle_dir, replay
 
 
+def prepare_trained(work: Path, source: Path, data: Path, scoring: dict[str, Any], n_replay: int) -> tuple[Path, Path]:
+    """A copy of a trained bundle with `scoring` (k-NN kernel, position window) set, ONNX engines, and
+    thresholds calibrated on training images its bank never held, plus `n_replay` of the data set's test
+    images (spread over its defect types, at their native sizes) for the camera to replay."""
+    import shutil
+
+    from sclvi.bundle import load_bundle, set_scoring_config
+    from sclvi.calib.calibrate import calibrate, required_images
+    from sclvi.dataset import read_dataset
+    from sclvi.engines import load_backend
+    from sclvi.engines.export import export_onnx
+    from sclvi.memory_bank import bank_images
+
+    bundle_dir = work / "bundle"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    shutil.copytree(source, bundle_dir, ignore=shutil.ignore_patterns("checkpoint.pt"))
+    bundle = load_bundle(bundle_dir)
+    set_scoring_config(bundle, bundle.config.scoring.model_copy(update=scoring))
+    if "onnx" not in bundle.manifest.get("engines", {}):
+        export_onnx(bundle)
+    bundle = load_bundle(bundle_dir)
+    ds = read_dataset(data)
+    banked = set(bank_images(ds.train, bundle.config.bank.max_images, bundle.config.bank.seed))
+    held_out = [p for p in ds.train if p not in banked]
+    target = 0.25
+    if len(held_out) < required_images(target):
+        raise ValueError(f"{data}: {len(held_out)} training images outside the bank; calibration needs "
+                         f"{required_images(target)} (build the bank from fewer images)")
+    calibrate(bundle, load_backend(bundle), held_out[:32], target_frr=target)
+    replay = work / "replay"
+    replay.mkdir()
+    picks = ds.test[:: max(1, len(ds.test) // n_replay)][:n_replay]
+    for i, t in enumerate(picks):
+        (replay / f"{i:04d}{t.path.suffix}").write_bytes(t.path.read_bytes())
+    return bundle_dir, replay
+
+
 def _resize_all(data: Path, frame: tuple[int, int]) -> None:
     """Every image and mask of a synthetic data set resized to the camera frame (timing needs the pixels, not
     fine detail)."""
@@ -179,8 +217,10 @@ def run_line(bundle_dir: Path, replay: Path, frames: int, rate_hz: float | None,
     from sclvi.edge.supervisor import Runtime
 
     endpoint = f"tcp://127.0.0.1:{free_port()}"
-    with Image.open(sorted(replay.iterdir())[0]) as im:
-        frame_bytes = im.width * im.height * 3  # ring slots sized to the frames, not to a 5 MP camera
+    frame_bytes = 0
+    for path in replay.iterdir():  # ring slots sized to the largest frame, not to a 5 MP camera
+        with Image.open(path) as im:
+            frame_bytes = max(frame_bytes, im.width * im.height * 3)
     cfg = load_runtime_config(overrides={
         "bundle": str(bundle_dir), "verdict_endpoint": endpoint, "telemetry_endpoint": None, "control_endpoint": None,
         "cameras": [{"kind": "folder", "camera_id": "bench", "path": str(replay), "rate_hz": rate_hz,

@@ -165,8 +165,18 @@ def set_bank_config(bundle: ModelBundle, bank: Any, geometry: Any = None) -> boo
     """Record the bank settings a rebuilt bank follows (and its geometry, when it was rebuilt at other patch
     strides), and drop the calibration: thresholds set on the old bank's scores do not hold for the new one.
     True when there was a calibration to drop."""
+    return _set_config(bundle, {"bank": bank, **({"geometry": geometry} if geometry is not None else {})})
+
+
+def set_scoring_config(bundle: ModelBundle, scoring: Any) -> bool:
+    """Record other scoring settings (k-NN kernel, position window, ...) and drop the calibration, as a
+    rebuilt bank does: an approximate search or another window moves the scores. True when one was dropped."""
+    return _set_config(bundle, {"scoring": scoring})
+
+
+def _set_config(bundle: ModelBundle, update: dict[str, Any]) -> bool:
     manifest = _read_manifest(bundle.path)
-    config = bundle.config.model_copy(update={"bank": bank, **({"geometry": geometry} if geometry is not None else {})})
+    config = bundle.config.model_copy(update=update)
     manifest["config"] = config_to_dict(config)
     dropped = manifest.pop("calibration", None) is not None
     _write_json_atomic(bundle.path / MANIFEST, manifest)

@@ -162,6 +162,42 @@ def test_latency_benchmark_smoke(tmp_path):
     assert (tmp_path / "latency-cpu.png").stat().st_size > 1000
 
 
+def test_latency_benchmark_times_a_given_bundle_on_its_test_images(tmp_path):
+    """--bundle/--data: a copy of the bundle gets the row's k-NN settings and thresholds from training images
+    outside its bank; the camera replays the set's test images at their own sizes (the ring holds the largest)."""
+    from PIL import Image
+
+    from sclvi.benchmarks.common import untrained_bundle
+    from sclvi.benchmarks.latency import main
+    from sclvi.benchmarks.line import bench_config
+    from sclvi.bundle import load_bundle
+    from sclvi.dataset import read_dataset
+    from sclvi.memory_bank import bank_images
+
+    data = write_synthetic(tmp_path / "data", "texture", size=96, n_train=9, n_test_good=3, n_test_defect=1, seed=0)
+    late = sorted((data / "test").rglob("*.png"))[-1]
+    Image.open(late).resize((144, 120)).save(late)  # a larger frame after smaller ones
+    cfg = bench_config("dense-lite", 96, 16)
+    cfg = cfg.model_copy(update={"bank": cfg.bank.model_copy(update={"max_images": 4})})
+    train = read_dataset(data).train
+    source = untrained_bundle(tmp_path / "model", cfg, train)
+    before = (source.path / "bundle.json").read_bytes()
+    report = main(["--bundle", str(source.path), "--data", str(data), "--backends", "onnxruntime",
+                   "--knn-modes", "none/1.0/numpy", "--replay-images", "7", "--frames", "8", "--compute-frames", "2",
+                   "--warmup", "1", "--no-peer", "--work", str(tmp_path / "work"), "--out", str(tmp_path)])
+    (row,) = json.loads((tmp_path / "latency-cpu.json").read_text())["rows"]
+    assert (row["preset"], row["geometry"], row["knn"], row["window"]) == ("dense-lite", "96", "numpy", None)
+    assert row["bank_codes"] == source.manifest["banks"]["small"]["count"] + source.manifest["banks"]["large"]["count"]
+    assert row["verdicts"] == row["grabbed"] == 18 and not any("NOT_INSPECTED" in k for k in row["verdict_counts"])
+    timed = load_bundle(tmp_path / "work" / "dense-lite-none_1.0_numpy-96" / "bundle")
+    assert timed.config.scoring.knn == "numpy" and timed.config.scoring.position_window is None
+    assert "calibration" in timed.manifest and "onnx" in timed.manifest["engines"]
+    assert (source.path / "bundle.json").read_bytes() == before  # the given bundle is left as it was
+    held_out = [p for p in train if p not in bank_images(train, 4, cfg.bank.seed)]
+    assert timed.manifest["calibration"]["n_good"] == len(held_out) == 5
+    assert "trained bundle" in report.read_text() and "random weights" not in report.read_text()
+
+
 def test_soak_benchmark_counts_one_verdict_per_frame(tmp_path):
     from sclvi.benchmarks.soak import main
 
