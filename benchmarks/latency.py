@@ -147,8 +147,7 @@ def bench_one(preset: str, mode: str, geometry: str, args: argparse.Namespace, w
     geometry (`256`, `1024x1024`, `2448x2048@0.5`)."""
     from sclvi.bundle import load_bundle
     from sclvi.engines import available_backends, load_backend
-    from sclvi.knn import choose_kernel
-    from sclvi.scorer import AnomalyScorer, resolve_scoring
+    from sclvi.scorer import AnomalyScorer, planned_kernels, resolve_scoring
 
     parts = mode.split("/")
     window, coreset, knn = parts[0], (parts[1:2] or ["1.0"])[0], (parts[2:3] or ["auto"])[0]
@@ -170,6 +169,8 @@ def bench_one(preset: str, mode: str, geometry: str, args: argparse.Namespace, w
     in_h, in_w = cfg.geometry.input_hw
     backends = available_backends(bundle) if args.backends == ["auto"] else args.backends
     retrieve = AnomalyScorer(bundle, None).retrieved_images  # the bundle's, whatever the backend: loads its banks once
+    planned = planned_kernels(bundle)
+    kernels = " / ".join(dict.fromkeys(planned.values()))  # one name when both scales agree, else small / large
     rows = []
     for name in backends:
         log.info("%s / %s: in-process compute", preset, name)
@@ -186,7 +187,7 @@ def bench_one(preset: str, mode: str, geometry: str, args: argparse.Namespace, w
         throughput = free.steady_throughput(args.warmup)
         samples = stage_samples(warm)
         rows.append({
-            "preset": preset, "backend": name, "knn": choose_kernel(bundle.config.scoring),
+            "preset": preset, "backend": name, "knn": kernels,
             "geometry": geometry, "frame": [frames[0].shape[1], frames[0].shape[0]], "input": [in_w, in_h],
             "window": resolve_scoring(bundle.config.scoring, bundle).window, "coreset": cfg.bank.coreset_ratio,
             "bank_codes": int(sum(bundle.manifest["banks"][s]["count"] for s in ("small", "large"))),

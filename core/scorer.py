@@ -14,7 +14,7 @@ from sclvi.embedding import EncoderBackend, FrameCodes, FrameEmbedder
 from sclvi.geometry import TwoScaleGeometry
 from sclvi.images import check_frame
 from sclvi.roi import FrameMapping
-from sclvi.knn import PatchScorer, make_patch_scorer
+from sclvi.knn import PatchScorer, choose_kernel, make_patch_scorer
 from sclvi.knn.buckets import grid_positions
 from sclvi.maps import fuse_maps, image_score, pixel_map, smooth_map
 from sclvi.retrieval import ImageRetrieval, whole_images
@@ -37,6 +37,27 @@ def resolve_scoring(scoring: ScoringConfig, bundle: ModelBundle) -> ScoringConfi
         return scoring
     window = bundle.manifest.get("alignment", {}).get("window")
     return scoring.model_copy(update={"position_window": window})
+
+
+def exact_pairs(queries: int, bank_codes: int, cells: int, retrieve: int) -> int:
+    """Query x bank-code pairs an exact search of one frame visits at one scale: with image retrieval (`retrieve`
+    K > 0, a bank of whole images) only the K nearest images' `cells` codes each."""
+    images = bank_codes // cells
+    return queries * (min(retrieve, images) * cells if retrieve else bank_codes)
+
+
+def planned_kernels(bundle: ModelBundle, scoring: ScoringConfig | None = None) -> dict[str, str]:
+    """The k-NN kernel each scale will use, from the manifest alone (no bank loaded, no index built): what
+    preflight and the benchmarks report."""
+    scoring = resolve_scoring(scoring or bundle.config.scoring, bundle)
+    geometry = TwoScaleGeometry.from_config(bundle.config.geometry)
+    out = {}
+    for scale, grid in (("small", geometry.small), ("large", geometry.large)):
+        info = bundle.manifest["banks"][scale]
+        whole = info.get("coreset_ratio", 1.0) >= 1.0
+        pairs = exact_pairs(grid.count, info["count"], grid.count, bundle.config.bank.retrieve if whole else 0)
+        out[scale] = choose_kernel(scoring, pairs)
+    return out
 
 
 class AnomalyScorer:
@@ -72,12 +93,14 @@ class AnomalyScorer:
         """The k-NN kernels, built on first use: an embedding-only scorer never loads the banks."""
         if self._knn is None:
             self._knn = {}
-            codes = {}
-            for scale, grid in self.grids.items():
-                codes[scale], positions = self._banks[scale] if self._banks else self.bundle.bank_data(scale)[:2]
-                self._knn[scale] = make_patch_scorer(codes[scale], positions, grid.shape, self.scoring)
+            banks = {scale: self._banks[scale] if self._banks else self.bundle.bank_data(scale)[:2] for scale in self.grids}
+            codes = {scale: bank[0] for scale, bank in banks.items()}
             cells = {s: g.count for s, g in self.grids.items()}
-            if self.retrieve and not whole_images(codes, cells):
+            whole = whole_images(codes, cells)
+            for scale, grid in self.grids.items():
+                pairs = exact_pairs(grid.count, len(codes[scale]), cells[scale], self.retrieve if whole else 0)
+                self._knn[scale] = make_patch_scorer(codes[scale], banks[scale][1], grid.shape, self.scoring, pairs)
+            if self.retrieve and not whole:
                 log.info("image retrieval off: this bank is a coreset, which holds no whole images")
             elif self.retrieve:
                 retrieval = ImageRetrieval.from_banks(codes, cells, self.retrieve)

@@ -35,6 +35,7 @@ def _python() -> Check:
 def _bundle_checks(cfg: RuntimeConfig) -> list[Check]:
     from sclvi.engines import available_backends, load_backend
     from sclvi.knn import choose_kernel
+    from sclvi.scorer import planned_kernels
     from sclvi.knn.numba_cuda import cuda_available
 
     try:
@@ -72,7 +73,8 @@ def _bundle_checks(cfg: RuntimeConfig) -> list[Check]:
         checks.append(Check("GPU engines", False, "this machine has a CUDA GPU but no TensorRT engines in use: run "
                             f"`sclvi build-engines {cfg.bundle} --tensorrt`", fatal=False))
     try:
-        checks.append(Check("k-NN kernel", True, choose_kernel(bundle.config.scoring)))
+        kernels = planned_kernels(bundle) if bundle.has_bank() else {"small": choose_kernel(bundle.config.scoring)}
+        checks.append(Check("k-NN kernel", True, " / ".join(f"{k} ({s})" for s, k in kernels.items())))
     except SclviError as exc:
         checks.append(Check("k-NN kernel", False, str(exc)))
     if bundle.has_bank():

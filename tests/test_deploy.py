@@ -66,7 +66,7 @@ def test_a_ready_station_passes(random_bundle, synthetic_object):
     checks = preflight(load_runtime_config(overrides=station(random_bundle, synthetic_object / "train" / "good")))
     assert passed(checks), [c for c in checks if not c.ok]
     c = by_name(checks)
-    assert c["encoder backend"].detail.startswith("torch") and c["k-NN kernel"].detail == "numba"
+    assert c["encoder backend"].detail.startswith("torch") and c["k-NN kernel"].detail == "numba (small) / numba (large)"
     assert "runtime config" in c["thresholds"].detail
 
 

@@ -106,6 +106,56 @@ def test_kernel_selection():
             make_patch_scorer(bank, np.zeros((10, 2), np.int16), 1, ScoringConfig(knn="cuda"))
 
 
+def test_auto_searches_a_large_unwindowed_bank_with_faiss_ivf_on_a_cpu(monkeypatch):
+    """`auto` on a CPU: exact numba up to AUTO_IVF_PAIRS query x code pairs per frame, faiss-ivf above (when
+    faiss is installed); a position window, an explicit kernel or no faiss keep their kernel."""
+    import sclvi.knn as knn
+    from sclvi.knn.numba_cuda import cuda_available
+
+    if cuda_available():
+        pytest.skip("on a GPU `auto` picks cuda for an unwindowed search")
+    pytest.importorskip("faiss")
+    big, small = knn.AUTO_IVF_PAIRS + 1, knn.AUTO_IVF_PAIRS
+    assert choose_kernel(ScoringConfig(), big) == "faiss-ivf" and choose_kernel(ScoringConfig(), small) == "numba"
+    assert choose_kernel(ScoringConfig(), None) == "numba"
+    assert choose_kernel(ScoringConfig(position_window=2), big) == "numba"
+    assert choose_kernel(ScoringConfig(knn="numba"), big) == "numba"
+    monkeypatch.setattr(knn, "_faiss_installed", lambda: False)
+    assert choose_kernel(ScoringConfig(), big) == "numba"
+
+
+def test_scorer_counts_the_pairs_retrieval_leaves_and_plans_kernels_from_the_manifest(tmp_path, monkeypatch):
+    """exact_pairs: with retrieval a frame searches K images' codes, not the bank; planned_kernels (preflight,
+    benchmarks) names what AnomalyScorer really builds."""
+    pytest.importorskip("faiss")
+    import sclvi.knn as knn
+    from sclvi.knn.numba_cuda import cuda_available
+    from sclvi.scorer import AnomalyScorer, exact_pairs, planned_kernels
+
+    assert exact_pairs(100, 1000, 10, 0) == 100 * 1000 and exact_pairs(100, 1000, 10, 20) == 100 * 200
+    assert exact_pairs(100, 1000, 10, 500) == 100 * 1000  # K beyond the bank's 100 images: the whole bank
+    if cuda_available():
+        pytest.skip("on a GPU `auto` picks cuda")
+    from sclvi.benchmarks.common import untrained_bundle
+    from sclvi.benchmarks.line import bench_config
+    from sclvi.dataset import read_dataset
+    from sclvi.synthetic import write_synthetic
+
+    data = write_synthetic(tmp_path / "data", "texture", size=96, n_train=6, n_test_good=1, n_test_defect=1, seed=0)
+    cfg = bench_config("dense-lite", 96, 16, window="none")
+    cfg = cfg.model_copy(update={"bank": cfg.bank.model_copy(update={"retrieve": 3})})
+    bundle = untrained_bundle(tmp_path / "model", cfg, read_dataset(data).train)
+    small, large = (bundle.manifest["banks"][s]["count"] for s in ("small", "large"))  # 6 images: 25 + 9 cells each
+    assert (small, large) == (6 * 25, 6 * 9)
+    # the small scale's search is 25 queries x 3 images x 25 codes; put the threshold just below it
+    monkeypatch.setattr(knn, "AUTO_IVF_PAIRS", 25 * 3 * 25 - 1)
+    assert planned_kernels(bundle) == {"small": "faiss-ivf", "large": "numba"}
+    built = AnomalyScorer(bundle, None).knn
+    assert {s: k.name for s, k in built.items()} == planned_kernels(bundle)
+    monkeypatch.setattr(knn, "AUTO_IVF_PAIRS", 25 * 3 * 25)  # not above: retrieval keeps the search exact
+    assert planned_kernels(bundle)["small"] == "numba"
+
+
 def test_faiss_ivf_is_exact_when_every_list_is_probed_and_close_otherwise():
     rng = np.random.default_rng(0)
     centres = rng.normal(scale=4, size=(20, 16))

@@ -4,8 +4,9 @@
     scores = scorer.score(query_codes, query_positions)   # (Q,) anomaly score per patch
 
 `scoring.knn` picks the kernel: numpy (exact reference), numba (fused CPU kernel), cuda (GPU-resident
-bank), faiss-ivf (approximate candidates + exact re-rank, unaligned parts), or auto (cuda on a GPU, else
-numba). The choice is logged.
+bank), faiss-ivf (approximate candidates + exact re-rank, unaligned parts), or auto (numba with a position
+window; cuda on a GPU; faiss-ivf for a large unwindowed search when faiss is installed; else numba). The
+choice is logged.
 """
 
 from __future__ import annotations
@@ -35,18 +36,40 @@ class PatchScorer(Protocol):
         ...
 
 
-def choose_kernel(scoring: ScoringConfig) -> str:
+#: Above this many query x bank-code pairs per frame and scale, `auto` on a CPU searches an unwindowed bank
+#: with faiss-ivf when faiss is installed: exact search runs ~600M pairs/s on 2 cores (dim 64), so the
+#: threshold is ~170 ms a frame. At the line's 256 px / stride 4 with 50 retrieved images a frame is 527M
+#: pairs (~900 ms exact, ~65 ms faiss-ivf at the same image AUROC: quality-knn-modes-cpu-stride4.md);
+#: stride 8 is 35M and stays exact.
+AUTO_IVF_PAIRS = 100_000_000
+
+
+def _faiss_installed() -> bool:
+    from importlib.util import find_spec
+
+    return find_spec("faiss") is not None
+
+
+def choose_kernel(scoring: ScoringConfig, pairs: int | None = None) -> str:
+    """The kernel `scoring.knn` names, or for `auto`: numba with a position window; cuda on a GPU; faiss-ivf
+    when installed and an exact search would visit more than AUTO_IVF_PAIRS `pairs`; numba otherwise."""
     if scoring.knn != "auto":
         return scoring.knn
+    if scoring.window is not None:
+        return "numba"
     from sclvi.knn.numba_cuda import cuda_available
 
-    if scoring.window is None and cuda_available():
+    if cuda_available():
         return "cuda"
+    if pairs is not None and pairs > AUTO_IVF_PAIRS and _faiss_installed():
+        return "faiss-ivf"
     return "numba"
 
 
-def make_patch_scorer(codes: np.ndarray, positions: np.ndarray, grid: int | tuple[int, int], scoring: ScoringConfig) -> PatchScorer:
-    kind = choose_kernel(scoring)
+def make_patch_scorer(codes: np.ndarray, positions: np.ndarray, grid: int | tuple[int, int], scoring: ScoringConfig,
+                      pairs: int | None = None) -> PatchScorer:
+    """`pairs`: query x bank-code pairs an exact search of one frame visits here (for `auto`: choose_kernel)."""
+    kind = choose_kernel(scoring, pairs)
     if kind == "numpy":
         from sclvi.knn.reference import NumpyPatchScorer
 
