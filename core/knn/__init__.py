@@ -37,9 +37,9 @@ class PatchScorer(Protocol):
 
 
 #: Above this many query x bank-code pairs per frame and scale, `auto` on a CPU searches an unwindowed bank
-#: with faiss-ivf when faiss is installed: exact search runs ~600M pairs/s on 2 cores (dim 64), so the
-#: threshold is ~170 ms a frame. At the line's 256 px / stride 4 with 50 retrieved images a frame is 527M
-#: pairs (~900 ms exact, ~65 ms faiss-ivf at the same image AUROC: quality-knn-modes-cpu-stride4.md);
+#: with faiss-ivf when faiss is installed: exact search runs ~450-600M pairs/s on 2 cores (dim 64; knn-cpu.md),
+#: so the threshold is ~170-220 ms a frame. At the line's 256 px / stride 4 with 50 retrieved images a frame
+#: is 527M pairs (~900 ms exact, ~65 ms faiss-ivf at the same image AUROC: quality-knn-modes-cpu-stride4.md);
 #: stride 8 is 35M and stays exact.
 AUTO_IVF_PAIRS = 100_000_000
 
