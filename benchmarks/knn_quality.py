@@ -30,7 +30,7 @@ GLOBAL_RATIOS = (1.0, 0.05, 0.01)  # whole-bank greedy k-center
 #: Unaligned sets also get the approximate index on the whole bank (scoring.knn faiss-ivf), at the default
 #: probe count and a quarter of it.
 IVF = "faiss-ivf"
-IVF_NPROBES = (8, 2)
+IVF_NPROBES = (8, 4, 2)
 
 
 def at_stride(bundle: Any, data: Path, stride: int) -> Any:

@@ -171,6 +171,8 @@ def bench_one(preset: str, mode: str, geometry: str, args: argparse.Namespace, w
     retrieve = AnomalyScorer(bundle, None).retrieved_images  # the bundle's, whatever the backend: loads its banks once
     planned = planned_kernels(bundle)
     kernels = " / ".join(dict.fromkeys(planned.values()))  # one name when both scales agree, else small / large
+    if "faiss-ivf" in planned.values():
+        kernels = kernels.replace("faiss-ivf", f"faiss-ivf (nprobe {bundle.config.scoring.ivf_nprobe})")
     rows = []
     for name in backends:
         log.info("%s / %s: in-process compute", preset, name)
