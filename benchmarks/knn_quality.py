@@ -108,7 +108,7 @@ def run_set(name: str, root: Path, protocol: str, seeds: list[int], work: Path,
             banks = reduced_banks(bundle, scoring.window, ratio)
             over = {"knn": kernel, **({"ivf_nprobe": nprobe} if nprobe else {})}
             scores, maps, score_s = score_test_set(bundle, codes, scoring.model_copy(update=over), banks)
-            # asked of a numba scorer (cheap to build; retrieval does not depend on the kernel)
+            # decided from the banks alone: no k-NN kernel is built to ask it
             retrieve = AnomalyScorer(bundle, None, scoring, banks=banks).retrieved_images
             m = metrics_report(ds, scores, maps, masks)
             n_codes = sum(len(b[0]) for b in banks.values()) if banks else sum(

@@ -168,7 +168,7 @@ def bench_one(preset: str, mode: str, geometry: str, args: argparse.Namespace, w
     frames = _frames(replay, args.warmup + args.compute_frames)
     in_h, in_w = cfg.geometry.input_hw
     backends = available_backends(bundle) if args.backends == ["auto"] else args.backends
-    retrieve = AnomalyScorer(bundle, None).retrieved_images  # the bundle's, whatever the backend: loads its banks once
+    retrieve = AnomalyScorer(bundle, None).retrieved_images  # the bundle's, whatever the backend: builds no kernel
     planned = planned_kernels(bundle)
     kernels = " / ".join(dict.fromkeys(planned.values()))  # one name when both scales agree, else small / large
     if "faiss-ivf" in planned.values():

@@ -80,6 +80,7 @@ class AnomalyScorer:
         self._banks = banks
         self._knn: dict[str, PatchScorer] | None = None
         self._retrieval: ImageRetrieval | None = None
+        self._retrieval_decided = False
         self.retrieve = bundle.config.bank.retrieve  # the bank's setting when this scorer was made
         self.positions = {scale: grid_positions(grid.shape) for scale, grid in self.grids.items()}
 
@@ -88,30 +89,43 @@ class AnomalyScorer:
         """(height, width) of the model input."""
         return self.mapping.input_hw
 
+    def _bank_codes(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """(codes, positions) per scale: the bundle's memory-mapped banks, or the ones this scorer was given."""
+        return {scale: self._banks[scale] if self._banks else self.bundle.bank_data(scale)[:2] for scale in self.grids}
+
+    def _decide_retrieval(self) -> None:
+        """Set up image retrieval once, from the banks alone (no k-NN kernel is needed to decide it)."""
+        if self._retrieval_decided:
+            return
+        self._retrieval_decided = True
+        if not self.retrieve:
+            return
+        codes = {scale: bank[0] for scale, bank in self._bank_codes().items()}
+        cells = {s: g.count for s, g in self.grids.items()}
+        if not whole_images(codes, cells):
+            log.info("image retrieval off: this bank is a coreset, which holds no whole images")
+            return
+        retrieval = ImageRetrieval.from_banks(codes, cells, self.retrieve)
+        self._retrieval = retrieval if retrieval.k < retrieval.images else None  # K >= bank: nothing to restrict
+
     @property
     def knn(self) -> dict[str, PatchScorer]:
         """The k-NN kernels, built on first use: an embedding-only scorer never loads the banks."""
         if self._knn is None:
+            self._decide_retrieval()
+            k = 0 if self._retrieval is None else self._retrieval.k
             self._knn = {}
-            banks = {scale: self._banks[scale] if self._banks else self.bundle.bank_data(scale)[:2] for scale in self.grids}
-            codes = {scale: bank[0] for scale, bank in banks.items()}
-            cells = {s: g.count for s, g in self.grids.items()}
-            whole = whole_images(codes, cells)
-            for scale, grid in self.grids.items():
-                pairs = exact_pairs(grid.count, len(codes[scale]), cells[scale], self.retrieve if whole else 0)
-                self._knn[scale] = make_patch_scorer(codes[scale], banks[scale][1], grid.shape, self.scoring, pairs)
-            if self.retrieve and not whole:
-                log.info("image retrieval off: this bank is a coreset, which holds no whole images")
-            elif self.retrieve:
-                retrieval = ImageRetrieval.from_banks(codes, cells, self.retrieve)
-                self._retrieval = retrieval if retrieval.k < retrieval.images else None  # K >= bank: nothing to restrict
+            for scale, (codes, positions) in self._bank_codes().items():
+                grid = self.grids[scale]
+                pairs = exact_pairs(grid.count, len(codes), grid.count, k)  # what auto weighs for this scale
+                self._knn[scale] = make_patch_scorer(codes, positions, grid.shape, self.scoring, pairs)
         return self._knn
 
     @property
     def retrieved_images(self) -> int | None:
         """K when each frame is searched among its K nearest bank images only, None when the whole bank is
-        (retrieval off, a coreset bank, or K not below the bank's image count)."""
-        _ = self.knn  # building the kernels decides retrieval
+        (retrieval off, a coreset bank, or K not below the bank's image count). Builds no k-NN kernel."""
+        self._decide_retrieval()
         return None if self._retrieval is None else self._retrieval.k
 
     def search_banks(self, small: np.ndarray, large: np.ndarray) -> dict[str, PatchScorer]:
