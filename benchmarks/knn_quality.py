@@ -4,17 +4,19 @@
 
 For each shared set and seed, the quality benchmark's trained model (trained here if its cached bundle is
 missing) is scored with exact search and with smaller banks: per grid cell coresets when the bank is
-aligned (the position window is on), a global greedy coreset otherwise. Rows: image / pixel AUROC and
+aligned (the position window is on), a global greedy coreset otherwise; aligned sets also with fewer bank
+images retrieved per test image (bank.retrieve), unaligned ones with faiss IVF. Rows: image / pixel AUROC and
 k-NN + maps time per test image at the protocol's geometry, mean +- std over seeds, and the change
 against exact search. `--small-stride 4` scores the same models at the line's geometry (a bank rebuilt at
 that stride in a cached copy: the encoders do not depend on the stride), where the k-NN time per image is
 the line's. The line-rate figures of the same modes are in `sclvi bench latency --knn-modes`. Writes
-quality-knn-modes-<protocol>[-stride<s>].md / .json.
+quality-knn-modes-<protocol>[-stride<s>].md / .json (a run of some `--sets` keeps the report's other sets).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -31,6 +33,9 @@ GLOBAL_RATIOS = (1.0, 0.05, 0.01)  # whole-bank greedy k-center
 #: probe count and a quarter of it.
 IVF = "faiss-ivf"
 IVF_NPROBES = (8, 4, 2)
+#: Aligned sets also get exact search among fewer retrieved bank images per test image (bank.retrieve = K): with
+#: a position window each query already sees only its own place, and the k-NN time is proportional to K.
+ALIGNED_RETRIEVE = (25, 10)
 
 
 def at_stride(bundle: Any, data: Path, stride: int) -> Any:
@@ -101,26 +106,37 @@ def run_set(name: str, root: Path, protocol: str, seeds: list[int], work: Path,
         codes, _ = embed_test_set(bundle, ds, load_backend(bundle))
         masks = test_masks(ds, bundle.config.geometry)
         scoring = resolve_scoring(cfg.scoring.model_copy(update={"knn": "numba"}), bundle)
-        modes = [(r, "numba", None) for r in (ALIGNED_RATIOS if scoring.window is not None else GLOBAL_RATIOS)]
+        # (coreset ratio, kernel, nprobe, K): K = images retrieved per test image, None = the bundle's setting
+        modes = [(r, "numba", None, None) for r in (ALIGNED_RATIOS if scoring.window is not None else GLOBAL_RATIOS)]
         if scoring.window is None:
-            modes += [(1.0, IVF, nprobe) for nprobe in IVF_NPROBES]
-        for ratio, kernel, nprobe in modes:
+            modes += [(1.0, IVF, nprobe, None) for nprobe in IVF_NPROBES]
+        else:
+            modes += [(1.0, "numba", None, k) for k in ALIGNED_RETRIEVE]
+        for ratio, kernel, nprobe, k_images in modes:
             banks = reduced_banks(bundle, scoring.window, ratio)
             over = {"knn": kernel, **({"ivf_nprobe": nprobe} if nprobe else {})}
-            scores, maps, score_s = score_test_set(bundle, codes, scoring.model_copy(update=over), banks)
+            scored = bundle if k_images is None else dataclasses.replace(bundle, config=bundle.config.model_copy(
+                update={"bank": bundle.config.bank.model_copy(update={"retrieve": k_images})}))
+            scores, maps, score_s = score_test_set(scored, codes, scoring.model_copy(update=over), banks)
             # decided from the banks alone: no k-NN kernel is built to ask it
-            retrieve = AnomalyScorer(bundle, None, scoring, banks=banks).retrieved_images
+            retrieve = AnomalyScorer(scored, None, scoring, banks=banks).retrieved_images
             m = metrics_report(ds, scores, maps, masks)
             n_codes = sum(len(b[0]) for b in banks.values()) if banks else sum(
                 bundle.manifest["banks"][s]["count"] for s in ("small", "large"))
             rows.append({"set": name, "seed": seed, "window": scoring.window, "coreset": ratio, "kernel": kernel,
-                         "nprobe": nprobe, "retrieve": retrieve, "bank_codes": n_codes,
+                         "nprobe": nprobe, "retrieve": retrieve, "retrieve_set": k_images, "bank_codes": n_codes,
                          "small_stride": bundle.config.geometry.small_stride,
                          "image_auroc": m["image_auroc"], "pixel_auroc": m.get("pixel_auroc"),
                          "score_ms_per_image": 1000 * score_s})  # score_test_set gives seconds per image
-            print(f"{name} seed {seed} {_kernel(kernel, nprobe)} window {scoring.window} coreset {ratio:g}: image AUROC "
+            print(f"{name} seed {seed} {_kernel(kernel, nprobe)} window {scoring.window} coreset {ratio:g} retrieval "
+                  f"{retrieve}: image AUROC "
                   f"{m['image_auroc']:.4f}, {1000 * score_s:.0f} ms / image", flush=True)
     return rows
+
+
+def _mode(row: dict[str, Any]) -> tuple[Any, ...]:
+    """What one report line groups over seeds: coreset ratio, kernel, nprobe and the retrieval K asked for."""
+    return row["coreset"], row["kernel"], row.get("nprobe"), row.get("retrieve_set")
 
 
 def _kernel(kernel: str, nprobe: int | None) -> str:
@@ -132,6 +148,10 @@ def _mean_std(vals: list[float]) -> str:
     if not vals:
         return "-"
     return f"{100 * np.mean(vals):.1f} +- {100 * np.std(vals):.1f}" if len(vals) > 1 else f"{100 * vals[0]:.1f}"
+
+
+def _stem(protocol: str, stride: int | None) -> str:
+    return f"quality-knn-modes-{protocol}{f'-stride{stride}' if stride else ''}"
 
 
 def write_report(rows: list[dict[str, Any]], protocol: str, out: Path, seconds: float, stride: int | None = None) -> Path:
@@ -146,7 +166,8 @@ def write_report(rows: list[dict[str, Any]], protocol: str, out: Path, seconds: 
         "unaligned sets with faiss IVF-Flat candidates + exact re-rank. `retrieval`: each test image searched among "
         "its K nearest bank images (the default; a coreset holds no whole images, so it searches all of its codes). "
         "Mean +- std over seeds; `vs exact` = change of the mean image AUROC in points against the first row "
-        f"(exact search, default retrieval). Wall time {seconds / 60:.0f} min on the machine below.",
+        f"(exact search, default retrieval). Wall time {seconds / 60:.0f} min on the machine below (for the sets of "
+        "the last run: a run of some sets keeps the others' rows).",
         "",
         "| set | k-NN | window | coreset | retrieval | bank codes | image AUROC | vs exact | pixel AUROC | vs exact | "
         "k-NN + maps ms / image |",
@@ -154,9 +175,10 @@ def write_report(rows: list[dict[str, Any]], protocol: str, out: Path, seconds: 
     ]
     for name in dict.fromkeys(r["set"] for r in rows):
         mine = [r for r in rows if r["set"] == name]
-        exact = [r for r in mine if r["coreset"] == 1.0 and r["kernel"] == "numba"]
-        for ratio, kernel, nprobe in dict.fromkeys((r["coreset"], r["kernel"], r.get("nprobe")) for r in mine):
-            g = [r for r in mine if (r["coreset"], r["kernel"], r.get("nprobe")) == (ratio, kernel, nprobe)]
+        exact = [r for r in mine if r["coreset"] == 1.0 and r["kernel"] == "numba" and r.get("retrieve_set") is None]
+        for mode in dict.fromkeys(_mode(r) for r in mine):
+            g = [r for r in mine if _mode(r) == mode]
+            ratio, kernel, nprobe, _ = mode
             window = "none" if g[0]["window"] is None else f"+-{g[0]['window']}"
             deltas = []
             for key in ("image_auroc", "pixel_auroc"):
@@ -172,7 +194,7 @@ def write_report(rows: list[dict[str, Any]], protocol: str, out: Path, seconds: 
                          f"{np.mean([r['score_ms_per_image'] for r in g]):.1f} |")
     lines += ["", "## Machine", "", machine_table(info), ""]
     out.mkdir(parents=True, exist_ok=True)
-    stem = f"quality-knn-modes-{protocol}{f'-stride{stride}' if stride else ''}"
+    stem = _stem(protocol, stride)
     path = out / f"{stem}.md"
     path.write_text("\n".join(lines))
     (out / f"{stem}.json").write_text(json.dumps({"machine": info, "rows": rows}, indent=2))
@@ -189,12 +211,16 @@ def main(argv: list[str] | None = None) -> Path:
     ap.add_argument("--small-stride", type=int, default=None,
                     help="score the models with banks rebuilt at this 32-px patch stride (the line's: 4)")
     args = parse_args(ap, argv)
+    # a run of some sets keeps the report's rows of the others (one set can be re-run alone)
+    previous = args.out / f"{_stem(args.protocol, args.small_stride)}.json"
+    earlier = json.loads(previous.read_text())["rows"] if previous.exists() else []
     t0 = time.perf_counter()
-    rows = []
+    rows: list[dict[str, Any]] = []
     for name in args.sets:
         rows += run_set(name, args.data / name, args.protocol, args.seeds, models_dir(args.work, args.protocol),
                         args.small_stride)
-        path = write_report(rows, args.protocol, args.out, time.perf_counter() - t0, args.small_stride)  # as it goes
+        kept = [r for r in earlier if r["set"] not in args.sets]
+        path = write_report(rows + kept, args.protocol, args.out, time.perf_counter() - t0, args.small_stride)  # as it goes
     print(f"report: {path}")
     return path
 

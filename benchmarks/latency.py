@@ -143,25 +143,27 @@ def time_peer(bundle: Any, frames: list[np.ndarray], warmup: int, batch_size: in
 
 
 def bench_one(preset: str, mode: str, geometry: str, args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
-    """One preset at one k-NN mode ("WINDOW/CORESET[/KERNEL]", e.g. auto/1.0, 2/0.1, none/1.0/faiss-ivf) and one
-    geometry (`256`, `1024x1024`, `2448x2048@0.5`)."""
+    """One preset at one k-NN mode ("WINDOW/CORESET[/KERNEL[/K]]", e.g. auto/1.0, 2/0.1, none/1.0/faiss-ivf,
+    2/1.0/auto/10 = each frame searched among its 10 nearest bank images) and one geometry (`256`, `1024x1024`,
+    `2448x2048@0.5`)."""
     from sclvi.bundle import load_bundle
     from sclvi.engines import available_backends, load_backend
     from sclvi.scorer import AnomalyScorer, planned_kernels, resolve_scoring
 
     parts = mode.split("/")
     window, coreset, knn = parts[0], (parts[1:2] or ["1.0"])[0], (parts[2:3] or ["auto"])[0]
+    k_images = int(parts[3]) if len(parts) > 3 else None
     tag = f"{preset}-{mode.replace('/', '_')}-{geometry.replace('@', '_')}"
     if args.bundle is not None:
         if float(coreset) != 1.0:
             raise ValueError(f"k-NN mode {mode}: a trained --bundle is timed with its own bank (coreset 1.0)")
         scoring = bench_config(preset, 256, args.small_stride, window, 1.0, knn).scoring
         bundle_dir, replay = prepare_trained(work / tag, args.bundle, args.data, {
-            "position_window": scoring.position_window, "knn": scoring.knn}, args.replay_images)
+            "position_window": scoring.position_window, "knn": scoring.knn}, args.replay_images, k_images)
         bundle = load_bundle(bundle_dir)
         cfg = bundle.config
     else:
-        cfg = bench_config(preset, geometry, args.small_stride, window, float(coreset), knn)
+        cfg = bench_config(preset, geometry, args.small_stride, window, float(coreset), knn, k_images)
         bundle_dir, replay = prepare_bundle(work / tag, cfg, args.train_images, args.replay_images)
         bundle = load_bundle(bundle_dir)
     log.info("%s / %s: %s", preset, mode, cfg.geometry.describe())
@@ -181,10 +183,10 @@ def bench_one(preset: str, mode: str, geometry: str, args: argparse.Namespace, w
         rate = args.load / service_s
         n = args.warmup + args.frames
         log.info("%s / %s: runtime at %.2f frames/s (%.0f%% of capacity), %d frames", preset, name, rate, 100 * args.load, n)
-        paced = run_line(bundle_dir, replay, n, rate, backend=name, workers=1, deadline_ms=args.deadline_ms)
+        paced = run_line(bundle_dir, replay, n, rate, backend=name, workers=args.workers, deadline_ms=args.deadline_ms)
         warm = [v for v in paced.verdicts if v["seq"] > args.warmup]
         log.info("%s / %s: runtime free-running, %d frames", preset, name, n)
-        free = run_line(bundle_dir, replay, n, None, backend=name, workers=1, ring_slots=n + 1,
+        free = run_line(bundle_dir, replay, n, None, backend=name, workers=args.workers, ring_slots=n + 1,
                         deadline_ms=max(args.deadline_ms, 4000 * n * service_s))
         throughput = free.steady_throughput(args.warmup)
         samples = stage_samples(warm)
@@ -214,6 +216,10 @@ def bench_one(preset: str, mode: str, geometry: str, args: argparse.Namespace, w
             r["peer_ratio"] = r["peer_ms"]["frame"]["p50"] / r["compute_ms"]["frame"]["p50"]
         print(f"{preset:10s} {'peer':12s} compute {np.median(peer['frame']):8.1f} ms/frame", flush=True)
     return rows
+
+
+def _workers(n: int) -> str:
+    return "one inference worker" if n == 1 else f"{n} inference workers (cores split between them; in-process compute: one)"
 
 
 def _ms(v: float | None) -> str:
@@ -261,7 +267,7 @@ def write_report(rows: list[dict[str, Any]], args: argparse.Namespace, out: Path
         f"{args.small_stride}, 64-px at stride 16; "
         f"memory bank from {args.train_images} images (window and coreset per row: a coreset is taken per grid "
         f"cell when windowed; `retrieval`: each frame searched among its K nearest bank images, `bank.retrieve`, off "
-        f"for a coreset bank); one inference worker; {source}. Latency: {args.frames} frames through the runtime paced at "
+        f"for a coreset bank); {_workers(args.workers)}; {source}. Latency: {args.frames} frames through the runtime paced at "
         f"{100 * args.load:.0f}% of the measured capacity, {args.warmup} warm-up frames excluded. Throughput: "
         f"the same runtime with the source free-running. `publish` = worker verdict -> received by the PLC "
         f"stand-in over ZeroMQ; `total` = acquisition -> PLC. Wall time {seconds / 60:.1f} min.",
@@ -281,7 +287,8 @@ def write_report(rows: list[dict[str, Any]], args: argparse.Namespace, out: Path
             f"{_ms(peer)} | {'-' if peer is None else format(r['peer_ratio'], '.1f') + 'x'} |"
         )
     for r in rows:
-        lines += ["", f"## {r['preset']} / {r['backend']} / {r['geometry']} / window {r['window']} / coreset {r['coreset']:g} (k-NN: {r['knn']}; {r['rate_hz']:.2f} frames/s offered; "
+        lines += ["", f"## {r['preset']} / {r['backend']} / {r['geometry']} / window {r['window']} / coreset {r['coreset']:g} / "
+                  f"retrieval {_retrieval(r.get('retrieve'), args.train_images)} (k-NN: {r['knn']}; {r['rate_hz']:.2f} frames/s offered; "
                   f"verdicts {r['verdicts']} of {r['grabbed']} frames grabbed)", ""]
         lines += stage_table(r["stages_ms"])
         if "peer_ms" in r:
@@ -308,12 +315,14 @@ def main(argv: list[str] | None = None) -> Path:
     ap.add_argument("--small-stride", type=int, default=4)
     ap.add_argument("--train-images", type=int, default=20, help="images in the memory bank")
     ap.add_argument("--knn-modes", nargs="+", default=["auto/1.0"],
-                    help="WINDOW/CORESET[/KERNEL] per row: window auto (as the bank measured), none or cells; coreset "
-                    "= fraction of the bank kept (per grid cell when windowed); kernel = scoring.knn (auto)")
+                    help="WINDOW/CORESET[/KERNEL[/K]] per row: window auto (as the bank measured), none or cells; "
+                    "coreset = fraction of the bank kept (per grid cell when windowed); kernel = scoring.knn (auto); "
+                    "K = bank.retrieve, the bank images each frame is searched among (default: the bundle's)")
     ap.add_argument("--replay-images", type=int, default=16, help="distinct synthetic parts the camera replays")
     ap.add_argument("--frames", type=int, default=30, help="timed frames through the runtime")
     ap.add_argument("--compute-frames", type=int, default=10, help="timed frames in process")
     ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--workers", type=int, default=1, help="inference workers in the runtime (cores split between them)")
     ap.add_argument("--load", type=float, default=0.7, help="offered rate as a fraction of the measured capacity")
     ap.add_argument("--deadline-ms", type=float, default=30000.0)
     ap.add_argument("--peer", action=argparse.BooleanOptionalAction, default=True)

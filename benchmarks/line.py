@@ -54,10 +54,10 @@ def centred_roi(frame: list[int], scale: float, small_stride: int, large_stride:
 
 
 def bench_config(preset: str, image_size: int | str, small_stride: int, window: str = "auto", coreset: float = 1.0,
-                 knn: str = "auto") -> Any:
+                 knn: str = "auto", retrieve: int | None = None) -> Any:
     """A preset at the benchmark's geometry (a square size, or a `parse_geometry` spec) and small-patch stride;
-    `window` (auto, none or cells), `coreset` (bank fraction kept; per cell when windowed) and `knn` (kernel)
-    pick the k-NN mode."""
+    `window` (auto, none or cells), `coreset` (bank fraction kept; per cell when windowed), `knn` (kernel)
+    and `retrieve` (images searched per frame, bank.retrieve; None: the preset's) pick the k-NN mode."""
     from sclvi.config import build_config
 
     position_window: Any = {"auto": "auto", "none": None}.get(window, window)
@@ -68,7 +68,8 @@ def bench_config(preset: str, image_size: int | str, small_stride: int, window: 
         geometry["roi"] = centred_roi(geometry["frame"], geometry["scale"], small_stride)
     return build_config(preset, {"geometry": geometry,
                                  "scoring": {"position_window": position_window, "knn": knn},
-                                 "bank": {"coreset_ratio": coreset}})
+                                 "bank": {"coreset_ratio": coreset,
+                                          **({} if retrieve is None else {"retrieve": retrieve})}})
 
 
 def prepare_bundle(work: Path, cfg: Any, n_train: int, n_replay: int, seed: int = 0) -> tuple[Path, Path]:
@@ -103,13 +104,15 @@ def prepare_bundle(work: Path, cfg: Any, n_train: int, n_replay: int, seed: int 
     return bundle_dir, replay
 
 
-def prepare_trained(work: Path, source: Path, data: Path, scoring: dict[str, Any], n_replay: int) -> tuple[Path, Path]:
-    """A copy of a trained bundle with `scoring` (k-NN kernel, position window) set, ONNX engines, and
-    thresholds calibrated on training images its bank never held, plus `n_replay` of the data set's test
-    images (spread over its defect types, at their native sizes) for the camera to replay."""
+def prepare_trained(work: Path, source: Path, data: Path, scoring: dict[str, Any], n_replay: int,
+                    retrieve: int | None = None) -> tuple[Path, Path]:
+    """A copy of a trained bundle with `scoring` (k-NN kernel, position window) and `retrieve` (bank.retrieve:
+    images searched per frame; None: the bundle's) set, ONNX engines, and thresholds calibrated on training
+    images its bank never held, plus `n_replay` of the data set's test images (spread over its defect types,
+    at their native sizes) for the camera to replay."""
     import shutil
 
-    from sclvi.bundle import load_bundle, set_scoring_config
+    from sclvi.bundle import load_bundle, set_bank_config, set_scoring_config
     from sclvi.calib.calibrate import calibrate, required_images
     from sclvi.dataset import read_dataset
     from sclvi.engines import load_backend
@@ -122,6 +125,8 @@ def prepare_trained(work: Path, source: Path, data: Path, scoring: dict[str, Any
     shutil.copytree(source, bundle_dir, ignore=shutil.ignore_patterns("checkpoint.pt"))
     bundle = load_bundle(bundle_dir)
     set_scoring_config(bundle, bundle.config.scoring.model_copy(update=scoring))
+    if retrieve is not None:  # which bank images a frame is searched among: the bank itself is unchanged
+        set_bank_config(bundle, bundle.config.bank.model_copy(update={"retrieve": retrieve}))
     if "onnx" not in bundle.manifest.get("engines", {}):
         export_onnx(bundle)
     bundle = load_bundle(bundle_dir)

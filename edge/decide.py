@@ -28,17 +28,17 @@ def defect_regions(anomaly_map: np.ndarray, pixel_threshold: float, frame_hw: tu
     if n == 0:
         return []
     mapping = mapping or FrameMapping(None, None, anomaly_map.shape[:2])
-    idx = np.arange(1, n + 1)
-    peaks = ndimage.maximum(anomaly_map, labels, idx)
-    areas = ndimage.sum_labels(np.ones_like(anomaly_map), labels, idx)
+    areas = np.bincount(labels.ravel(), minlength=n + 1)[1:]
     per_pixel = mapping.pixel_area(frame_hw)
     regions = []
     for k, sl in enumerate(ndimage.find_objects(labels)):
         ys, xs = sl
+        # the peak inside the region's own box (ndimage.maximum sorts the whole map: 3 ms of a 4.5 ms decision)
+        peak = anomaly_map[sl][labels[sl] == k + 1].max()
         regions.append({
             "box": mapping.box_to_camera((xs.start, ys.start, xs.stop, ys.stop), frame_hw),
             "area": int(round(areas[k] * per_pixel)),
-            "peak": float(peaks[k]),
+            "peak": float(peak),
         })
     regions.sort(key=lambda r: -r["peak"])
     return regions[:max_regions]

@@ -24,6 +24,20 @@ LOAD_TIMEOUT_S = 300.0
 log = logging.getLogger("sclvi.edge.inference")
 
 
+def limit_threads(threads: int) -> None:
+    """Hold this process to its share of the cores in every pool the scorer uses (numba's, BLAS, faiss's
+    OpenMP), not only the encoder's: two workers that each spread their k-NN over every core slow each other
+    down. Set before faiss loads (OMP_NUM_THREADS) and for the pools already loaded (threadpoolctl)."""
+    import os
+
+    import numba
+    from threadpoolctl import threadpool_limits
+
+    os.environ.setdefault("OMP_NUM_THREADS", str(threads))
+    numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
+    threadpool_limits(threads)
+
+
 def load_scorer(cfg: RuntimeConfig) -> Any:
     """Bundle, backend and scorer, warmed up on a blank frame (JIT compilation, engine allocation) so the
     first real part is not late. `sclvi check` runs exactly this, so it fails where a worker would."""
@@ -35,6 +49,7 @@ def load_scorer(cfg: RuntimeConfig) -> Any:
 
     bundle = open_bundle(cfg)
     threads = cfg.threads_per_worker or max(1, (os.cpu_count() or 1) // cfg.workers)  # no oversubscription
+    limit_threads(threads)
     scorer = AnomalyScorer(bundle, load_backend(bundle, cfg.backend, threads))
     scorer.score([np.zeros((*scorer.input_hw, 3), np.uint8)])
     return scorer

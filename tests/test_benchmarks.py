@@ -183,19 +183,22 @@ def test_latency_benchmark_times_a_given_bundle_on_its_test_images(tmp_path):
     source = untrained_bundle(tmp_path / "model", cfg, train)
     before = (source.path / "bundle.json").read_bytes()
     report = main(["--bundle", str(source.path), "--data", str(data), "--backends", "onnxruntime",
-                   "--knn-modes", "none/1.0/numpy", "--replay-images", "7", "--frames", "8", "--compute-frames", "2",
-                   "--warmup", "1", "--no-peer", "--work", str(tmp_path / "work"), "--out", str(tmp_path)])
+                   "--knn-modes", "none/1.0/numpy/2", "--replay-images", "7", "--frames", "8", "--compute-frames", "2",
+                   "--warmup", "1", "--no-peer", "--workers", "2", "--work", str(tmp_path / "work"), "--out", str(tmp_path)])
     (row,) = json.loads((tmp_path / "latency-cpu.json").read_text())["rows"]
     assert (row["preset"], row["geometry"], row["knn"], row["window"]) == ("dense-lite", "96", "numpy", None)
+    assert row["retrieve"] == 2  # the mode's K: each frame searched among 2 of the 4 bank images
     assert row["bank_codes"] == source.manifest["banks"]["small"]["count"] + source.manifest["banks"]["large"]["count"]
     assert row["verdicts"] == row["grabbed"] == 18 and not any("NOT_INSPECTED" in k for k in row["verdict_counts"])
-    timed = load_bundle(tmp_path / "work" / "dense-lite-none_1.0_numpy-96" / "bundle")
+    timed = load_bundle(tmp_path / "work" / "dense-lite-none_1.0_numpy_2-96" / "bundle")
     assert timed.config.scoring.knn == "numpy" and timed.config.scoring.position_window is None
+    assert timed.config.bank.retrieve == 2 and timed.config.bank.max_images == 4
     assert "calibration" in timed.manifest and "onnx" in timed.manifest["engines"]
     assert (source.path / "bundle.json").read_bytes() == before  # the given bundle is left as it was
     held_out = [p for p in train if p not in bank_images(train, 4, cfg.bank.seed)]
     assert timed.manifest["calibration"]["n_good"] == len(held_out) == 5
     assert "trained bundle" in report.read_text() and "random weights" not in report.read_text()
+    assert "2 inference workers" in report.read_text()  # and with two workers every frame got its verdict (above)
 
 
 def test_soak_benchmark_counts_one_verdict_per_frame(tmp_path):
@@ -240,17 +243,26 @@ def test_faults_benchmark_smoke(tmp_path):
 
 
 def test_knn_quality_benchmark_compares_each_mode_with_exact_search(tmp_path):
-    from sclvi.benchmarks.knn_quality import ALIGNED_RATIOS, GLOBAL_RATIOS, IVF, IVF_NPROBES, main
+    from sclvi.benchmarks.knn_quality import ALIGNED_RATIOS, ALIGNED_RETRIEVE, GLOBAL_RATIOS, IVF, IVF_NPROBES, main
 
     write_synthetic(tmp_path / "data", "object", size=176, n_train=6, n_test_good=3, n_test_defect=2, seed=0)
     args = ["--data", str(tmp_path / "data"), "--sets", "object", "--protocol", "smoke", "--seeds", "0",
             "--work", str(tmp_path / "work"), "--out", str(tmp_path / "out")]
+    # an earlier report: its rows of other sets stay, its rows of the sets run now are replaced
+    earlier = {"set": "elsewhere", "seed": 0, "window": None, "coreset": 1.0, "kernel": "numba", "nprobe": None,
+               "retrieve": None, "bank_codes": 7, "image_auroc": 0.5, "pixel_auroc": None, "score_ms_per_image": 1.0}
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "quality-knn-modes-smoke.json").write_text(json.dumps({"rows": [
+        earlier, {**earlier, "set": "object", "bank_codes": 12345}]}))
     report = main(args)
     rows = json.loads((tmp_path / "out" / "quality-knn-modes-smoke.json").read_text())["rows"]
-    modes = [(r["coreset"], r["kernel"], r["nprobe"]) for r in rows]
+    assert rows[-1] == earlier and "| elsewhere | numba |" in report.read_text()
+    rows = [r for r in rows if r["set"] == "object"]
+    assert 12345 not in [r["bank_codes"] for r in rows]
+    modes = [(r["coreset"], r["kernel"], r["nprobe"], r["retrieve_set"]) for r in rows]
     aligned = rows[0]["window"] is not None
-    assert modes == [(c, "numba", None) for c in (ALIGNED_RATIOS if aligned else GLOBAL_RATIOS)] + (
-        [] if aligned else [(1.0, IVF, n) for n in IVF_NPROBES])
+    assert modes == [(c, "numba", None, None) for c in (ALIGNED_RATIOS if aligned else GLOBAL_RATIOS)] + (
+        [(1.0, "numba", None, k) for k in ALIGNED_RETRIEVE] if aligned else [(1.0, IVF, n, None) for n in IVF_NPROBES])
     assert all(0.0 <= r["image_auroc"] <= 1.0 for r in rows)
     assert rows[0]["bank_codes"] > rows[len(ALIGNED_RATIOS if aligned else GLOBAL_RATIOS) - 1]["bank_codes"]  # smaller
     assert "| object | numba |" in report.read_text() and "+0.00 |" in report.read_text()  # exact vs itself

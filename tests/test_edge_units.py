@@ -88,6 +88,13 @@ def test_regions_in_frame_pixels():
     d = decide(5.0, m, 4.0, 1.0, (128, 256))
     assert d.verdict is Verdict.NG and len(d.regions) == 2
     assert decide(3.0, m, 4.0, 1.0, (128, 256)).verdict is Verdict.OK
+    # an L-shaped region whose box holds a hotter, separate one: each keeps its own peak and area
+    m = np.zeros((64, 64), np.float32)
+    m[10:30, 10:12] = 2.0
+    m[28:30, 10:30] = 2.0
+    m[14:18, 20:24] = 9.0
+    regions = defect_regions(m, 1.0, (64, 64))
+    assert [(r["peak"], r["area"]) for r in regions] == [(9.0, 16), (2.0, 20 * 2 + 2 * 18)]
 
 
 @pytest.mark.parametrize("score, image_t, pixel_t, bad_pixel", [
@@ -219,3 +226,25 @@ def test_a_process_waiting_for_the_ring_lock_keeps_its_heartbeat(tmp_path):
         child.kill()
         child.join(10)
         lock.close()
+
+
+def test_a_worker_holds_every_thread_pool_to_its_share_of_the_cores():
+    """Two workers on two cores: each keeps numba's pool, BLAS and OpenMP (faiss) to one thread, or their
+    k-NN kernels spread over both cores and slow each other down. Run in a fresh process: the limits are
+    process-wide."""
+    import subprocess
+    import sys
+
+    code = (
+        "import os, numpy, numba\n"
+        "from threadpoolctl import threadpool_info\n"
+        "from sclvi.edge.inference import limit_threads\n"
+        "limit_threads(1)\n"
+        "pools = [p['num_threads'] for p in threadpool_info()]\n"
+        "print(numba.get_num_threads(), os.environ['OMP_NUM_THREADS'], max(pools), len(pools))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "NUMBA_NUM_THREADS")}
+    env["NUMBA_NUM_THREADS"] = "2"  # as on a 2-core box, whatever this one has
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    numba_threads, omp, blas_max, n_pools = out.stdout.split()
+    assert (numba_threads, omp, blas_max) == ("1", "1", "1") and int(n_pools) >= 1  # numpy's BLAS at least

@@ -55,6 +55,25 @@ def test_position_windows_equal_reference_and_restrict_the_search(window, tile, 
         ref.score(q)
 
 
+@pytest.mark.parametrize("window", [1, 2])
+def test_position_windows_with_uneven_cells_equal_reference(window):
+    """Cells holding 1 to 40 codes (a per-cell coreset, a clipped roi): a window's bank row is as long as its
+    fullest cells, and the kernel's distance buffer must hold the longest one."""
+    rng = np.random.default_rng(window)
+    grid = (6, 7)
+    counts = rng.integers(1, 41, size=grid[0] * grid[1])
+    counts[5] = 200  # one crowded cell
+    cell = np.repeat(np.arange(grid[0] * grid[1]), counts)
+    pos = np.stack([cell // grid[1], cell % grid[1]], axis=1).astype(np.int16)
+    perm = rng.permutation(len(pos))
+    bank, pos = rng.normal(size=(len(pos), 8)).astype(np.float32), pos[perm]
+    qpos = np.tile(grid_positions(grid), (2, 1))
+    q = rng.normal(size=(len(qpos), 8)).astype(np.float32)
+    s = ScoringConfig(position_window=window, eta=5)
+    np.testing.assert_allclose(NumbaPatchScorer(bank, pos, grid, s).score(q, qpos),
+                               NumpyPatchScorer(bank, pos, grid, s).score(q, qpos), atol=TOL)
+
+
 def test_cell_coreset_thins_every_cell_alike():
     name, q, bank, pos, grid = cases(n_bank=2500)[0]  # 100 codes per cell
     keep = cell_coreset(bank, pos, grid, 0.2, min_per_cell=5, projection_dim=0)

@@ -105,11 +105,12 @@ def _finish(queries, bank, cand, k, lam, authors, out):
 
 @njit(parallel=True, cache=True, fastmath=_REASSOC)
 def _windowed(q, qrow, qcol, tile_start, sbank, sbank_sq, offsets, order, bank, rows, cols, window, keep, k, lam,
-              authors, out, short, sel):
+              authors, out, short, sel, max_run):
     """Position windows without candidate lists (queries sorted by tile, then row, then column).
 
     `sel`: the places in the sorted bank that are searched, ascending, and `offsets` where each cell's start in
-    `sel` (every place, or those of the images that image retrieval kept: the bank is not copied per frame).
+    `sel` (every place, or those of the images that image retrieval kept: the bank is not copied per frame);
+    `max_run`: the most places one bank row of a window holds.
 
     The bank is stored sorted by cell, so each bank row of a query's window is one contiguous run of
     codes. A tile's queries walk each bank row of their union together, so the run is read from memory
@@ -122,6 +123,7 @@ def _windowed(q, qrow, qcol, tile_start, sbank, sbank_sq, offsets, order, bank, 
             continue
         best_d = np.full((b - a, keep), np.inf, dtype=np.float32)
         best_i = np.full((b - a, keep), -1, dtype=np.int64)
+        run = np.empty(max_run, dtype=np.float32)  # one bank row of one query's window
         for br in range(max(0, qrow[a] - window), min(rows, qrow[b - 1] + window + 1)):
             for r in range(a, b):
                 if abs(qrow[r] - br) > window:
@@ -131,14 +133,16 @@ def _windowed(q, qrow, qcol, tile_start, sbank, sbank_sq, offsets, order, bank, 
                 worst = bd[keep - 1]
                 j0 = offsets[br * cols + max(0, qcol[r] - window)]
                 j1 = offsets[br * cols + min(cols, qcol[r] + window + 1)]
-                for jj in range(j0, j1):
+                for jj in range(j0, j1):  # distances first: a loop without branches, then the merge
                     j = sel[jj]
                     dot = np.float32(0.0)
                     for c in range(dim):
                         dot += q[r, c] * sbank[j, c]
-                    d = sbank_sq[j] - np.float32(2.0) * dot
+                    run[jj - j0] = sbank_sq[j] - np.float32(2.0) * dot
+                for jj in range(j0, j1):
+                    d = run[jj - j0]
                     if d < worst:  # ties go to the lower original index, as in the reference
-                        _insert(bd, bi, d, order[j])
+                        _insert(bd, bi, d, order[sel[jj]])
                         worst = bd[keep - 1]
         for r in range(a, b):
             if best_i[r - a, k - 1] < 0:
@@ -246,9 +250,12 @@ class NumbaPatchScorer:
         np.cumsum(np.bincount(tiles, minlength=len(tile_start) - 1), out=tile_start[1:])
         sorted_out = np.empty(len(q), dtype=np.float64)
         b = self.buckets
+        span = 2 * s.window + 1  # cells in one bank row of a window
+        cells = np.diff(self.sel_offsets)
+        max_run = int(np.convolve(cells, np.ones(min(span, len(cells)), np.int64), "valid").max()) if len(cells) else 0
         _windowed(q[perm], pos[perm, 0], pos[perm, 1], tile_start, self.sorted_codes, self.sorted_sq, self.sel_offsets,
                   b.order, self.codes, self.rows, self.cols, s.window, s.eta + MARGIN, s.eta, s.lam, authors, sorted_out, short,
-                  self.sel)
+                  self.sel, max_run)
         out[perm] = sorted_out
         if short.any():
             raise ValueError(f"fewer than eta={s.eta} bank codes in some position windows: widen the window or lower eta")
