@@ -57,9 +57,10 @@ class RuntimeConfig(_Strict):
         "loaded, at start, by every worker and on `reload` (the thresholds live in the signed manifest)",
     )
     cameras: list[SourceConfig] = Field(min_length=1)
-    workers: int = Field(1, ge=1, description="inference worker processes")
+    workers: int = Field(1, ge=1, description="inference worker processes; each holds its encoder and k-NN threads to "
+                         "its share of the cores (2 on a 2-core box: 1.5x the frames/s, each frame slower)")
     backend: str = "auto"
-    threads_per_worker: int = Field(0, ge=0)
+    threads_per_worker: int = Field(0, ge=0, description="threads per worker; 0 = the cores divided by `workers`")
     ring_slots: int = Field(8, ge=1, description="shared-memory frame slots per camera")
     deadline_ms: float = Field(1000.0, gt=0, description="a frame without a verdict by then gets NOT_INSPECTED")
     worker_deaths_per_minute: int = Field(
