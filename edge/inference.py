@@ -27,7 +27,8 @@ log = logging.getLogger("sclvi.edge.inference")
 def limit_threads(threads: int) -> None:
     """Hold this process to its share of the cores in every pool the scorer uses (numba's, BLAS, faiss's
     OpenMP), not only the encoder's: two workers that each spread their k-NN over every core slow each other
-    down. Set before faiss loads (OMP_NUM_THREADS) and for the pools already loaded (threadpoolctl)."""
+    down. Set before faiss loads (OMP_NUM_THREADS) and for the pools already loaded (threadpoolctl): called
+    again once the scorer has warmed up and loaded every library it uses."""
     import os
 
     import numba
@@ -52,6 +53,7 @@ def load_scorer(cfg: RuntimeConfig) -> Any:
     limit_threads(threads)
     scorer = AnomalyScorer(bundle, load_backend(bundle, cfg.backend, threads))
     scorer.score([np.zeros((*scorer.input_hw, 3), np.uint8)])
+    limit_threads(threads)  # the pools of libraries the warm-up loaded (faiss's OpenMP)
     return scorer
 
 

@@ -239,12 +239,16 @@ def test_a_worker_holds_every_thread_pool_to_its_share_of_the_cores():
         "import os, numpy, numba\n"
         "from threadpoolctl import threadpool_info\n"
         "from sclvi.edge.inference import limit_threads\n"
+        "from sclvi.config import ScoringConfig\n"
+        "from sclvi.knn.numba_cpu import NumbaPatchScorer\n"
         "limit_threads(1)\n"
         "pools = [p['num_threads'] for p in threadpool_info()]\n"
-        "print(numba.get_num_threads(), os.environ['OMP_NUM_THREADS'], max(pools), len(pools))\n"
+        "codes = numpy.zeros((20, 4), numpy.float32)\n"
+        "kernel = NumbaPatchScorer(codes, numpy.zeros((20, 2), numpy.int16), 1, ScoringConfig(position_window=None))\n"
+        "print(numba.get_num_threads(), os.environ['OMP_NUM_THREADS'], max(pools), kernel.threads)\n"
     )
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "NUMBA_NUM_THREADS")}
     env["NUMBA_NUM_THREADS"] = "2"  # as on a 2-core box, whatever this one has
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
-    numba_threads, omp, blas_max, n_pools = out.stdout.split()
-    assert (numba_threads, omp, blas_max) == ("1", "1", "1") and int(n_pools) >= 1  # numpy's BLAS at least
+    # numba's pool, OpenMP, every BLAS pool loaded, and the unwindowed k-NN kernel's query threads
+    assert out.stdout.split() == ["1", "1", "1", "1"]

@@ -12,9 +12,9 @@ Position windows: each query visits only the bank codes of nearby grid cells, wi
 from __future__ import annotations
 
 import copy
-import os
 from concurrent.futures import ThreadPoolExecutor
 
+import numba
 import numpy as np
 from numba import njit, prange
 from threadpoolctl import threadpool_limits
@@ -170,7 +170,7 @@ class NumbaPatchScorer:
         self.scoring = scoring
         self.rows, self.cols = grid_shape(grid)
         self.bank_block = bank_block
-        self.threads = threads or os.cpu_count() or 1
+        self.threads = threads or numba.get_num_threads()  # an inference worker's share of the cores (limit_threads)
         self.pool = ThreadPoolExecutor(self.threads)  # made once: this runs for every frame
         self.positions = np.asarray(positions)
         self.tile = tile
