@@ -214,12 +214,12 @@ def main(argv: list[str] | None = None) -> Path:
     # a run of some sets keeps the report's rows of the others (one set can be re-run alone)
     previous = args.out / f"{_stem(args.protocol, args.small_stride)}.json"
     earlier = json.loads(previous.read_text())["rows"] if previous.exists() else []
+    kept = [r for r in earlier if r["set"] not in args.sets]
     t0 = time.perf_counter()
     rows: list[dict[str, Any]] = []
     for name in args.sets:
         rows += run_set(name, args.data / name, args.protocol, args.seeds, models_dir(args.work, args.protocol),
                         args.small_stride)
-        kept = [r for r in earlier if r["set"] not in args.sets]
         path = write_report(rows + kept, args.protocol, args.out, time.perf_counter() - t0, args.small_stride)  # as it goes
     print(f"report: {path}")
     return path

@@ -250,7 +250,9 @@ class NumbaPatchScorer:
         np.cumsum(np.bincount(tiles, minlength=len(tile_start) - 1), out=tile_start[1:])
         sorted_out = np.empty(len(q), dtype=np.float64)
         b = self.buckets
-        span = 2 * s.window + 1  # cells in one bank row of a window
+        # the longest bank row of any window, bounded by sums of `span` consecutive cells of the flattened grid
+        # (a row's window is one of them, or shorter where the grid's edge clips it)
+        span = 2 * s.window + 1
         cells = np.diff(self.sel_offsets)
         max_run = int(np.convolve(cells, np.ones(min(span, len(cells)), np.int64), "valid").max()) if len(cells) else 0
         _windowed(q[perm], pos[perm, 0], pos[perm, 1], tile_start, self.sorted_codes, self.sorted_sq, self.sel_offsets,
