@@ -176,7 +176,10 @@ class TrainConfig(_Strict):
     task: Literal["scl12", "jigsaw8", "none"] = Field(
         "scl12", description="scl12: the paper's 12-class task; jigsaw8: Patch SVDD 8-neighbour; none: no SSL"
     )
-    steps: int = Field(600, ge=1, description="at most: training stops early on a held-out pretext plateau")
+    steps: int = Field(
+        3000, ge=1, description="training steps, the cosine schedule's length (about 35-45 min of a 2-core CPU for "
+        "dense-lite; chosen on 3 seeds of both shared sets, README: Detection quality)"
+    )
     batch_size: int = Field(32, ge=2)
     lr: float = Field(1e-3, gt=0)
     alpha: float = Field(1e-4, ge=0, description="weight of the patch-SVDD loss")
@@ -202,8 +205,10 @@ class TrainConfig(_Strict):
     )
     eval_every: int = Field(50, ge=1, description="steps between held-out pretext evaluations")
     early_stop_patience: int = Field(
-        3, ge=0, description="stop when the mean held-out pretext accuracy of this many evaluations has not gained "
-        "early_stop_min_delta over the mean of as many before them (0 = never)"
+        0, ge=0, description="stop when the mean held-out pretext accuracy of this many evaluations has not gained "
+        "early_stop_min_delta over the mean of as many before them (0 = never, the default: at 3000 steps a "
+        "patience of 3 fired at step 350-700 on every measured run, while the held-out accuracy and the AUROC "
+        "were still rising)"
     )
     early_stop_min_delta: float = Field(0.01, ge=0, description="gain of the windowed mean that counts as progress")
 
