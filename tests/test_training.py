@@ -99,6 +99,29 @@ def test_early_stop_compares_window_means_so_one_noisy_evaluation_does_not_end_a
     assert not any(never.update(0.1) for _ in range(10))
 
 
+# held-out pretext accuracy every 50 steps of the tiles' seed-0 model at the default budget (3000 steps, bundle.json)
+TILES_3000_STEPS = (
+    0.156, 0.225, 0.197, 0.219, 0.205, 0.205, 0.209, 0.254, 0.242, 0.221, 0.287, 0.254, 0.264, 0.293, 0.312,
+    0.285, 0.268, 0.318, 0.309, 0.318, 0.336, 0.281, 0.322, 0.312, 0.301, 0.326, 0.328, 0.32, 0.328, 0.311,
+    0.326, 0.342, 0.334, 0.344, 0.344, 0.361, 0.332, 0.324, 0.367, 0.354, 0.361, 0.348, 0.352, 0.367, 0.35,
+    0.348, 0.361, 0.361, 0.381, 0.389, 0.375, 0.377, 0.377, 0.357, 0.359, 0.375, 0.365, 0.375, 0.369, 0.381,
+)
+
+
+def test_the_default_training_runs_its_whole_schedule_on_a_slowly_rising_real_curve():
+    """The finding behind `early_stop_patience: 0`: on a real 3000-step curve that rose from 0.21 to 0.38, the
+    plateau rule (patience 3) fires at step 350, before the cosine schedule has lowered the learning rate."""
+    from sclvi.config import TrainConfig
+    from sclvi.train.monitor import stop_step
+
+    evals = [{"step": 50 * (i + 1), "heldout_acc": v} for i, v in enumerate(TILES_3000_STEPS)]
+    default = TrainConfig()
+    assert default.steps == 50 * len(evals) == 3000
+    assert stop_step(evals, default.early_stop_patience, default.early_stop_min_delta) is None
+    assert stop_step(evals, 3, default.early_stop_min_delta) == 350  # the previous default's stop
+    assert np.mean(TILES_3000_STEPS[-3:]) - np.mean(TILES_3000_STEPS[4:7]) > 0.15  # and the curve kept rising
+
+
 def test_a_cached_run_counts_as_trained_with_a_config_only_when_its_stop_replays_the_same():
     from sclvi.benchmarks.quality import same_training
     from sclvi.config import build_config
