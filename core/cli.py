@@ -281,11 +281,12 @@ def print_report(report: dict[str, Any]) -> None:
         return "-" if v is None or v != v else f"{100 * v:.1f}"
 
     table = Table(title=f"{Path(report['dataset']).name}  ({report['seconds_per_image'] * 1000:.0f} ms/image)")
-    for col in ("subset", "n", "image AUROC", "pixel AUROC", "PRO"):
+    for col in ("subset", "n", "image AUROC", "pixel AUROC", "pixel AUROC vs good parts", "PRO"):
         table.add_column(col, justify="right" if col != "subset" else "left")
     rows = [("all", report)] + list(report["per_defect"].items())
     for name, m in rows:
-        table.add_row(name, str(m["n"]), fmt(m["image_auroc"]), fmt(m.get("pixel_auroc")), fmt(m.get("pro")))
+        table.add_row(name, str(m["n"]), fmt(m["image_auroc"]), fmt(m.get("pixel_auroc")),
+                      fmt(m.get("pixel_auroc_vs_good")), fmt(m.get("pro")))
     Console().print(table)
 
 

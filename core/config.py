@@ -190,6 +190,11 @@ class TrainConfig(_Strict):
         0.0, ge=0, description="weight of the synthetic-defect term (patch CutPaste: clean vs pasted / scar / blob, "
         "train/defects.py); 0 = the paper's loss"
     )
+    defect_kinds: tuple[Literal["paste", "scar", "blob", "finish"], ...] = Field(
+        ("paste", "scar", "blob"), min_length=1, description="synthetic defects the defect term trains on: paste "
+        "(a piece of another patch), scar (a thin line), blob (a brightness stain), finish (a region whose fine "
+        "grain is smoothed away or strengthened, as a different grind or coating finish)"
+    )
     spread_target: float = Field(0.25, gt=0, description="per-dimension code std the anti-collapse hinge asks for")
     jitter_frac: float = Field(0.25, ge=0, le=0.5, description="max jitter of each grid cell, fraction of patch")
     gray_shift: float = Field(0.05, ge=0, description="max |gray shift| per patch, in normalised units")
@@ -211,6 +216,12 @@ class TrainConfig(_Strict):
         "were still rising)"
     )
     early_stop_min_delta: float = Field(0.01, ge=0, description="gain of the windowed mean that counts as progress")
+
+    @model_validator(mode="after")
+    def _distinct_kinds(self) -> "TrainConfig":
+        if len(set(self.defect_kinds)) != len(self.defect_kinds):
+            raise ValueError(f"train.defect_kinds names a kind twice: {list(self.defect_kinds)}")
+        return self
 
 
 class ScoringConfig(_Strict):

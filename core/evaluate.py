@@ -30,7 +30,25 @@ def _metrics(labels: np.ndarray, scores: np.ndarray, masks: np.ndarray | None, m
     if masks is not None and maps is not None:
         out["pixel_auroc"] = auroc(masks, maps)
         out["pro"] = pro_auc(masks, maps)
+        out["pixel_auroc_vs_good"] = pixel_auroc_vs_good(labels, masks, maps)
     return out
+
+
+def pixel_auroc_vs_good(labels: np.ndarray, masks: np.ndarray, maps: np.ndarray) -> float:
+    """Pixel AUROC of the defect pixels against the pixels of good parts only.
+
+    Why: the plain pixel AUROC also counts every unmarked pixel of a defective part as normal. When those score
+    high (the map spilling far beyond the marked defect, or a defective part that differs from good ones all
+    over) the two figures part; the gap says how much of a low pixel AUROC is that, and how much is the map
+    missing defects on a good part's surface."""
+    good = ~np.asarray(labels, dtype=bool)
+    masks = np.asarray(masks, dtype=bool)
+    if not good.any() or not masks.any():
+        return float("nan")
+    defect_scores = np.asarray(maps)[masks]
+    good_scores = np.asarray(maps)[good].ravel()
+    return auroc(np.r_[np.ones(len(defect_scores), bool), np.zeros(len(good_scores), bool)],
+                 np.r_[defect_scores, good_scores])
 
 
 def embed_test_set(bundle: ModelBundle, dataset: MVTecDataset, backend: EncoderBackend, batch: int = 4) -> tuple[FrameCodes, float]:

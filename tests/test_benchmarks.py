@@ -20,7 +20,7 @@ def test_quality_benchmark_rows_stand_next_to_the_floors_over_seeds(tmp_path):
                      ("trained", "none", 0, "default"), ("trained", "none", 1, "default"),
                      ("trained", "scl12", 0, "paper loss and input"), ("trained", "scl12", 0, "synthetic defects only"),
                      ("trained", "scl12", 0, "frame photometric only"), ("trained", "scl12", 0, "flat mean only"),
-                     ("trained", "scl12", 0, "per-pixel mean"),
+                     ("trained", "scl12", 0, "per-pixel mean"), ("trained", "scl12", 0, "finish defects"),
                      ("trained", "scl12", 0, "no code aggregation"), ("trained", "scl12", 1, "no code aggregation"),
                      ("trained", "scl12", 0, "no image retrieval"), ("trained", "scl12", 1, "no image retrieval")]
     # each variant really trains what its label says
@@ -42,6 +42,8 @@ def test_quality_benchmark_rows_stand_next_to_the_floors_over_seeds(tmp_path):
         assert own.manifest["training"] == default.manifest["training"]
         assert load_bundle(work / f"scl12-seed{seed}-no-image-retrieval").config.bank.retrieve == 0
         assert default.config.bank.retrieve == 50
+    assert load_bundle(work / "scl12-seed0-finish-defects").config.train.defect_kinds == ("paste", "scar", "blob", "finish")
+    assert load_bundle(work / "scl12-seed0-default").config.train.defect_kinds == ("paste", "scar", "blob")
     flat = load_bundle(work / "scl12-seed0-default").mean
     assert np.ptp(flat, axis=(0, 1)).max() == 0 and np.ptp(load_bundle(work / "scl12-seed0-per-pixel-mean").mean, axis=(0, 1)).max() > 1
     scl12 = [r for r in data["rows"] if r["task"] == "scl12" and r["variant"] == "default"]

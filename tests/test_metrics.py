@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
+from sclvi.evaluate import pixel_auroc_vs_good
 from sclvi.metrics import auroc, pro_auc
 
 
@@ -56,3 +57,21 @@ def test_above_chance_is_a_one_sided_binomial_test():
     ok, p = above_chance(0.23, 256, 1 / 12)
     assert ok and p < 1e-9
     assert above_chance(0.02, 256, 1 / 12)[1] > 0.99  # below chance is not "above"
+
+
+def test_pixel_auroc_vs_good_leaves_out_the_rest_of_defective_parts():
+    """A map that lights up a whole defective part (defect 1.5, its unmarked pixels 2.0) and keeps every good
+    part below 1: the plain pixel AUROC calls that near chance, against good parts it separates perfectly."""
+    rng = np.random.default_rng(0)
+    labels = np.array([False, False, True])
+    masks = np.zeros((3, 8, 8), bool)
+    masks[2, 2:4, 2:4] = True
+    maps = rng.uniform(0, 1, (3, 8, 8))
+    maps[2] = 2.0
+    maps[2][masks[2]] = 1.5
+    plain = auroc(masks, maps)
+    assert plain == pytest.approx(128 / (128 + 60))  # 4 defect pixels beat the 128 good pixels, lose to the 60
+    assert pixel_auroc_vs_good(labels, masks, maps) == pytest.approx(1.0)
+    maps[2][~masks[2]] = 0.0  # the rest of the defective part now scores low: both agree again
+    assert auroc(masks, maps) == pytest.approx(1.0)
+    assert np.isnan(pixel_auroc_vs_good(np.ones(3, bool), masks, maps))  # no good part: nothing to compare with

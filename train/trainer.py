@@ -27,7 +27,7 @@ from sclvi.images import mean_image, normalise
 from sclvi.roi import image_sizes, read_input
 from sclvi.model import SCLVINet, build_model, state_to_numpy
 from sclvi.plots import save_training_curve
-from sclvi.train.defects import KINDS, make_defects
+from sclvi.train.defects import make_defects
 from sclvi.train.heads import DefectClassifier, PositionClassifier
 from sclvi.train.monitor import EarlyStop, HeldOutPretext, chance_accuracy, code_statistics, collapsed, crop
 from sclvi.train.pretext import N_CLASSES, PatchPairs, PretextSampler
@@ -88,7 +88,7 @@ def _new_state(cfg: Config, n_images: int) -> TrainState:
         {str(k): PositionClassifier(cfg.encoder.embed_dim, n_cls) for k in SCALES} if n_cls else {}
     )
     if tc.defect_weight:
-        heads.update({f"defect{k}": DefectClassifier(cfg.encoder.embed_dim, len(KINDS)) for k in SCALES})
+        heads.update({f"defect{k}": DefectClassifier(cfg.encoder.embed_dim, 1 + len(tc.defect_kinds)) for k in SCALES})
     params = list(model.parameters()) + list(heads.parameters())
     optimizer = torch.optim.Adam(params, lr=tc.lr)
     sampler = PretextSampler(n_images, cfg.geometry.input_hw, tc.jitter_frac, tc.svdd_shift_frac, tc.seed)
@@ -175,7 +175,8 @@ def _scale_loss(cfg: Config, state: TrainState, images: torch.Tensor, k: int) ->
     defect_kind = None
     if tc.defect_weight:  # the SVDD twins, damaged (donors: other places of other images), against the clean ones
         donors = state.sampler.svdd_twins(k, b)
-        damaged, defect_kind = make_defects(crops[1], crop(images, donors.image, donors.first, k), state.sampler.rng)
+        damaged, defect_kind = make_defects(crops[1], crop(images, donors.image, donors.first, k), state.sampler.rng,
+                                              tc.defect_kinds)
         crops.append(damaged)
     all_codes = state.model.embed(torch.cat(crops))
     codes = all_codes.split(b)
@@ -291,7 +292,7 @@ def train(cfg: Config, data_root: str | Path, out: str | Path, resume: bool = Fa
             state.evals.append(row)
             if "defect_acc32" in row:
                 log.info("step %d: synthetic-defect accuracy (training batches) %.3f / %.3f (32 / 64 px; chance %.3f)",
-                         state.step, row["defect_acc32"], row["defect_acc64"], 1 / len(KINDS))
+                         state.step, row["defect_acc32"], row["defect_acc64"], 1 / (1 + len(tc.defect_kinds)))
             if held is not None:
                 log.info(
                     "step %d: pretext accuracy train %.3f / %.3f, held-out %.3f / %.3f (32 / 64 px; chance %.3f)",
