@@ -7,7 +7,8 @@ let a small head tell a clean patch from the same kind of patch with a pasted pi
 patch, a thin scar, or a smooth brightness blob. The three kinds are generic (what breaks, scratches
 and stains look like on any surface) and are drawn fresh every step, so no data set is tuned to. A fourth,
 `finish` (a region whose fine grain is smoothed away or strengthened), is there to be switched on with
-`train.defect_kinds`; it is not a default: on the tiles it lowered every figure, `uneven` included (README).
+`train.defect_kinds`; it is not a default: on the tiles (2 seeds) it lowered the mean of every figure, `uneven`
+included (README).
 
 All functions work on a batch of normalised crops (B, C, k, k) in torch and are seeded by a NumPy
 generator, so training stays reproducible.
