@@ -170,6 +170,10 @@ class GeometryConfig(_Strict):
         return self
 
 
+#: The synthetic defects train/defects.py can make; `train.defect_kinds` picks the ones a model trains on.
+DefectKind = Literal["paste", "scar", "blob", "finish"]
+
+
 class TrainConfig(_Strict):
     """Self-supervised training (section 3.1) with the patch-SVDD term (section 3.2)."""
 
@@ -190,7 +194,7 @@ class TrainConfig(_Strict):
         0.0, ge=0, description="weight of the synthetic-defect term (patch CutPaste: clean vs pasted / scar / blob, "
         "train/defects.py); 0 = the paper's loss"
     )
-    defect_kinds: tuple[Literal["paste", "scar", "blob", "finish"], ...] = Field(
+    defect_kinds: tuple[DefectKind, ...] = Field(
         ("paste", "scar", "blob"), min_length=1, description="synthetic defects the defect term trains on: paste "
         "(a piece of another patch), scar (a thin line), blob (a brightness stain), finish (a region whose fine "
         "grain is smoothed away or strengthened, as a different grind or coating finish)"

@@ -16,14 +16,18 @@ generator, so training stays reproducible.
 
 from __future__ import annotations
 
+from typing import get_args
+
 import numpy as np
 import torch
 
-#: Every defect kind there is; a model trains on `train.defect_kinds` of them (class 0 is a clean patch, class
-#: i the i-th kind it trains on).
-KINDS = ("paste", "scar", "blob", "finish")
+from sclvi.config import DefectKind, TrainConfig
+
+#: Every defect kind there is (config.DefectKind); a model trains on `train.defect_kinds` of them (class 0 is a
+#: clean patch, class i the i-th kind it trains on).
+KINDS: tuple[str, ...] = get_args(DefectKind)
 #: What `train.defect_kinds` is unless set: what breaks, scratches and stains look like on any surface.
-DEFAULT_KINDS = ("paste", "scar", "blob")
+DEFAULT_KINDS: tuple[str, ...] = TrainConfig.model_fields["defect_kinds"].default
 
 
 def _grid(k: int) -> tuple[torch.Tensor, torch.Tensor]:
