@@ -3,7 +3,7 @@
 `sclvi check line.yaml` answers what an integrator asks at commissioning: does the bundle load and is it
 calibrated, which encoder backend and k-NN kernel will run (and can they start here: an engine built for
 another GPU or TensorRT version fails now, not on the first part), is there shared memory for the rings,
-are the cameras there, can the sockets bind, are the cores oversubscribed. Nothing here grabs a frame.
+are the cameras there, can the sockets bind, are the cores oversubscribed, do earlier runs owe the PLC verdicts. Nothing here grabs a frame.
 """
 
 from __future__ import annotations
@@ -180,6 +180,23 @@ def _cores(cfg: RuntimeConfig) -> Check:
                  + ("" if ok else ": oversubscribed, lower threads_per_worker"), fatal=False)
 
 
+def _owed(cfg: RuntimeConfig) -> Check:
+    """Where verdicts unacknowledged at a stop wait for the next run: ours, lockable, and what waits there."""
+    from sclvi.edge.endpoints import FolderClaim
+    from sclvi.edge.journal import OwedVerdicts
+
+    if cfg.owed_dir is None:
+        return Check("owed verdicts", False, "owed_dir is not set: verdicts still unacknowledged when the runtime stops "
+                     "are lost for the PLC (set it to a state folder, e.g. /var/lib/sclvi/<station>/owed)", fatal=False)
+    try:
+        FolderClaim(cfg.owed_dir).release()
+    except (OSError, SclviError) as exc:
+        return Check("owed verdicts", False, f"owed_dir {cfg.owed_dir}: {exc}")
+    runs = len(list(Path(cfg.owed_dir).glob(f"*{OwedVerdicts.SUFFIX}")))
+    return Check("owed verdicts", True, f"{cfg.owed_dir}: " + (f"{runs} earlier run(s) owe the PLC verdicts, resent at start"
+                                                              if runs else "nothing owed"))
+
+
 def _plc(cfg: RuntimeConfig) -> Check:
     """The bridge section: valid, on the runtime's verdict endpoint, and the PLC answers (client mode)."""
     import socket
@@ -220,6 +237,7 @@ def preflight(cfg: RuntimeConfig, shm: Path = Path("/dev/shm")) -> list[Check]:
         lambda: Check("verdict endpoint", cfg.verdict_endpoint.startswith(("tcp://", "ipc://")),
                       f"{cfg.verdict_endpoint} (the PLC bridge binds it; we connect)"),
         lambda: _cores(cfg),
+        lambda: _owed(cfg),
         *([lambda: _plc(cfg)] if cfg.bridge is not None else []),
     ]
     checks: list[Check] = []

@@ -101,6 +101,10 @@ class RuntimeConfig(_Strict):
     record_dir: str | None = Field(None, description="keep NG / NOT_INSPECTED frames and heatmaps here")
     record_max_mb: float = Field(500.0, gt=0)
     shutdown_timeout_s: float = Field(10.0, gt=0)
+    owed_dir: str | None = Field(
+        None, description="state folder (systemd StateDirectory) where the verdicts a run could not get acknowledged "
+        "are kept when it stops, for the next run to resend; one runtime per folder. None: they are logged only",
+    )
     curve: CurveConfig | None = Field(
         None, description="ZeroMQ CURVE keys (edge/curve.py): encrypt the verdict, control and telemetry sockets and "
         "admit only authorized clients; needed when any of them leaves loopback",

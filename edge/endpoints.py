@@ -49,9 +49,21 @@ def private_folder(folder: Path) -> None:
         folder.chmod(0o700)
 
 
+def _exclusive(lock_path: Path, refusal: str) -> IO[bytes]:
+    """A lock file held for the runtime's life (it goes with the process, however it ends); ConfigError
+    `refusal` when another runtime holds it."""
+    lock = open(lock_path, "wb")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.close()
+        raise ConfigError(refusal) from None
+    return lock
+
+
 class IpcClaim:
-    """Hold an ipc:// endpoint for one runtime: private folder, and a lock so a second runtime is refused (the
-    lock goes with the process, however it ends). Not an ipc:// endpoint: nothing to do."""
+    """Hold an ipc:// endpoint for one runtime: private folder, and a lock so a second runtime is refused. Not an
+    ipc:// endpoint: nothing to do."""
 
     def __init__(self, endpoint: str | None) -> None:
         self.path = ipc_path(endpoint)
@@ -59,19 +71,25 @@ class IpcClaim:
         if self.path is None:
             return
         private_folder(self.path.parent)
-        lock = open(self.path.with_name(self.path.name + ".lock"), "wb")
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            lock.close()
-            raise ConfigError(f"{endpoint} is served by another sclvi runtime (lock held): stop it, or give this "
-                              "one another control_endpoint") from None
-        self._lock = lock
+        self._lock = _exclusive(self.path.with_name(self.path.name + ".lock"),
+                                f"{endpoint} is served by another sclvi runtime (lock held): stop it, or give this "
+                                "one another control_endpoint")
 
     def release(self) -> None:
         if self._lock is not None:
             self._lock.close()
             self._lock = None
+
+
+class FolderClaim(IpcClaim):
+    """Hold a state folder (`owed_dir`) for one runtime: two runtimes resending each other's verdicts would
+    send them twice and delete each other's journals."""
+
+    def __init__(self, folder: str) -> None:
+        self.path = Path(folder)
+        private_folder(self.path)
+        self._lock = _exclusive(self.path / ".lock", f"owed_dir {folder} is used by another sclvi runtime (lock held): "
+                                "give each runtime its own")
 
 
 def restrict(endpoint: str | None) -> None:

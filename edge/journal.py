@@ -9,12 +9,20 @@ verdict can take (the deadline plus a grace) was lost on the way to the publishe
 with verdicts in its socket queue, an acquisition killed between taking a number and writing its frame).
 Each such number gets a NOT_INSPECTED verdict (reason `lost`): the PLC rejects the part instead of
 waiting forever or matching the next verdict to the wrong part.
+
+`OwedVerdicts`: what a run still owed the PLC when it stopped (no bridge, a bridge that went away) is not
+dropped with the run's private folder: its journal moves into `owed_dir` under the run's id, and the next
+run's publisher resends those verdicts with their own run id (the bridge de-duplicates on (run, camera,
+seq) and flags them late: the part has passed the gate, but the PLC's record is complete) until each one
+is acknowledged.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import re
+import shutil
 import time
 from collections import OrderedDict
 from pathlib import Path
@@ -83,6 +91,65 @@ class VerdictJournal:
             self._file = None
         if remove:
             self.path.unlink(missing_ok=True)
+
+
+class OwedVerdicts:
+    """Journals of earlier runs with verdicts still unacknowledged, one `<run id>.journal` per run in `folder`
+    (the station's state directory: it outlives a run, a reboot and a new deployment of the runtime)."""
+
+    SUFFIX = ".journal"
+
+    def __init__(self, folder: str | Path) -> None:
+        self.folder = Path(folder)
+        self._journals: dict[str, VerdictJournal] = {}
+        self._pending: dict[str, set[tuple[str, int]]] = {}
+
+    def load(self, limit: int) -> list[dict[str, Any]]:
+        """The verdicts earlier runs owe, oldest run first, at most `limit` (the rest wait for a later start);
+        each keeps the run id it was sent with."""
+        out: list[dict[str, Any]] = []
+        if not self.folder.is_dir():
+            return out
+        for path in sorted(self.folder.glob(f"*{self.SUFFIX}"), key=lambda f: f.stat().st_mtime):
+            run = path.name[: -len(self.SUFFIX)]
+            journal = VerdictJournal(path)
+            pending, _ = journal.replay()
+            if not pending:
+                journal.close(remove=True)
+                continue
+            self._journals[run], self._pending[run] = journal, set(pending)
+            log.warning("resending %d verdicts run %s never had acknowledged (from %s)", len(pending), run, path)
+            out += [{**msg, "run": run} for msg in pending.values()]
+            if len(out) >= limit:
+                break
+        return out[:limit]
+
+    def ack(self, run: str, camera: str, seq: int) -> None:
+        """Record an acknowledgement; the journal of a run that owes nothing more is deleted."""
+        journal = self._journals.get(run)
+        if journal is None or (camera, seq) not in self._pending[run]:
+            return
+        journal.ack(camera, seq)
+        self._pending[run].discard((camera, seq))
+        if not self._pending[run]:
+            journal.close(remove=True)
+            del self._journals[run], self._pending[run]
+            log.info("run %s owes the PLC nothing more", run)
+
+    def keep(self, journal: VerdictJournal, run: str) -> Path:
+        """Move this run's journal (closed) into the folder, for the next run to resend."""
+        if not re.fullmatch(r"[\w.-]+", run):
+            raise ValueError(f"run id {run!r} is not a file name")
+        journal.close(remove=False)
+        self.folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        target = self.folder / f"{run}{self.SUFFIX}"
+        shutil.move(journal.path, target)  # a rename on one file system, else copy then delete
+        return target
+
+    def close(self) -> None:
+        for journal in self._journals.values():
+            journal.close(remove=False)
+        self._journals.clear()
 
 
 class SeqGaps:

@@ -21,7 +21,7 @@ import zmq
 from sclvi.edge import curve, endpoints
 from sclvi.edge.config import RuntimeConfig
 from sclvi.edge.drift import DriftWatch, Reference
-from sclvi.edge.journal import SeqGaps, VerdictJournal
+from sclvi.edge.journal import OwedVerdicts, SeqGaps, VerdictJournal
 from sclvi.edge.messages import (
     SCHEMA, TOPIC_ACK, TOPIC_HEARTBEAT,
     TOPIC_PREVIEW, TOPIC_VERDICT, Reason, Verdict, pack, unpack, verdict_message,
@@ -31,14 +31,15 @@ from sclvi.edge.shared import Shared
 log = logging.getLogger("sclvi.edge.publisher")
 
 
-def _ack_key(body: Any, run_id: str) -> tuple[str, int] | None:
-    """(camera, seq) of a well-formed ack for this run; None for anything else (logged, never fatal)."""
+def _ack_key(body: Any, run_id: str, owed_runs: set[str]) -> tuple[str, str, int] | None:
+    """(run, camera, seq) of a well-formed ack for this run or a run whose verdicts it resends (`owed_runs`);
+    None for anything else (logged, never fatal)."""
     if not isinstance(body, dict):
         return None
     camera, seq, run = body.get("camera"), body.get("seq"), body.get("run", run_id)
-    if not isinstance(camera, str) or not isinstance(seq, int) or isinstance(seq, bool) or run != run_id:
+    if not isinstance(camera, str) or not isinstance(seq, int) or isinstance(seq, bool):
         return None
-    return camera, seq
+    return (run, camera, seq) if run == run_id or run in owed_runs else None
 
 
 def publisher_main(cfg: RuntimeConfig, shared: Shared, row: int, drift_reference: Reference | None) -> None:
@@ -87,16 +88,19 @@ def _serve(cfg: RuntimeConfig, shared: Shared, row: int, dealer: zmq.Socket, pul
     poller.register(pull, zmq.POLLIN)
     count = shared.counters
     replayed, high = journal.replay()  # what a killed predecessor still owed the PLC
+    owed = OwedVerdicts(cfg.owed_dir) if cfg.owed_dir else None
+    carried = owed.load(cfg.max_pending) if owed else []  # what earlier runs still owe it
+    owed_runs = {msg["run"] for msg in carried}
     gaps = SeqGaps(high)
     grace_s = cfg.deadline_ms / 1000 + max(2.0, 4 * cfg.ack_timeout_ms / 1000)
-    pending: OrderedDict[tuple[str, int], list[Any]] = OrderedDict()
+    pending: OrderedDict[tuple[str, str, int], list[Any]] = OrderedDict()  # (run, camera, seq)
     ack_timeout = cfg.ack_timeout_ms / 1000
     next_beat = time.monotonic()
     flushing_since: float | None = None
     drained_since: float | None = None
     drift = DriftWatch(drift_reference, cfg.drift_window, cfg.drift_limit)
 
-    def send(key: tuple[str, int], frames: list[bytes], first: bool) -> None:
+    def send(key: tuple[str, str, int], frames: list[bytes], first: bool) -> None:
         try:
             dealer.send_multipart(frames, flags=zmq.NOBLOCK)
             count.add(row, "sent" if first else "resends")
@@ -105,11 +109,13 @@ def _serve(cfg: RuntimeConfig, shared: Shared, row: int, dealer: zmq.Socket, pul
         pending[key][1] = time.monotonic()
 
     def publish(msg: dict[str, Any], journaled: bool = False) -> None:
-        key = (msg["camera"], msg["seq"])
+        """Send a verdict and keep it pending until acknowledged; `journaled`: already on disk (a replayed or
+        carried one: its run id is set, and it was counted as sent when first sent)."""
         if not journaled:
             msg["run"] = shared.run_id
             msg["t_sent_ns"] = time.time_ns()
             journal.verdict(msg)  # on disk (page cache) before it can be sent
+        key = (msg.get("run", shared.run_id), msg["camera"], msg["seq"])
         frames = pack(TOPIC_VERDICT, msg)
         pending[key] = [frames, 0.0, time.monotonic()]  # frames, last sent, first sent
         send(key, frames, first=not journaled)
@@ -122,6 +128,8 @@ def _serve(cfg: RuntimeConfig, shared: Shared, row: int, dealer: zmq.Socket, pul
     if replayed:
         log.warning("publisher restarted: resending %d unacknowledged verdicts from the journal", len(replayed))
     for msg in replayed.values():
+        publish(msg, journaled=True)
+    for msg in carried:
         publish(msg, journaled=True)
     while True:
         shared.beat(beat, cfg.stall_timeout_s)  # every round takes milliseconds: a stuck one is a hang
@@ -148,15 +156,18 @@ def _serve(cfg: RuntimeConfig, shared: Shared, row: int, dealer: zmq.Socket, pul
         while dealer.poll(0, zmq.POLLIN):
             try:
                 topic, body = unpack(dealer.recv_multipart())
-                key = _ack_key(body, shared.run_id) if topic == TOPIC_ACK else None
+                key = _ack_key(body, shared.run_id, owed_runs) if topic == TOPIC_ACK else None
                 if key is None:
-                    raise ValueError(f"not an ack of this run: {str(body)[:120]}")
+                    raise ValueError(f"not an ack of this run or of one it resends: {str(body)[:120]}")
             except Exception as exc:  # whatever the bridge sends, the publisher keeps going
                 count.add(row, "bad_acks")
                 log.warning("ignoring a malformed message from the PLC bridge: %s", exc)
                 continue
             if pending.pop(key, None) is not None:
-                journal.ack(*key)
+                if key[0] == shared.run_id:
+                    journal.ack(*key[1:])
+                else:
+                    owed.ack(*key)
                 count.add(row, "acks")
         now = time.monotonic()
         drained = flushing_since is not None and not pull.poll(0)
@@ -179,9 +190,18 @@ def _serve(cfg: RuntimeConfig, shared: Shared, row: int, dealer: zmq.Socket, pul
             pub.send_multipart(pack(TOPIC_HEARTBEAT, heartbeat(shared, pending, ack_timeout, drift)))
         if drained_since is not None and not gaps.missing:
             if not pending or now - flushing_since > max(4 * ack_timeout, 1.0):
+                own = sum(key[0] == shared.run_id for key in pending)
                 if pending:
                     log.error("shutdown: %d verdicts were never acknowledged by the PLC bridge", len(pending))
-                journal.close(remove=not pending)
+                if own and owed is not None:
+                    kept = owed.keep(journal, shared.run_id)
+                    log.error("the %d of this run are kept in %s: the next run resends them", own, kept)
+                elif own:
+                    log.error("owed_dir is not set, so no later run can resend the %d of this run: set it in the "
+                              "runtime config", own)
+                if owed is not None:
+                    owed.close()
+                journal.close(remove=not own)
                 return
 
 

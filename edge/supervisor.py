@@ -83,9 +83,19 @@ class Runtime:
         bundle = open_bundle(cfg)
         self.cfg = cfg = camera_frames(cfg, bundle.config.geometry.frame)
         *thresholds, self.calibration = _thresholds(cfg, bundle)
-        # ipc:// endpoints we serve: private folder, and locked against a second runtime stealing the socket
-        # (claimed before any shared memory exists, so a refusal leaks nothing)
-        self._claims = [endpoints.IpcClaim(e) for e in (cfg.control_endpoint, cfg.telemetry_endpoint) if e]
+        # ipc:// endpoints we serve (private folder, locked against a second runtime stealing the socket) and the
+        # owed_dir (one runtime resends from it), claimed before any shared memory exists: a refusal leaks nothing
+        self._claims: list[endpoints.IpcClaim] = []
+        try:
+            for endpoint in (cfg.control_endpoint, cfg.telemetry_endpoint):
+                if endpoint:
+                    self._claims.append(endpoints.IpcClaim(endpoint))
+            if cfg.owed_dir:
+                self._claims.append(endpoints.FolderClaim(cfg.owed_dir))
+        except Exception:
+            for claim in self._claims:
+                claim.release()
+            raise
         self.shared: Shared = make_shared(
             [c.camera_id for c in cfg.cameras], cfg.ring_slots, [c.max_frame_bytes for c in cfg.cameras],
             cfg.workers, thresholds,

@@ -36,6 +36,8 @@ def test_example_station_config_is_valid():
     cfg = load_runtime_config(DEPLOY / "line.example.yaml")
     assert cfg.cameras[0].kind == "genicam" and cfg.cameras[0].features["TriggerMode"] == "On"
     assert cfg.deadline_ms == 500
+    unit = (DEPLOY / "sclvi.service").read_text()  # the unit gives the station a state folder for owed_dir
+    assert "StateDirectory=sclvi/%i" in unit and cfg.owed_dir.startswith("/var/lib/sclvi/line3/")
     from sclvi.plc.config import load_bridge_config
 
     bridge = load_bridge_config(DEPLOY / "line.example.yaml")  # the station file's `bridge:` section
@@ -68,6 +70,7 @@ def test_a_ready_station_passes(random_bundle, synthetic_object):
     c = by_name(checks)
     assert c["encoder backend"].detail.startswith("torch") and c["k-NN kernel"].detail == "numba (small) / numba (large)"
     assert "runtime config" in c["thresholds"].detail
+    assert not c["owed verdicts"].ok and not c["owed verdicts"].fatal  # a warning: verdicts unacked at a stop are lost
 
 
 def test_preflight_names_each_problem(random_bundle, tmp_path):

@@ -16,7 +16,7 @@ import yaml
 import zmq
 
 from sclvi.edge.config import load_runtime_config
-from sclvi.edge.journal import SeqGaps, VerdictJournal
+from sclvi.edge.journal import OwedVerdicts, SeqGaps, VerdictJournal
 from sclvi.edge.messages import TOPIC_ACK, TOPIC_VERDICT, unpack
 from sclvi.errors import ConfigError
 from test_edge_runtime import Collector, _ask, _run, replay, run_and_kill, runtime_config  # noqa: F401 (fixture)
@@ -182,6 +182,59 @@ def test_journal_replays_what_was_never_acknowledged(tmp_path):
     assert list(again.replay()[0]) == [("c", 1), ("c", 3)]  # the rewrite kept them
     again.close(remove=True)
     assert not (tmp_path / "j").exists()
+
+
+def test_owed_verdicts_outlive_their_run_until_each_is_acknowledged(tmp_path):
+    j = VerdictJournal(tmp_path / "run" / "journal")
+    (tmp_path / "run").mkdir()
+    j.replay()
+    for seq in (1, 2, 3):
+        j.verdict({"run": "r1", "camera": "c", "seq": seq, "verdict": "NG"})
+    j.ack("c", 1)
+    owed = OwedVerdicts(tmp_path / "owed")
+    kept = owed.keep(j, "r1")
+    assert kept == tmp_path / "owed" / "r1.journal" and not (tmp_path / "run" / "journal").exists()
+    with pytest.raises(ValueError, match="not a file name"):
+        owed.keep(VerdictJournal(tmp_path / "x"), "../r2")
+    later = OwedVerdicts(tmp_path / "owed")
+    assert [(m["run"], m["seq"]) for m in later.load(limit=100)] == [("r1", 2), ("r1", 3)]
+    later.ack("r1", "c", 2)
+    later.ack("r1", "c", 9)  # not owed: ignored
+    later.close()
+    again = OwedVerdicts(tmp_path / "owed")
+    assert [m["seq"] for m in again.load(limit=100)] == [3]  # the ack was kept on disk
+    again.ack("r1", "c", 3)
+    assert not kept.exists()  # owes nothing more
+    assert OwedVerdicts(tmp_path / "owed").load(limit=100) == []
+
+
+def test_verdicts_a_stopped_run_owed_are_resent_by_the_next_run(tmp_path, random_bundle, replay):
+    from sclvi.edge.supervisor import Runtime
+
+    owed = tmp_path / "owed"
+    cfg = runtime_config(random_bundle, [_folder(replay, 2, rate=10)], shutdown_timeout_s=2, owed_dir=str(owed))
+    first = Runtime(load_runtime_config(overrides=cfg)).run()  # no bridge at all
+    assert first["pending"] == 2
+    assert len(list(owed.glob("*.journal"))) == 1
+    from sclvi.deploy.preflight import preflight
+
+    check = {c.name: c for c in preflight(load_runtime_config(overrides=cfg))}["owed verdicts"]
+    assert check.ok and "1 earlier run(s) owe" in check.detail
+    with pytest.raises(ConfigError, match="used by another sclvi runtime"):  # one runtime per owed_dir
+        holder = Runtime(load_runtime_config(overrides=cfg))
+        try:
+            Runtime(load_runtime_config(overrides={**cfg, "control_endpoint": None, "telemetry_endpoint": None}))
+        finally:
+            holder._release()
+    plc = Collector(cfg["verdict_endpoint"])
+    plc.start()
+    second = Runtime(load_runtime_config(overrides=cfg)).run()
+    verdicts = plc.finish()
+    runs = sorted({v["run"] for v in verdicts})
+    assert len(runs) == 2 and len(verdicts) == 4 and plc.listener.duplicates == 0
+    assert sorted((v["run"] == runs[0], v["seq"]) for v in verdicts) == [(False, 1), (False, 2), (True, 1), (True, 2)]
+    assert second["pending"] == 0 and second["acks"] == 4
+    assert list(owed.glob("*.journal")) == []  # nothing owed any more
 
 
 def test_skipped_sequence_numbers_are_declared_lost_once_and_late_ones_dropped():
