@@ -119,7 +119,7 @@ class OwedVerdicts:
                 continue
             self._journals[run], self._pending[run] = journal, set(pending)
             log.warning("resending %d verdicts run %s never had acknowledged (from %s)", len(pending), run, path)
-            out += [{**msg, "run": run} for msg in pending.values()]
+            out += [{**msg, "run": run, "carried": True} for msg in pending.values()]  # the bridge: late, out of band
             if len(out) >= limit:
                 break
         return out[:limit]

@@ -13,7 +13,9 @@ In the server modes the registers live in the bridge, so a verdict written but n
 (`new` still set) would die with it: the state file keeps that block and a restarted bridge presents it
 again (same run and seq: a PLC that already took it sees a repeat, never a gap). NOT_INSPECTED sets reject
 unless configured otherwise. A verdict older than `deadline_ms` is written with the late flag and no reject pulse: its
-part has passed the gate, and the PLC's own timeout has rejected it.
+part has passed the gate, and the PLC's own timeout has rejected it. So is one an earlier run still owed when it
+stopped (`carried`: the next run resends it from its owed_dir), outside the current run's order: it neither
+waits for nor holds up the current run's verdicts.
 """
 
 from __future__ import annotations
@@ -68,7 +70,7 @@ class Bridge:
         self.counts = {cam: 0 for cam in cfg.cameras}
         self.last_written: dict[str, int] = {}  # seq of the block each camera last got (for the overrun log)
         self.stats = {"written": 0, "duplicates": 0, "late": 0, "rejects": 0, "plc_errors": 0, "unknown_camera": 0,
-                      "overruns": 0, "represented": 0, "held": 0, "out_of_order": 0}
+                      "overruns": 0, "represented": 0, "held": 0, "out_of_order": 0, "carried": 0}
         self.serves_registers = cfg.mode in SERVER_MODES
         if self.serves_registers:
             self._represent()
@@ -137,8 +139,9 @@ class Bridge:
         return False
 
     # -- one verdict --------------------------------------------------------------------------------
-    def write(self, v: dict[str, Any]) -> None:
-        """Write one verdict to the PLC (raises PlcError); the caller acknowledges afterwards."""
+    def write(self, v: dict[str, Any], track: bool = True) -> None:
+        """Write one verdict to the PLC (raises PlcError); the caller acknowledges afterwards. `track`: record it
+        in the camera's delivery order (not for a verdict an earlier run owed, which the runtime resends)."""
         cam = self.index[v["camera"]]
         base = self._base(v["camera"])
         flags = 0
@@ -151,7 +154,7 @@ class Bridge:
                 self.stats["overruns"] += 1
                 log.error("PLC did not take verdict %s seq %s in time: overwriting it with seq %d", v["camera"],
                           self.last_written.get(v["camera"], "?"), v["seq"])
-        late = (time.time_ns() - v.get("t_acq_ns", 0)) / 1e6 > self.cfg.deadline_ms
+        late = bool(v.get("carried")) or (time.time_ns() - v.get("t_acq_ns", 0)) / 1e6 > self.cfg.deadline_ms
         if late:
             flags |= FLAG_LATE
             self.stats["late"] += 1
@@ -164,6 +167,9 @@ class Bridge:
             self.stats["rejects"] += 1
             if self.cfg.reject_pulse_ms > 0 and not late:
                 self._pulse(self.cfg.coil_base + cam)
+        if not track:
+            self.stats["written"] += 1
+            return
         skipped = self.delivery.setdefault(v["camera"], CameraDelivery()).written(
             v.get("run"), v["seq"], block.registers if self.serves_registers else None)
         self._save_state()
@@ -200,16 +206,22 @@ class Bridge:
                       v.get("camera"), ", ".join(self.cfg.cameras))
             return None
         delivery = self.delivery.get(v["camera"], CameraDelivery())
-        arrival = delivery.arrival(v.get("run"), v["seq"])
-        if self._hold(v, arrival):
+        # a verdict an earlier run still owed (resent by the next run) while this camera is on another run:
+        # written with the late flag, outside the current run's order (neither held nor holding the next one)
+        earlier_run = bool(v.get("carried")) and delivery.run not in (None, v.get("run"))
+        arrival = Arrival.NEXT if earlier_run else delivery.arrival(v.get("run"), v["seq"])
+        if not earlier_run and self._hold(v, arrival):
             return None
         if arrival is Arrival.LATE:
             self.stats["out_of_order"] += 1
             log.warning("%s seq %d came after a later verdict of its run: written now, out of order", v["camera"], v["seq"])
         new = arrival is not Arrival.DUPLICATE
         if new:
+            if earlier_run:
+                self.stats["carried"] += 1
+                log.warning("%s seq %d of run %s, owed since that run stopped: written late", v["camera"], v["seq"], v.get("run"))
             try:
-                self.write(v)
+                self.write(v, track=not earlier_run)
             except PlcError as exc:
                 self.stats["plc_errors"] += 1
                 log.error("%s: verdict %s seq %d not acknowledged (the runtime resends it)", exc, v["camera"], v["seq"])

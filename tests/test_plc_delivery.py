@@ -33,10 +33,10 @@ def test_a_seq_overtaken_by_a_later_one_is_late_not_a_duplicate():
     assert (old.high, old.block, old.arrival("r1", 7)) == (7, [1] * FIELDS, Arrival.DUPLICATE)
 
 
-def _exchange(bridge, runtime, seq):
+def _exchange(bridge, runtime, seq, **kw):
     """Send one verdict through the real socket; returns (written verdict or None, acked seq or None: no ack
     within 1.5 s, which a loaded machine still delivers in milliseconds)."""
-    runtime.send_multipart([b"verdict", msgpack.packb(_verdict(seq))])
+    runtime.send_multipart([b"verdict", msgpack.packb(_verdict(seq, **kw))])
     assert bridge.sock.poll(5000)
     ident, *frames = bridge.sock.recv_multipart()
     written = bridge.handle(ident, frames)
@@ -91,6 +91,25 @@ def test_past_the_wait_the_later_verdict_is_written_and_the_earlier_one_still_is
         written, acked = _exchange(bridge, runtime, 2)
         assert written["seq"] == 2 and acked == 2 and bridge.stats["out_of_order"] == 1
         assert _seq_in_registers(bridge) == 2
+    finally:
+        runtime.close()
+        bridge.close()
+
+
+def test_a_verdict_an_earlier_run_owed_is_written_late_and_never_holds_up_the_current_run(tmp_path):
+    bridge, runtime = _bridge(tmp_path, reorder_wait_ms=5000)
+    try:
+        assert _exchange(bridge, runtime, 1, run="r2")[1] == 1
+        # run r1 stopped owing seq 6; r2's publisher resends it, marked carried, with its old acquisition time
+        written, acked = _exchange(bridge, runtime, 6, run="r1", carried=True, t_acq_ns=1)
+        assert written["seq"] == 6 and acked == 6 and bridge.stats["held"] == 0
+        block = decode([bridge.plc.read_register(i) for i in range(FIELDS)])
+        assert block["late"] and block["seq"] == 6 and block["run_code"] != 0
+        # the current run goes on in order: seq 2 is next, not held behind the carried one
+        written, acked = _exchange(bridge, runtime, 2, run="r2")
+        assert written["seq"] == 2 and acked == 2 and bridge.stats["held"] == 0
+        assert not decode([bridge.plc.read_register(i) for i in range(FIELDS)])["late"]
+        assert bridge.stats["carried"] == 1 and bridge.stats["out_of_order"] == 0
     finally:
         runtime.close()
         bridge.close()
