@@ -114,8 +114,10 @@ def _kill(role: str) -> Callable[[str], None]:
 
 
 def run_fault(name: str, bundle: Path, replay: Path, args: argparse.Namespace, inject: Callable[..., None] | None,
-              source: dict[str, Any], garbage: bool = False, runs: int = 1, corrupt: bool = False) -> dict[str, Any]:
-    """One fault: runtime(s) in a thread, bridge, injection after a third of the frames."""
+              source: dict[str, Any], garbage: bool = False, runs: int = 1, back_between_runs: bool = False,
+              owed_dir: str | None = None) -> dict[str, Any]:
+    """One fault: runtime(s) in a thread, bridge, injection after a third of the frames (of the first run);
+    `back_between_runs`: a bridge outage ends only once that run has stopped."""
     from sclvi.edge.config import load_runtime_config
     from sclvi.edge.supervisor import Runtime
 
@@ -123,6 +125,7 @@ def run_fault(name: str, bundle: Path, replay: Path, args: argparse.Namespace, i
         "bundle": str(bundle), "cameras": [source], "workers": 1, "threads_per_worker": 1, "deadline_ms": args.deadline_ms,
         "verdict_endpoint": f"tcp://127.0.0.1:{free_port()}", "telemetry_endpoint": None,
         "control_endpoint": f"tcp://127.0.0.1:{free_port()}", "ack_timeout_ms": 100, "shutdown_timeout_s": 5,
+        "owed_dir": owed_dir,  # as the example station config: what a run still owes when it stops, the next resends
     }
     bridge = Bridge(cfg["verdict_endpoint"], garbage)
     bridge.start()
@@ -134,11 +137,13 @@ def run_fault(name: str, bundle: Path, replay: Path, args: argparse.Namespace, i
         result: dict[str, int] = {}
         th = threading.Thread(target=lambda: result.update(rt.run()))
         th.start()
-        if inject is not None:
+        if inject is not None and t_fault is None:
             bridge.wait_for(len(bridge.seen) + max(2, args.frames // 3))
             t_fault = time.monotonic()
-            inject(bridge if name == "bridge-outage" else cfg["control_endpoint"])
+            inject(bridge if name.startswith("bridge-") else cfg["control_endpoint"])
         th.join(300)
+        if back_between_runs:
+            bridge.down_until = 0.0
         grabbed += result.get("frames_grabbed", 0)
         for k, v in result.items():
             totals[k] = totals.get(k, 0) + v
@@ -174,6 +179,8 @@ def write_report(rows: list[dict[str, Any]], args: argparse.Namespace, seconds: 
         f"{args.frames} frames per run at {args.rate:g} frames/s, {args.image_size}-px random-weight dense-lite "
         f"model, one worker, deadline {args.deadline_ms:.0f} ms; the fault hits once a third of the verdicts "
         f"arrived. Lost = grabbed sequence numbers the bridge never received (goal: 0 in every row). "
+        f"`bridge-down-at-stop`: the bridge goes away and comes back only after the runtime stopped; a second run "
+        f"resends what the first still owed (`owed_dir`). "
         f"`genicam` rows grab from {VIKY_NOTE}. Wall time {seconds / 60:.1f} min.",
         "",
         "| fault | source | grabbed | delivered | lost | duplicates | NOT_INSPECTED by reason | recovery s | restarts |",
@@ -198,7 +205,7 @@ def write_report(rows: list[dict[str, Any]], args: argparse.Namespace, seconds: 
 
 
 FAULTS = ("none", "worker-kill", "publisher-kill", "acquisition-kill", "bridge-garbage", "bridge-outage",
-          "corrupt-frame", "runtime-restart", "genicam-worker-kill", "genicam-publisher-kill")
+          "corrupt-frame", "runtime-restart", "bridge-down-at-stop", "genicam-worker-kill", "genicam-publisher-kill")
 
 
 def main(argv: list[str] | None = None) -> Path:
@@ -237,6 +244,10 @@ def main(argv: list[str] | None = None) -> Path:
             "bridge-outage": {"inject": lambda b: b.outage(2.0), "source": folder},
             "corrupt-frame": {"inject": None, "source": {**folder, "path": str(bad)}},
             "runtime-restart": {"inject": None, "source": folder, "runs": 2},
+            # the bridge goes away mid-run and is back only after the runtime stopped: the next run delivers
+            # what the first still owed (from owed_dir)
+            "bridge-down-at-stop": {"inject": lambda b: b.outage(1e9), "source": folder, "runs": 2,
+                                    "back_between_runs": True, "owed_dir": str(work / "owed")},
             "genicam-worker-kill": {"inject": _kill("worker"), "source": camera},
             "genicam-publisher-kill": {"inject": _kill("publisher"), "source": camera},
         }
