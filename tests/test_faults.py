@@ -220,12 +220,12 @@ def test_verdicts_a_stopped_run_owed_are_resent_by_the_next_run(tmp_path, random
 
     check = {c.name: c for c in preflight(load_runtime_config(overrides=cfg))}["owed verdicts"]
     assert check.ok and "1 earlier run(s) owe" in check.detail
-    with pytest.raises(ConfigError, match="used by another sclvi runtime"):  # one runtime per owed_dir
-        holder = Runtime(load_runtime_config(overrides=cfg))
-        try:
+    holder = Runtime(load_runtime_config(overrides=cfg))  # one runtime per owed_dir
+    try:
+        with pytest.raises(ConfigError, match="used by another sclvi runtime"):
             Runtime(load_runtime_config(overrides={**cfg, "control_endpoint": None, "telemetry_endpoint": None}))
-        finally:
-            holder._release()
+    finally:
+        holder._release()
     plc = Collector(cfg["verdict_endpoint"])
     plc.start()
     second = Runtime(load_runtime_config(overrides=cfg)).run()
