@@ -192,7 +192,7 @@ def _owed(cfg: RuntimeConfig) -> Check:
         FolderClaim(cfg.owed_dir).release()
     except (OSError, SclviError) as exc:
         return Check("owed verdicts", False, f"owed_dir {cfg.owed_dir}: {exc}")
-    runs = len(list(Path(cfg.owed_dir).glob(f"*{OwedVerdicts.SUFFIX}")))
+    runs = len(OwedVerdicts(cfg.owed_dir).journals())
     return Check("owed verdicts", True, f"{cfg.owed_dir}: " + (f"{runs} earlier run(s) owe the PLC verdicts, resent at start"
                                                               if runs else "nothing owed"))
 

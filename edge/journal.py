@@ -104,13 +104,17 @@ class OwedVerdicts:
         self._journals: dict[str, VerdictJournal] = {}
         self._pending: dict[str, set[tuple[str, int]]] = {}
 
+    def journals(self) -> list[Path]:
+        """The kept journals, oldest first."""
+        if not self.folder.is_dir():
+            return []
+        return sorted(self.folder.glob(f"*{self.SUFFIX}"), key=lambda f: f.stat().st_mtime)
+
     def load(self, limit: int) -> list[dict[str, Any]]:
         """The verdicts earlier runs owe, oldest run first, at most `limit` (the rest wait for a later start);
         each keeps the run id it was sent with."""
         out: list[dict[str, Any]] = []
-        if not self.folder.is_dir():
-            return out
-        for path in sorted(self.folder.glob(f"*{self.SUFFIX}"), key=lambda f: f.stat().st_mtime):
+        for path in self.journals():
             run = path.name[: -len(self.SUFFIX)]
             journal = VerdictJournal(path)
             pending, _ = journal.replay()

@@ -167,15 +167,13 @@ class Bridge:
             self.stats["rejects"] += 1
             if self.cfg.reject_pulse_ms > 0 and not late:
                 self._pulse(self.cfg.coil_base + cam)
-        if not track:
-            self.stats["written"] += 1
-            return
-        skipped = self.delivery.setdefault(v["camera"], CameraDelivery()).written(
-            v.get("run"), v["seq"], block.registers if self.serves_registers else None)
-        self._save_state()
-        if skipped:
-            log.warning("%s seq %d written before seq %s, which had not come within reorder_wait_ms: each is "
-                        "still written if it comes", v["camera"], v["seq"], _span(skipped))
+        if track:
+            skipped = self.delivery.setdefault(v["camera"], CameraDelivery()).written(
+                v.get("run"), v["seq"], block.registers if self.serves_registers else None)
+            self._save_state()
+            if skipped:
+                log.warning("%s seq %d written before seq %s, which had not come within reorder_wait_ms: each is "
+                            "still written if it comes", v["camera"], v["seq"], _span(skipped))
         self.stats["written"] += 1
 
     def _pulse(self, coil: int) -> None:
