@@ -90,6 +90,7 @@ IMPROVEMENTS: dict[str, dict[str, Any]] = {
     # bank-only: no training of its own (scored on every seed's default model with its bank rebuilt)
     "no code aggregation": {"bank": {"neighbourhood": 1}},
     "no image retrieval": {"bank": {"retrieve": 0}},
+    "no level normalisation": {"bank": {"level_norm": 0.0}},
 }
 ETAS = (1, 3, 5, 10, 20)
 CORESETS = (0.1, 0.01)
@@ -612,7 +613,7 @@ def main(argv: list[str] | None = None) -> Path:
     ap.add_argument("--improvements", nargs="*", default=None, metavar="SLUG",
                     choices=[_slug(label) for label in IMPROVEMENTS],
                     help="also each departure from the paper alone (all, or the slugs named): a training change on the first "
-                    "task and --variant-seeds seeds, a bank-only one (no-code-aggregation, no-image-retrieval) on every seed's model")
+                    "task and --variant-seeds seeds, a bank-only one (no-code-aggregation, no-image-retrieval, no-level-normalisation) on every seed's model")
     ap.add_argument("--variant-seeds", type=int, default=1, metavar="N",
                     help="how many of --seeds a training variant of --improvements trains (each costs a training run)")
     ap.add_argument("--steps", nargs="+", type=int, default=None, metavar="N",

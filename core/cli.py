@@ -212,6 +212,10 @@ def bank_cmd(
     retrieve: Optional[int] = typer.Option(
         None, help="Search each frame only among the codes of its K most similar bank images (a line with several "
         "variants in one bank; product presets: 50; off for a coreset bank); 0: every image, the paper."),
+    level_norm: Optional[float] = typer.Option(
+        None, help="Divide each frame's map by the leave-one-out score level of the bank images it retrieved, to this "
+        "power (a rare variant of good part stops scoring high all over; product presets: 0.5; needs --retrieve); 0: "
+        "off, the paper. Measured while the bank is built (one frame's scoring per image, up to 256)."),
 ) -> None:
     """(Re)build a trained bundle's memory bank: after `train --no-bank`, with more good parts, or with another
     subset size or coreset. No retraining; calibrated thresholds are dropped (calibrate again)."""
@@ -233,6 +237,8 @@ def bank_cmd(
             update["neighbourhood"] = neighbourhood
         if retrieve is not None:
             update["retrieve"] = retrieve
+        if level_norm is not None:
+            update["level_norm"] = level_norm
         bank = config_from_dict({**config_to_dict(b.config), "bank": {**b.config.bank.model_dump(), **update}}).bank
         images = read_dataset(data, need_test=False).train
         small, large = rebuild_memory_bank(b, load_backend(b, "torch"), images, bank)

@@ -289,6 +289,11 @@ class BankConfig(_Strict):
         "another's, and bounds the search; 0 = every image (the paper). Off (logged) for a coreset bank, which holds "
         "no whole images. The k-NN time is proportional to it: on an aligned part with a position window 10 "
         "searched as well as 50 at a third of the cost (quality-knn-modes-cpu-stride4.md)")
+    level_norm: float = Field(
+        0.0, ge=0, le=1, description="divide each frame's map by the leave-one-out score level of the bank images it "
+        "retrieved (relative to the bank's median), to this power: a rare variant of good part (on magnetic_tile the "
+        "smallest tiles) no longer scores high all over (core/levels.py). Measured at bank build on up to 256 bank "
+        "images (one frame's scoring each); needs `retrieve`. 0 = off (the paper)")
     seed: int = 0
 
     @model_validator(mode="after")
@@ -319,11 +324,12 @@ class Config(_Strict):
 #: gray levels standardised, then the training set's mean gray level subtracted instead of its per-pixel mean
 #: image (which removes an aligned part, leaving the pretext task little to locate patches by), the
 #: synthetic-defect training term (train/defects.py), codes aggregated over 3 x 3 neighbouring patches (bank and
-#: queries), and each frame searched among its 50 nearest bank images (core/retrieval.py). Measured one by one in
+#: queries), each frame searched among its 50 nearest bank images (core/retrieval.py) and its map divided by the
+#: square root of their leave-one-out score level (core/levels.py). Measured one by one in
 #: `sclvi bench quality --improvements`.
 PRODUCT: dict[str, Any] = {
     "preprocess": {"photometric": "frame", "mean": "flat"}, "train": {"defect_weight": 1.0},
-    "bank": {"neighbourhood": 3, "retrieve": 50},
+    "bank": {"neighbourhood": 3, "retrieve": 50, "level_norm": 0.5},
 }
 
 PRESETS: dict[str, dict[str, Any]] = {

@@ -18,6 +18,7 @@ from sclvi.geometry import TwoScaleGeometry
 from sclvi.roi import read_input
 from sclvi.knn.buckets import grid_positions
 from sclvi.knn.coreset import cell_coreset, greedy_coreset
+from sclvi.levels import measure_levels
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +82,25 @@ def build_memory_bank(
         header = BankHeader(scale, grid.patch, grid.stride, list(grid.shape), dim, len(codes), "float32", bc.coreset_ratio)
         add_bank(bundle, codes, positions, header)
         log.info("memory bank %s: %d codes of dim %d (coreset ratio %g)", scale, len(codes), dim, bc.coreset_ratio)
+    record(bundle, "levels", bank_levels(bundle))
     return bundle.bank("small"), bundle.bank("large")
+
+
+def bank_levels(bundle: ModelBundle) -> dict | None:
+    """The bank's leave-one-out levels for `bank.level_norm` (core/levels.py), measured on the bank just written;
+    None (logged) when the setting is off or the bank cannot give them (a coreset, or retrieval not restricting)."""
+    bc = bundle.config.bank
+    if not bc.level_norm:
+        return None
+    from sclvi.scorer import AnomalyScorer  # the scorer imports this module's neighbours: import at use
+
+    record(bundle, "levels", None)  # the old bank's levels say nothing about this one, even if measuring fails
+    scorer = AnomalyScorer(bundle, None, level_norm=0.0)  # measuring: scored as plain maps
+    if scorer.retrieved_images is None:
+        log.info("bank.level_norm is set but each frame searches the whole bank (a coreset, bank.retrieve 0, or "
+                 "no more images than bank.retrieve): no levels measured, maps not normalised")
+        return None
+    return measure_levels(scorer, bc.seed).as_dict()
 
 
 def rebuild_memory_bank(bundle: ModelBundle, backend: EncoderBackend, images: Sequence[Path],

@@ -62,14 +62,23 @@ class ImageRetrieval:
     def images(self) -> int:
         return len(self.descriptors)
 
-    def nearest(self, small: np.ndarray, large: np.ndarray) -> np.ndarray:
+    def nearest(self, small: np.ndarray, large: np.ndarray, exclude: int | None = None) -> np.ndarray:
         """Indices of the K bank images nearest to a frame whose codes are `small` / `large` (cells, D), in
-        ascending image order (the bank's row order, so the search visits memory in sequence)."""
+        ascending image order (the bank's row order, so the search visits memory in sequence). `exclude`: a bank
+        image never picked (a bank image scored as if it were not in the bank: core/levels.py)."""
         q = (frame_descriptor(small.reshape(-1, small.shape[-1]), large.reshape(-1, large.shape[-1])) - self.centre) / self.spread
         d = ((self.descriptors - q) ** 2).sum(1)
-        return np.sort(np.argpartition(d, self.k - 1)[: self.k]) if self.k < len(d) else np.arange(len(d))
+        candidates = np.arange(len(d))
+        if exclude is not None:
+            candidates = np.delete(candidates, exclude)
+            d = d[candidates]
+        return np.sort(candidates[np.argpartition(d, self.k - 1)[: self.k]]) if self.k < len(d) else candidates
 
     def rows(self, images: np.ndarray, scale: str) -> np.ndarray:
         """Bank rows of `images` in one scale's bank."""
-        c = self.cells[scale]
-        return (images[:, None] * c + np.arange(c)).ravel()
+        return image_rows(images, self.cells[scale])
+
+
+def image_rows(images: np.ndarray, cells: int) -> np.ndarray:
+    """Rows of a bank stored image by image (`cells` codes each) that belong to `images`."""
+    return (np.asarray(images)[:, None] * cells + np.arange(cells)).ravel()
