@@ -16,6 +16,7 @@ from sclvi.config import BankConfig, Config
 from sclvi.embedding import EncoderBackend, FrameEmbedder
 from sclvi.geometry import TwoScaleGeometry
 from sclvi.roi import read_input
+from sclvi.scorer import AnomalyScorer
 from sclvi.knn.buckets import grid_positions
 from sclvi.knn.coreset import cell_coreset, greedy_coreset
 from sclvi.levels import measure_levels
@@ -92,8 +93,6 @@ def bank_levels(bundle: ModelBundle) -> dict | None:
     bc = bundle.config.bank
     if not bc.level_norm:
         return None
-    from sclvi.scorer import AnomalyScorer  # the scorer imports this module's neighbours: import at use
-
     record(bundle, "levels", None)  # the old bank's levels say nothing about this one, even if measuring fails
     scorer = AnomalyScorer(bundle, None, level_norm=0.0)  # measuring: scored as plain maps
     if scorer.retrieved_images is None:
