@@ -41,7 +41,6 @@ class ImageRetrieval:
     descriptors: np.ndarray  # (images, 2 D), centred and scaled
     centre: np.ndarray  # (2 D,)
     spread: np.ndarray  # (2 D,): one value per scale, repeated over its D features
-    cells: dict[str, int]  # codes per image, per scale
     k: int
 
     @classmethod
@@ -56,7 +55,7 @@ class ImageRetrieval:
         centre = desc.mean(0)
         d = desc.shape[1] // 2
         spread = np.repeat([np.sqrt(desc[:, :d].var(0).sum()), np.sqrt(desc[:, d:].var(0).sum())], d) + 1e-6
-        return cls((desc - centre) / spread, centre, spread, dict(cells), min(k, n))
+        return cls((desc - centre) / spread, centre, spread, min(k, n))
 
     @property
     def images(self) -> int:
@@ -73,10 +72,6 @@ class ImageRetrieval:
             candidates = np.delete(candidates, exclude)
             d = d[candidates]
         return np.sort(candidates[np.argpartition(d, self.k - 1)[: self.k]]) if self.k < len(d) else candidates
-
-    def rows(self, images: np.ndarray, scale: str) -> np.ndarray:
-        """Bank rows of `images` in one scale's bank."""
-        return image_rows(images, self.cells[scale])
 
 
 def image_rows(images: np.ndarray, cells: int) -> np.ndarray:

@@ -47,6 +47,11 @@ def exact_pairs(queries: int, bank_codes: int, cells: int, retrieve: int) -> int
     return queries * (min(retrieve, images) * cells if retrieve else bank_codes)
 
 
+def _thinned(info: dict) -> bool:
+    """Was the bank this manifest entry describes thinned to a coreset (so it holds no whole images)?"""
+    return info.get("coreset_ratio", 1.0) < 1.0
+
+
 def planned_kernels(bundle: ModelBundle, scoring: ScoringConfig | None = None) -> dict[str, str]:
     """The k-NN kernel each scale will use, from the manifest alone (no bank loaded, no index built): what
     preflight and the benchmarks report."""
@@ -55,7 +60,7 @@ def planned_kernels(bundle: ModelBundle, scoring: ScoringConfig | None = None) -
     out = {}
     for scale, grid in (("small", geometry.small), ("large", geometry.large)):
         info = bundle.manifest["banks"][scale]
-        whole = info.get("coreset_ratio", 1.0) >= 1.0
+        whole = not _thinned(info)
         pairs = exact_pairs(grid.count, info["count"], grid.count, bundle.config.bank.retrieve if whole else 0)
         out[scale] = choose_kernel(scoring, pairs)
     return out
@@ -140,7 +145,7 @@ class AnomalyScorer:
     def _whole_images(self, codes: dict[str, np.ndarray]) -> bool:
         """Are the banks stored image by image? The bundle's own banks say so in their headers (a coreset can keep
         a multiple of a grid's codes by chance); banks given to this scorer are judged by their counts."""
-        if self._banks is None and any(self.bundle.manifest["banks"][s].get("coreset_ratio", 1.0) < 1 for s in self.grids):
+        if self._banks is None and any(_thinned(self.bundle.manifest["banks"][s]) for s in self.grids):
             return False
         return whole_images(codes, {s: g.count for s, g in self.grids.items()})
 

@@ -94,7 +94,7 @@ def test_a_rare_variant_of_good_part_no_longer_outranks_a_defect_on_a_common_one
             > normalised.score_codes(good_b["small"], good_b["large"]).score)
 
 
-def test_product_presets_normalise_the_level_and_the_paper_does_not(tmp_path, synthetic_object, caplog):
+def test_product_presets_normalise_the_level_and_the_paper_does_not(tmp_path, synthetic_object):
     assert build_config("dense-lite").bank.level_norm == 0.5 and build_config("paper").bank.level_norm == 0.0
     train = read_dataset(synthetic_object).train
     coreset = make_bundle(tmp_path / "c", tiny_config(96, bank={"retrieve": 2, "level_norm": 0.5, "coreset_ratio": 0.5}),

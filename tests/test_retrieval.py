@@ -13,7 +13,7 @@ from sclvi.errors import BundleError
 from sclvi.knn.buckets import grid_positions
 from sclvi.knn.numba_cpu import NumbaPatchScorer
 from sclvi.knn.reference import NumpyPatchScorer
-from sclvi.retrieval import ImageRetrieval
+from sclvi.retrieval import ImageRetrieval, image_rows
 from sclvi.scorer import AnomalyScorer
 
 
@@ -27,7 +27,7 @@ def test_retrieval_finds_the_frames_own_variant():
     r = ImageRetrieval.from_banks(banks, cells, k=5)
     near = r.nearest(1 + rng.normal(0, 0.3, (9, 8)), 1 + rng.normal(0, 0.3, (4, 8)))
     assert len(near) == 5 and (near % 2 == 0).all() and (np.diff(near) > 0).all()
-    assert np.array_equal(r.rows(np.array([0, 3]), "large"), [0, 1, 2, 3, 12, 13, 14, 15])
+    assert np.array_equal(image_rows(np.array([0, 3]), cells["large"]), [0, 1, 2, 3, 12, 13, 14, 15])
     with pytest.raises(BundleError, match="image by image"):  # a coreset bank has no whole images left
         ImageRetrieval.from_banks({"small": banks["small"][:-1], "large": banks["large"]}, cells, k=5)
 
