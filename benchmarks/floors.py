@@ -3,7 +3,7 @@ learning at all.
 
 - raw-pixel: each 32-px patch (stride `geometry.small_stride`) averaged down to 8x8 pixels minus the
   training mean image (after the config's photometric step, as the product does), plain nearest-neighbour distance to the training patches, map = mean over the
-  covering patches (smoothed as `scoring.map_sigma` says, like the product's map), image score = max.
+  covering patches (smoothed as `scoring.map_sigma` says, like the product's map), image score = max, or the mean of the top patch's worth of pixels as `scoring.image_score` says.
   No network, no training.
 - untrained: the preset's encoder at its random initialisation, with the same bank and scoring as the
   trained model (see `common.untrained_bundle`).
@@ -25,7 +25,7 @@ from sclvi.images import mean_image, photometric
 from sclvi.roi import read_input
 from sclvi.knn import make_patch_scorer
 from sclvi.knn.buckets import grid_positions
-from sclvi.maps import image_score, pixel_map, smooth_map
+from sclvi.maps import image_score, pixel_map, smooth_map, top_pixels
 
 #: Side of the downsampled patch (a 32-px patch becomes 8x8 pixels).
 CELL = 8
@@ -59,9 +59,10 @@ def raw_pixel_floor(cfg: Config, dataset: MVTecDataset, bank_images: list) -> tu
                                ScoringConfig(eta=1, formula="authors", knn="numba"))  # eta 1: plain 1-NN distance
     scores = np.empty(len(dataset.test))
     maps = np.empty((len(dataset.test), *g.input_hw), dtype=np.float32)
+    top = top_pixels(cfg.scoring.image_score, patch)
     t0 = time.perf_counter()
     for i, item in enumerate(tqdm(dataset.test, desc="raw-pixel floor", unit="img")):
         q = raw_pixel_codes(read_input(item.path, g), mean, patch, stride, mode).reshape(-1, 3 * CELL * CELL)
         maps[i] = smooth_map(pixel_map(grid, scorer.score(q, positions).reshape(grid.shape)), cfg.scoring.map_sigma)
-        scores[i] = image_score(maps[i])
+        scores[i] = image_score(maps[i], top)  # the product's image score (scoring.image_score), as for the encoder
     return scores, maps, (time.perf_counter() - t0) / max(1, len(dataset.test))

@@ -91,6 +91,8 @@ IMPROVEMENTS: dict[str, dict[str, Any]] = {
     "no code aggregation": {"bank": {"neighbourhood": 1}},
     "no image retrieval": {"bank": {"retrieve": 0}},
     "no level normalisation": {"bank": {"level_norm": 0.0}},
+    # scoring-only: every seed's default model and bank, its image score over one patch's worth of pixels
+    "top-patch image score": {"scoring": {"image_score": "top-patch"}},
 }
 ETAS = (1, 3, 5, 10, 20)
 CORESETS = (0.1, 0.01)
@@ -109,8 +111,9 @@ def model_cache(work: Path, name: str, task: str, seed: int, label: str = "defau
 
 
 def _bank_only(variant: dict[str, Any]) -> bool:
-    """Does the variant change only the memory bank (so a trained model serves it without retraining)?"""
-    return set(variant) == {"bank"}
+    """Does the variant change only the memory bank or the scoring (so a trained model serves it without
+    retraining)?"""
+    return bool(variant) and set(variant) <= {"bank", "scoring"}
 
 
 def models_dir(work: Path, protocol: str) -> Path:
@@ -155,7 +158,7 @@ def _trained_bundle(cfg: Config, data: Path, work: Path):
 
     try:
         bundle = load_bundle(work)
-        trained = bundle.config.model_copy(update={"bank": cfg.bank})
+        trained = bundle.config.model_copy(update={"bank": cfg.bank, "scoring": cfg.scoring})  # scored with cfg's
         if same_training(trained, bundle.manifest.get("training", {}), cfg) and bundle.has_bank():
             log.info("reusing %s", work)
             if bundle.config.bank != cfg.bank:
@@ -407,9 +410,11 @@ def write_quality_report(rows: list[dict[str, Any]], protocol: str, out: Path, s
         "others switch the product's departures from the paper (frame photometric step, `preprocess.mean: "
         f"{cfg.preprocess.mean}` = the mean gray level subtracted instead of the per-pixel mean image, synthetic-defect term "
         f"`train.defect_weight` = {cfg.train.defect_weight}, codes aggregated over `bank.neighbourhood` = "
-        f"{cfg.bank.neighbourhood} x {cfg.bank.neighbourhood} patches, image retrieval `bank.retrieve` = {cfg.bank.retrieve}) "
-        "off one at a time or on alone: a training change on the seeds its row says, a bank-only one on every seed's own "
-        "default model (no retraining, so the difference is the bank setting alone).",
+        f"{cfg.bank.neighbourhood} x {cfg.bank.neighbourhood} patches, image retrieval `bank.retrieve` = {cfg.bank.retrieve}, "
+        f"level normalisation `bank.level_norm` = {cfg.bank.level_norm}) off one at a time or on alone: a training change on the seeds its row says, a bank- or "
+        "scoring-only one on every seed's own default model (no retraining, so the difference is that setting alone); "
+        f"ideas that are not in the default (`finish defects`, `top-patch image score`: the image score the mean of the "
+        f"map's top {cfg.geometry.small_patch}x{cfg.geometry.small_patch} px worth instead of its max) on alone.",
         "Floors: `raw pixels` = each 32-px patch averaged to 8x8 minus the per-pixel mean image, plain 1-NN, no network; "
         "`untrained encoder` = the preset's random initialisation with the same bank and scoring. "
         "`pretext` = pretext accuracy, mean of the 32-px and 64-px heads, on held-out images never trained on "
@@ -613,7 +618,7 @@ def main(argv: list[str] | None = None) -> Path:
     ap.add_argument("--improvements", nargs="*", default=None, metavar="SLUG",
                     choices=[_slug(label) for label in IMPROVEMENTS],
                     help="also each departure from the paper alone (all, or the slugs named): a training change on the first "
-                    "task and --variant-seeds seeds, a bank-only one (no-code-aggregation, no-image-retrieval, no-level-normalisation) on every seed's model")
+                    "task and --variant-seeds seeds, a bank- or scoring-only one (no-code-aggregation, no-image-retrieval, no-level-normalisation, top-patch-image-score) on every seed's model")
     ap.add_argument("--variant-seeds", type=int, default=1, metavar="N",
                     help="how many of --seeds a training variant of --improvements trains (each costs a training run)")
     ap.add_argument("--steps", nargs="+", type=int, default=None, metavar="N",

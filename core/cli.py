@@ -50,6 +50,11 @@ class Fusion(str, Enum):
     sum = "sum"
 
 
+class ImageScore(str, Enum):
+    max = "max"
+    top_patch = "top-patch"
+
+
 @contextmanager
 def _user_errors() -> Iterator[None]:
     """Errors the user can fix are printed as one line, not a traceback."""
@@ -257,6 +262,9 @@ def evaluate_cmd(
     lam: Optional[float] = typer.Option(None, help="Clip lambda of the affinity weights."),
     formula: Optional[Formula] = typer.Option(None, help="paper: ||E(p) - p_fused||; authors: sum of weighted distances."),
     fusion: Optional[Fusion] = typer.Option(None, help="How the two scales' maps combine."),
+    image_score: Optional[ImageScore] = typer.Option(
+        None, help="max: the map's highest pixel (the paper, every preset); top-patch: the mean of its highest "
+        "32x32 px worth, wherever they lie (parts whose defects spread wide)."),
     backend: str = typer.Option("auto", help="Encoder backend."),
     overlays: int = typer.Option(6, help="How many image | heatmap | ground-truth PNGs to write."),
 ) -> None:
@@ -270,7 +278,8 @@ def evaluate_cmd(
         b = load_bundle(bundle)
         ds = read_dataset(data)
         scoring = b.config.scoring.model_copy(
-            update=_drop_none({"eta": eta, "lam": lam, "formula": formula, "scale_fusion": fusion})
+            update=_drop_none({"eta": eta, "lam": lam, "formula": formula, "scale_fusion": fusion,
+                               "image_score": image_score.value if image_score else None})
         )
         out = out or bundle / f"eval-{ds.root.name}"
         report = evaluate(b, ds, load_backend(b, backend), out, scoring=scoring, n_overlays=overlays)

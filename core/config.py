@@ -241,6 +241,12 @@ class ScoringConfig(_Strict):
     map_sigma: float = Field(
         0.0, ge=0, description="Gaussian smoothing (px) of the fused map before the image score; 0 = the paper (none)"
     )
+    image_score: Literal["max", "top-patch"] = Field(
+        "max", description="the image score from the fused map: max (the paper: its highest pixel), or top-patch: the "
+        "mean of its highest pixels, as many as one small patch covers (32 x 32 of the model input), wherever they "
+        "lie: a part that is off over a wide area (a texture's other finish) adds up instead of counting once; it "
+        "dilutes a defect much smaller than a patch on a small input (README: Detection quality), so it is not a preset's default"
+    )
     knn: Literal["auto", "numpy", "numba", "cuda", "faiss-ivf"] = Field(
         "auto", description="k-NN + affinity kernel: numpy (exact reference), numba (CPU), cuda (GPU-resident bank), "
         "faiss-ivf (approximate candidates, exact re-rank: unaligned parts at line rate; the `ann` extra); auto: numba "

@@ -36,6 +36,20 @@ def smooth_map(fused: np.ndarray, sigma: float) -> np.ndarray:
     return gaussian_filter(fused, sigma, mode="nearest").astype(fused.dtype, copy=False)
 
 
-def image_score(fused: np.ndarray) -> float:
-    """The image is as anomalous as its most anomalous pixel."""
-    return float(np.max(fused))
+def image_score(fused: np.ndarray, top: int = 1) -> float:
+    """The mean of the map's `top` highest pixels (1: the paper, the image is as anomalous as its most anomalous
+    pixel). `scoring.image_score: top-patch` takes one small patch's worth (top_pixels), wherever they lie: a part
+    that is off over a wide area or in many places adds up instead of counting once."""
+    flat = np.asarray(fused).ravel()
+    if top <= 1 or top >= flat.size:
+        return float(flat.max() if top <= 1 else flat.mean(dtype=np.float64))
+    return float(np.partition(flat, flat.size - top)[flat.size - top:].mean(dtype=np.float64))
+
+
+def top_pixels(image_score_kind: str, small_patch: int) -> int:
+    """How many of a map's highest pixels make the image score (`scoring.image_score`)."""
+    if image_score_kind == "max":
+        return 1
+    if image_score_kind == "top-patch":
+        return small_patch * small_patch
+    raise ValueError(f"unknown scoring.image_score {image_score_kind!r} (max or top-patch)")

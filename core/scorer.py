@@ -16,7 +16,7 @@ from sclvi.images import check_frame
 from sclvi.roi import FrameMapping
 from sclvi.knn import PatchScorer, choose_kernel, make_patch_scorer
 from sclvi.knn.buckets import grid_positions
-from sclvi.maps import fuse_maps, image_score, pixel_map, smooth_map
+from sclvi.maps import fuse_maps, image_score, pixel_map, smooth_map, top_pixels
 from sclvi.levels import BankLevels
 from sclvi.retrieval import ImageRetrieval, image_rows, whole_images
 
@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class FrameScore:
-    score: float  # image score: max of the fused map
+    score: float  # image score: max of the fused map, or the mean of its top patch's worth (scoring.image_score)
     anomaly_map: np.ndarray  # (H, W) fused pixel map over the model input
     small_map: np.ndarray  # (H, W) 32-px scale
     large_map: np.ndarray  # (H, W) 64-px scale
@@ -94,6 +94,7 @@ class AnomalyScorer:
         self.level_norm = bundle.config.bank.level_norm if level_norm is None else level_norm
         self._levels: BankLevels | None = None
         self.positions = {scale: grid_positions(grid.shape) for scale, grid in self.grids.items()}
+        self.top = top_pixels(self.scoring.image_score, self.geometry.small.patch)
 
     @property
     def input_hw(self) -> tuple[int, int]:
@@ -223,7 +224,7 @@ class AnomalyScorer:
         if timings is not None:
             timings["knn"] = 1000 * (t1 - t0)
             timings["fuse"] = 1000 * (time.perf_counter() - t1)
-        return FrameScore(image_score(fused), fused, maps["small"], maps["large"])
+        return FrameScore(image_score(fused, self.top), fused, maps["small"], maps["large"])
 
     def score(self, frames: list[np.ndarray] | np.ndarray) -> list[FrameScore]:
         """Score (H, W, 3) uint8 model inputs (already cut and scaled: `mapping.to_input`)."""

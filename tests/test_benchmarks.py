@@ -23,7 +23,8 @@ def test_quality_benchmark_rows_stand_next_to_the_floors_over_seeds(tmp_path):
                      ("trained", "scl12", 0, "per-pixel mean"), ("trained", "scl12", 0, "finish defects"),
                      ("trained", "scl12", 0, "no code aggregation"), ("trained", "scl12", 1, "no code aggregation"),
                      ("trained", "scl12", 0, "no image retrieval"), ("trained", "scl12", 1, "no image retrieval"),
-                     ("trained", "scl12", 0, "no level normalisation"), ("trained", "scl12", 1, "no level normalisation")]
+                     ("trained", "scl12", 0, "no level normalisation"), ("trained", "scl12", 1, "no level normalisation"),
+                     ("trained", "scl12", 0, "top-patch image score"), ("trained", "scl12", 1, "top-patch image score")]
     # each variant really trains what its label says
     variants = {r["variant"]: (r["photometric"], r["defect_weight"]) for r in data["rows"] if r["kind"] == "trained"}
     assert variants["paper loss and input"] == ("none", 0.0) and variants["frame photometric only"] == ("frame", 0.0)
@@ -44,6 +45,9 @@ def test_quality_benchmark_rows_stand_next_to_the_floors_over_seeds(tmp_path):
         assert load_bundle(work / f"scl12-seed{seed}-no-image-retrieval").config.bank.retrieve == 0
         assert default.config.bank.retrieve == 50
         assert load_bundle(work / f"scl12-seed{seed}-no-level-normalisation").config.bank.level_norm == 0.0
+        top = load_bundle(work / f"scl12-seed{seed}-top-patch-image-score")  # scoring only: the same model and bank
+        assert (top.path / "encoder.safetensors").read_bytes() == (default.path / "encoder.safetensors").read_bytes()
+        assert (top.path / "bank_small.sclvibank").read_bytes() == (default.path / "bank_small.sclvibank").read_bytes()
         assert default.config.bank.level_norm == 0.5
     assert load_bundle(work / "scl12-seed0-finish-defects").config.train.defect_kinds == ("paste", "scar", "blob", "finish")
     assert load_bundle(work / "scl12-seed0-default").config.train.defect_kinds == ("paste", "scar", "blob")
