@@ -110,7 +110,7 @@ def model_cache(work: Path, name: str, task: str, seed: int, label: str = "defau
     return work / name / f"{task}-seed{seed}-{_slug(label)}"
 
 
-def _bank_only(variant: dict[str, Any]) -> bool:
+def _needs_no_training(variant: dict[str, Any]) -> bool:
     """Does the variant change only the memory bank or the scoring (so a trained model serves it without
     retraining)?"""
     return bool(variant) and set(variant) <= {"bank", "scoring"}
@@ -353,11 +353,11 @@ def run_quality(name: str, root: Path, protocol: str, tasks: list[str], seeds: l
     picked = {} if improvements is None else {
         label: over for label, over in IMPROVEMENTS.items() if not improvements or _slug(label) in improvements}
     runs += [(label, over, tasks[0], seed) for label, over in picked.items()
-             for seed in (seeds if _bank_only(over) else seeds[:variant_seeds])]
+             for seed in (seeds if _needs_no_training(over) else seeds[:variant_seeds])]
     for variant, over, task, seed in runs:
         cfg = protocol_config(protocol, task, seed=seed, variant=over)
         where, default = (model_cache(work, name, task, seed, label) for label in (variant, "default"))
-        if _bank_only(over) and not where.exists() and default.is_dir():
+        if _needs_no_training(over) and not where.exists() and default.is_dir():
             shutil.copytree(default, where)  # same model; its bank is rebuilt
         bundle, scores, maps, embed_s, score_s, train_s = train_and_score(cfg, ds, where)
         rows.append(quality_row(name, ds, masks, preset, "trained", task, seed, scores, maps, embed_s, score_s, train_s,

@@ -41,8 +41,9 @@ def image_score(fused: np.ndarray, top: int = 1) -> float:
     pixel). `scoring.image_score: top-patch` takes one small patch's worth (top_pixels), wherever they lie: a part
     that is off over a wide area or in many places adds up instead of counting once."""
     flat = np.asarray(fused).ravel()
-    if top <= 1 or top >= flat.size:
-        return float(flat.max() if top <= 1 else flat.mean(dtype=np.float64))
+    if top <= 1:
+        return float(flat.max())
+    top = min(top, flat.size)
     return float(np.partition(flat, flat.size - top)[flat.size - top:].mean(dtype=np.float64))
 
 
