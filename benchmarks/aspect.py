@@ -15,17 +15,18 @@ of 8 px). Writes quality-aspect-<label>.md / .json.
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
 from PIL import Image
+import typer
 from tqdm.auto import tqdm
 
-from sclvi.benchmarks.common import machine, machine_table, parse_args
+from sclvi.benchmarks.common import OUT, benchmark_app, invoke, listed, machine, machine_table, start
 from sclvi.benchmarks.floors import CELL, raw_pixel_codes
 from sclvi.images import FRAME_MEAN, read_mask, read_rgb
 
@@ -107,17 +108,19 @@ def write_report(rows: list[dict[str, Any]], out: Path, label: str, seconds: flo
     return path
 
 
-def main(argv: list[str] | None = None) -> Path:
+def aspect(
+    data: Path = typer.Option(Path("../shared/data"), help="folder holding the data sets"),
+    sets: list[str] = typer.Option(["magnetic_tile"], metavar="SET,...", help="data sets"),
+    bank_images: int = typer.Option(100, help="training images in the bank (seeded choice)"),
+    label: str = typer.Option("cpu", help="report name suffix"),
+    out: Path = OUT,
+) -> Path:
+    """Raw-pixel floor on a set of mixed image sizes, squashed to 256 px or at native pixel scale."""
     from sclvi.dataset import read_dataset
-    from sclvi.memory_bank import bank_images
+    from sclvi.memory_bank import bank_images as choose_bank_images
     from sclvi.roi import image_sizes
 
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", type=Path, default=Path("../shared/data"), help="folder holding the data sets")
-    ap.add_argument("--sets", nargs="+", default=["magnetic_tile"])
-    ap.add_argument("--bank-images", type=int, default=100, help="training images in the bank (seeded choice)")
-    ap.add_argument("--label", default="cpu", help="report name suffix")
-    args = parse_args(ap, argv)
+    args = SimpleNamespace(data=data, sets=listed(sets, option="--sets"), bank_images=bank_images, label=label, out=start(out))
     t0 = time.perf_counter()
     rows: list[dict[str, Any]] = []
     for name in args.sets:
@@ -125,7 +128,7 @@ def main(argv: list[str] | None = None) -> Path:
         sizes = image_sizes(ds.train)
         ws, hs = [w for w, _ in sizes], [h for _, h in sizes]
         described = f"{len(sizes)} image sizes, {min(ws)}-{max(ws)} x {min(hs)}-{max(hs)} px"
-        chosen = bank_images(ds.train, args.bank_images, 0)
+        chosen = choose_bank_images(ds.train, args.bank_images, 0)
         for geometry in GEOMETRIES:
             rows.append({"set": name, "sizes": described, **floor(ds, geometry, chosen)})
             path = write_report(rows, args.out, args.label, time.perf_counter() - t0)
@@ -133,5 +136,12 @@ def main(argv: list[str] | None = None) -> Path:
     return path
 
 
+app = benchmark_app(aspect)
+
+
+def main(argv: list[str] | None = None) -> Path:
+    return invoke(app, argv)
+
+
 if __name__ == "__main__":
-    main()
+    app()

@@ -2,26 +2,60 @@
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import platform
 import subprocess
+from collections.abc import Callable, Iterable
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
+from typing import Any
+
+import typer
 
 #: Reports go to benchmarks/reports of the checkout the command runs in (the repo root).
 REPORTS = Path("benchmarks") / "reports"
 
 
-def parse_args(ap: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
-    """The tail every benchmark shares: `--out`, timestamped logs, the report folder made."""
-    ap.add_argument("--out", type=Path, default=REPORTS, help="where the report goes")
-    args = ap.parse_args(argv)
+#: The option every benchmark has.
+OUT = typer.Option(REPORTS, "--out", help="where the report goes")
+
+
+def start(out: Path) -> Path:
+    """What every benchmark does first: timestamped logs, the report folder made."""
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    args.out.mkdir(parents=True, exist_ok=True)
-    return args
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def listed(values: Iterable[str] | None, cast: Callable[[str], Any] = str, choices: Iterable[str] | None = None,
+           option: str = "") -> list[Any]:
+    """The values of a list option, given repeated or comma-separated (`--seeds 0,1,2` = `--seeds 0 --seeds 1
+    --seeds 2`): typer options take one value per flag, and a list typed once reads better."""
+    items = [v for value in values or () for v in value.replace(",", " ").split()]
+    allowed = None if choices is None else sorted(choices)
+    bad = [v for v in items if allowed is not None and v not in allowed]
+    if bad:
+        raise typer.BadParameter(f"{', '.join(bad)}: not one of {', '.join(allowed or [])}", param_hint=option)
+    try:
+        return [cast(v) for v in items]
+    except ValueError:
+        raise typer.BadParameter(f"{', '.join(items)}: expected {getattr(cast, '__name__', cast)} values",
+                                 param_hint=option) from None
+
+
+def benchmark_app(command: Callable[..., Any]) -> typer.Typer:
+    """A benchmark's typer app: its one command, run by `sclvi bench NAME` and `python -m sclvi.benchmarks.NAME`."""
+    app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+    app.command()(command)
+    return app
+
+
+def invoke(app: typer.Typer, argv: list[str] | None = None) -> Any:
+    """Run a benchmark on `argv` in process and return what it returns (its report's path): what tests and
+    scripts call. Bad options raise click's usage errors instead of exiting."""
+    return typer.main.get_command(app).main(args=argv, standalone_mode=False)
 
 
 def machine() -> dict[str, str]:

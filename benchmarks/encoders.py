@@ -1,6 +1,6 @@
 """Encoder cost per frame: MACs (counted) and ms for each backend and preset.
 
-    python -m sclvi.benchmarks.encoders [--presets paper lite] [--repeats 3]
+    sclvi bench encoders [--presets paper,lite] [--repeats 3]
 
 One frame = all 32-px patches at the configured stride (3249 at 256x256 stride 4) through the main
 encoder in one call, plus the 64-px grids (169) through the secondary encoder in one call. Weights are
@@ -10,17 +10,19 @@ random (timing does not depend on them). Backends: torch CPU, ONNX Runtime CPU (
 
 from __future__ import annotations
 
-import argparse
 import json
 import tempfile
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Callable
 
 import numpy as np
 
+import typer
+
 from sclvi.architecture import macs, main_layers, secondary_layers
-from sclvi.benchmarks.common import machine, machine_table, parse_args, untrained_bundle
+from sclvi.benchmarks.common import OUT, benchmark_app, invoke, listed, machine, machine_table, start, untrained_bundle
 from sclvi.config import Config, build_config
 from sclvi.geometry import TwoScaleGeometry
 
@@ -96,11 +98,13 @@ def bench_preset(preset: str, repeats: int, work: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def main(argv: list[str] | None = None) -> Path:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--presets", nargs="+", default=["paper", "lite"])
-    ap.add_argument("--repeats", type=int, default=3)
-    args = parse_args(ap, argv)
+def encoders(
+    presets: list[str] = typer.Option(["paper", "lite"], metavar="PRESET,...", help="encoder presets"),
+    repeats: int = typer.Option(3),
+    out: Path = OUT,
+) -> Path:
+    """Encoder ms per frame for each backend and preset."""
+    args = SimpleNamespace(presets=listed(presets, option="--presets"), repeats=repeats, out=start(out))
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for preset in args.presets:
@@ -127,5 +131,12 @@ def main(argv: list[str] | None = None) -> Path:
     return path
 
 
+app = benchmark_app(encoders)
+
+
+def main(argv: list[str] | None = None) -> Path:
+    return invoke(app, argv)
+
+
 if __name__ == "__main__":
-    main()
+    app()

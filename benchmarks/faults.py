@@ -1,6 +1,6 @@
 """Fault injection against the real runtime: does every grabbed frame still reach the PLC exactly once?
 
-    sclvi bench faults [--frames 24] [--rate 6] [--faults worker-kill publisher-kill ...]
+    sclvi bench faults [--frames 24] [--rate 6] [--faults worker-kill,publisher-kill,...]
 
 Each fault runs the runtime (real processes, shared memory, ZeroMQ on 127.0.0.1) on a folder source or
 the viky GenICam simulator, with a PLC stand-in bridge that acknowledges every verdict, and injects the
@@ -12,7 +12,6 @@ matter here, their delivery does. Writes faults-<cpu|gpu>.md / .json.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import signal
@@ -21,12 +20,14 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from types import SimpleNamespace
+from typing import Any, Optional
 
 import msgpack
+import typer
 import zmq
 
-from sclvi.benchmarks.common import machine, machine_table, parse_args
+from sclvi.benchmarks.common import OUT, benchmark_app, invoke, listed, machine, machine_table, start
 from sclvi.benchmarks.line import bench_config, free_port, prepare_bundle
 
 VIKY_NOTE = "viky (the genicam wheel's simulated GenTL camera)"
@@ -113,7 +114,7 @@ def _kill(role: str) -> Callable[[str], None]:
     return inject
 
 
-def run_fault(name: str, bundle: Path, replay: Path, args: argparse.Namespace, inject: Callable[..., None] | None,
+def run_fault(name: str, bundle: Path, replay: Path, args: SimpleNamespace, inject: Callable[..., None] | None,
               source: dict[str, Any], garbage: bool = False, runs: int = 1, back_between_runs: bool = False,
               owed_dir: str | None = None) -> dict[str, Any]:
     """One fault: runtime(s) in a thread, bridge, injection after a third of the frames (of the first run);
@@ -170,7 +171,7 @@ def run_fault(name: str, bundle: Path, replay: Path, args: argparse.Namespace, i
     }
 
 
-def write_report(rows: list[dict[str, Any]], args: argparse.Namespace, seconds: float) -> Path:
+def write_report(rows: list[dict[str, Any]], args: SimpleNamespace, seconds: float) -> Path:
     info = machine()
     tag = "gpu" if "gpu" in info else "cpu"
     lines = [
@@ -208,15 +209,18 @@ FAULTS = ("none", "worker-kill", "publisher-kill", "acquisition-kill", "bridge-g
           "corrupt-frame", "runtime-restart", "bridge-down-at-stop", "genicam-worker-kill", "genicam-publisher-kill")
 
 
-def main(argv: list[str] | None = None) -> Path:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--faults", nargs="+", default=list(FAULTS), choices=FAULTS)
-    ap.add_argument("--frames", type=int, default=24)
-    ap.add_argument("--rate", type=float, default=6.0)
-    ap.add_argument("--image-size", type=int, default=128)
-    ap.add_argument("--deadline-ms", type=float, default=3000.0)
-    ap.add_argument("--work", type=Path, default=None)
-    args = parse_args(ap, argv)
+def faults(
+    faults: list[str] = typer.Option(list(FAULTS), metavar="FAULT,...", help=f"faults to inject: {', '.join(FAULTS)}"),
+    frames: int = typer.Option(24),
+    rate: float = typer.Option(6.0),
+    image_size: int = typer.Option(128),
+    deadline_ms: float = typer.Option(3000.0),
+    work: Optional[Path] = typer.Option(None, help="scratch folder (default: a temporary one)"),
+    out: Path = OUT,
+) -> Path:
+    """Fault injection (killed processes, bad bridge, corrupt frames, restarts): verdicts lost per fault."""
+    args = SimpleNamespace(faults=listed(faults, choices=FAULTS, option="--faults"), frames=frames, rate=rate,
+                           image_size=image_size, deadline_ms=deadline_ms, work=work, out=start(out))
     import genicam
 
     viky = str(Path(genicam.__file__).parent / "viky.cti")
@@ -261,5 +265,12 @@ def main(argv: list[str] | None = None) -> Path:
     return path
 
 
+app = benchmark_app(faults)
+
+
+def main(argv: list[str] | None = None) -> Path:
+    return invoke(app, argv)
+
+
 if __name__ == "__main__":
-    main()
+    app()

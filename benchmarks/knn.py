@@ -1,6 +1,6 @@
 """k-NN + affinity benchmark: ms per frame and peak memory of each kernel against faiss-cpu.
 
-    python -m sclvi.benchmarks.knn [--sizes 50000 200000 650000] [--queries 3249] [--out DIR]
+    sclvi bench knn [--sizes 50000,200000,650000] [--queries 3249] [--out DIR]
 
 Every (kernel, bank size) runs in its own process so peak memory (VmHWM, reset after the bank is
 built) belongs to that kernel alone. The peer is faiss-cpu IndexFlatL2 (exact) + NumPy affinity.
@@ -8,14 +8,17 @@ built) belongs to that kernel alone. The peer is faiss-cpu IndexFlatL2 (exact) +
 
 from __future__ import annotations
 
-import argparse
 import json
 import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Optional
 
-from sclvi.benchmarks.common import REPORTS, machine, machine_table
+import typer
+
+from sclvi.benchmarks.common import OUT, benchmark_app, invoke, listed, machine, machine_table, start
 
 DIM = 64
 
@@ -94,22 +97,25 @@ def _child(kernel: str, size: int, queries: int, repeats: int) -> dict:
     return {"ms": 1000 * float(np.median(times)), "peak_extra_mb": (_rss("VmHWM") - base) / 2**20, **extra}
 
 
-def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--sizes", type=int, nargs="+", default=[50_000, 200_000, 650_000])
-    ap.add_argument("--queries", type=int, default=3249, help="query codes per frame (3249 = 57x57)")
-    ap.add_argument("--kernels", nargs="+", default=["numpy", "numba", "window2", "ivf", "faiss", "cuda"],
-                    help="windowN = numba with a +-N cell position window (aligned parts); ivf = faiss IVF-Flat "
-                    "candidates + exact re-rank (scoring.knn faiss-ivf)")
-    ap.add_argument("--numpy-max", type=int, default=50_000, help="largest bank the slow reference runs on")
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--out", type=Path, default=REPORTS)
-    ap.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
-    args = ap.parse_args(argv)
-    if args.child:
-        kernel, size, queries, repeats = args.child
-        print(json.dumps(_child(kernel, int(size), int(queries), int(repeats))))
+def knn(
+    sizes: list[str] = typer.Option(["50000", "200000", "650000"], metavar="N,...", help="bank sizes (codes)"),
+    queries: int = typer.Option(3249, help="query codes per frame (3249 = 57x57)"),
+    kernels: list[str] = typer.Option(
+        ["numpy", "numba", "window2", "ivf", "faiss", "cuda"], metavar="KERNEL,...",
+        help="windowN = numba with a +-N cell position window (aligned parts); ivf = faiss IVF-Flat candidates + exact "
+        "re-rank (scoring.knn faiss-ivf)"),
+    numpy_max: int = typer.Option(50_000, help="largest bank the slow reference runs on"),
+    repeats: int = typer.Option(3),
+    out: Path = OUT,
+    child: Optional[str] = typer.Option(None, hidden=True, help="KERNEL,SIZE,QUERIES,REPEATS: one timing, in a fresh process"),
+) -> None:
+    """k-NN + affinity kernels against faiss-cpu."""
+    if child:
+        kernel, size, n_queries, n_repeats = child.split(",")
+        print(json.dumps(_child(kernel, int(size), int(n_queries), int(n_repeats))))
         return
+    args = SimpleNamespace(sizes=listed(sizes, int, option="--sizes"), kernels=listed(kernels, option="--kernels"),
+                           queries=queries, numpy_max=numpy_max, repeats=repeats, out=start(out))
     from sclvi.knn.numba_cuda import cuda_available
 
     rows = []
@@ -119,7 +125,7 @@ def main(argv: list[str] | None = None) -> None:
                 continue
             if kernel == "cuda" and not cuda_available():
                 continue
-            cmd = [sys.executable, "-m", "sclvi.benchmarks.knn", "--child", kernel, str(size), str(args.queries), str(args.repeats)]
+            cmd = [sys.executable, "-m", "sclvi.benchmarks.knn", "--child", f"{kernel},{size},{args.queries},{args.repeats}"]
             run = subprocess.run(cmd, capture_output=True, text=True)
             if run.returncode != 0:
                 print(f"{kernel} @ {size}: failed\n{run.stderr[-2000:]}", file=sys.stderr)
@@ -133,7 +139,6 @@ def main(argv: list[str] | None = None) -> None:
         full = next((p for p in rows if p["kernel"] == "numba" and p["bank"] == r["bank"]), None)
         r["speedup_vs_full"] = full["ms"] / r["ms"] if full else None
     info = machine()
-    args.out.mkdir(parents=True, exist_ok=True)
     tag = "gpu" if "gpu" in info else "cpu"
     (args.out / f"knn-{tag}.json").write_text(json.dumps({"machine": info, "queries": args.queries, "rows": rows}, indent=2))
     lines = [
@@ -161,5 +166,12 @@ def main(argv: list[str] | None = None) -> None:
     print(f"report: {args.out / f'knn-{tag}.md'}")
 
 
+app = benchmark_app(knn)
+
+
+def main(argv: list[str] | None = None) -> None:
+    invoke(app, argv)
+
+
 if __name__ == "__main__":
-    main()
+    app()

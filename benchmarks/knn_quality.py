@@ -1,6 +1,6 @@
 """What the fast k-NN modes cost in detection quality: exact search vs coresets, on the trained models.
 
-    sclvi bench knn-quality [--sets mvtec_bottle magnetic_tile] [--seeds 0 1 2]
+    sclvi bench knn-quality [--sets mvtec_bottle,magnetic_tile] [--seeds 0,1,2]
 
 For each shared set and seed, the quality benchmark's trained model (trained here if its cached bundle is
 missing) is scored with exact search and with smaller banks: per grid cell coresets when the bank is
@@ -15,16 +15,18 @@ quality-knn-modes-<protocol>[-stride<s>].md / .json (a run of some `--sets` keep
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import time
 from pathlib import Path
-from typing import Any
+from types import SimpleNamespace
+from typing import Any, Optional
 
 import numpy as np
 
-from sclvi.benchmarks.common import machine, machine_table, parse_args
+import typer
+
+from sclvi.benchmarks.common import OUT, benchmark_app, invoke, listed, machine, machine_table, start
 from sclvi.benchmarks.quality import PROTOCOLS, _trained_bundle, model_cache, models_dir, protocol_config
 
 ALIGNED_RATIOS = (1.0, 0.5, 0.25, 0.1)  # per cell: every window keeps its share
@@ -201,16 +203,20 @@ def write_report(rows: list[dict[str, Any]], protocol: str, out: Path, seconds: 
     return path
 
 
-def main(argv: list[str] | None = None) -> Path:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--sets", nargs="+", default=["mvtec_bottle", "magnetic_tile"])
-    ap.add_argument("--data", type=Path, default=Path("../shared/data"), help="folder holding the data sets")
-    ap.add_argument("--protocol", default="cpu", choices=sorted(PROTOCOLS))
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--work", type=Path, default=Path("/tmp/sclvi-bench"), help="the quality benchmark's bundle cache")
-    ap.add_argument("--small-stride", type=int, default=None,
-                    help="score the models with banks rebuilt at this 32-px patch stride (the line's: 4)")
-    args = parse_args(ap, argv)
+def knn_quality(
+    sets: list[str] = typer.Option(["mvtec_bottle", "magnetic_tile"], metavar="SET,...", help="data sets"),
+    data: Path = typer.Option(Path("../shared/data"), help="folder holding the data sets"),
+    protocol: str = typer.Option("cpu", metavar="NAME", help=f"the quality benchmark's protocol: {', '.join(sorted(PROTOCOLS))}"),
+    seeds: list[str] = typer.Option(["0", "1", "2"], metavar="SEED,...", help="the models' training seeds"),
+    work: Path = typer.Option(Path("/tmp/sclvi-bench"), help="the quality benchmark's bundle cache"),
+    small_stride: Optional[int] = typer.Option(
+        None, help="score the models with banks rebuilt at this 32-px patch stride (the line's: 4)"),
+    out: Path = OUT,
+) -> Path:
+    """Detection quality of each k-NN mode (coresets, IVF) against exact search on the trained models."""
+    args = SimpleNamespace(sets=listed(sets, option="--sets"), data=data,
+                           protocol=listed([protocol], choices=PROTOCOLS, option="--protocol")[0],
+                           seeds=listed(seeds, int, option="--seeds"), work=work, small_stride=small_stride, out=start(out))
     # a run of some sets keeps the report's rows of the others (one set can be re-run alone)
     previous = args.out / f"{_stem(args.protocol, args.small_stride)}.json"
     earlier = json.loads(previous.read_text())["rows"] if previous.exists() else []
@@ -225,5 +231,12 @@ def main(argv: list[str] | None = None) -> Path:
     return path
 
 
+app = benchmark_app(knn_quality)
+
+
+def main(argv: list[str] | None = None) -> Path:
+    return invoke(app, argv)
+
+
 if __name__ == "__main__":
-    main()
+    app()

@@ -1,7 +1,7 @@
 """Per-stage latency and throughput of the line, per backend and preset, against the Patch SVDD peer.
 
-    sclvi bench latency [--presets lite dense-lite] [--backends auto] [--frames 30]
-    sclvi bench latency --presets dense-lite --geometries 256 1024x1024 2448x2048@0.5 2448x2048   # native rois
+    sclvi bench latency [--presets lite,dense-lite] [--backends auto] [--frames 30]
+    sclvi bench latency --presets dense-lite --geometries 256,1024x1024,2448x2048@0.5,2448x2048   # native rois
 
 For each preset and each encoder backend usable here:
   * compute: the in-process per-frame cost of our path (one main-encoder call on all 32-px patches, one
@@ -26,17 +26,18 @@ Writes latency-<cpu|gpu>.md / .json and a latency histogram PNG.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from types import SimpleNamespace
+from typing import Any, Optional
 
 import numpy as np
+import typer
 
-from sclvi.benchmarks.common import machine, machine_table, parse_args
+from sclvi.benchmarks.common import OUT, benchmark_app, invoke, listed, machine, machine_table, start
 from sclvi.benchmarks.line import (bench_config, percentiles, prepare_bundle, prepare_trained, run_line, stage_samples,
                                    stage_table)
 
@@ -142,7 +143,7 @@ def time_peer(bundle: Any, frames: list[np.ndarray], warmup: int, batch_size: in
     return {k: np.asarray(v) for k, v in out.items()}
 
 
-def bench_one(preset: str, mode: str, geometry: str, args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
+def bench_one(preset: str, mode: str, geometry: str, args: SimpleNamespace, work: Path) -> list[dict[str, Any]]:
     """One preset at one k-NN mode ("WINDOW/CORESET[/KERNEL[/K]]", e.g. auto/1.0, 2/0.1, none/1.0/faiss-ivf,
     2/1.0/auto/10 = each frame searched among its 10 nearest bank images) and one geometry (`256`, `1024x1024`,
     `2448x2048@0.5`)."""
@@ -252,7 +253,7 @@ def save_histogram(path: Path, rows: list[dict[str, Any]], title: str) -> None:
     plt.close(fig)
 
 
-def write_report(rows: list[dict[str, Any]], args: argparse.Namespace, out: Path, seconds: float) -> Path:
+def write_report(rows: list[dict[str, Any]], args: SimpleNamespace, out: Path, seconds: float) -> Path:
     info = machine()
     tag = "gpu" if "gpu" in info else "cpu"
     hist = out / f"{args.report}-{tag}.png"
@@ -306,38 +307,46 @@ def write_report(rows: list[dict[str, Any]], args: argparse.Namespace, out: Path
     return path
 
 
-def main(argv: list[str] | None = None) -> Path:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--presets", nargs="+", default=["lite", "dense-lite"])
-    ap.add_argument("--backends", nargs="+", default=["auto"], help="auto: every backend usable here")
-    ap.add_argument("--geometries", nargs="+", default=["256"],
-                    help="per row: SIZE (frames squashed to SIZE x SIZE) or WxH[@SCALE] (native W x H frames at SCALE)")
-    ap.add_argument("--small-stride", type=int, default=4)
-    ap.add_argument("--train-images", type=int, default=20, help="images in the memory bank")
-    ap.add_argument("--knn-modes", nargs="+", default=["auto/1.0"],
-                    help="WINDOW/CORESET[/KERNEL[/K]] per row: window auto (as the bank measured), none or cells; "
-                    "coreset = fraction of the bank kept (per grid cell when windowed); kernel = scoring.knn (auto); "
-                    "K = bank.retrieve, the bank images each frame is searched among (default: the bundle's)")
-    ap.add_argument("--replay-images", type=int, default=16, help="distinct synthetic parts the camera replays")
-    ap.add_argument("--frames", type=int, default=30, help="timed frames through the runtime")
-    ap.add_argument("--compute-frames", type=int, default=10, help="timed frames in process")
-    ap.add_argument("--warmup", type=int, default=3)
-    ap.add_argument("--workers", type=int, default=1, help="inference workers in the runtime (cores split between them)")
-    ap.add_argument("--load", type=float, default=0.7, help="offered rate as a fraction of the measured capacity")
-    ap.add_argument("--deadline-ms", type=float, default=30000.0)
-    ap.add_argument("--peer", action=argparse.BooleanOptionalAction, default=True)
-    ap.add_argument("--peer-frames", type=int, default=3)
-    ap.add_argument("--work", type=Path, default=None, help="scratch folder (default: a temporary one)")
-    ap.add_argument("--report", default="latency", help="report name: <report>-<cpu|gpu>.md/.json/.png")
-    ap.add_argument("--bundle", type=Path, default=None,
-                    help="time this trained bundle (its preset, geometry and bank) instead of random-weight ones; "
-                    "needs --data")
-    ap.add_argument("--data", type=Path, default=None,
-                    help="with --bundle: its data set; the camera replays --replay-images of its test images and "
-                    "training images outside the bank calibrate the thresholds")
-    args = parse_args(ap, argv)
-    if (args.bundle is None) != (args.data is None):
-        ap.error("--bundle and --data go together")
+def latency(
+    presets: list[str] = typer.Option(["lite", "dense-lite"], metavar="PRESET,...", help="encoder presets"),
+    backends: list[str] = typer.Option(["auto"], metavar="BACKEND,...", help="auto: every backend usable here"),
+    geometries: list[str] = typer.Option(
+        ["256"], metavar="GEOMETRY,...",
+        help="per row: SIZE (frames squashed to SIZE x SIZE) or WxH\\[@SCALE] (native W x H frames at SCALE)"),
+    small_stride: int = typer.Option(4),
+    train_images: int = typer.Option(20, help="images in the memory bank"),
+    knn_modes: list[str] = typer.Option(
+        ["auto/1.0"], metavar="MODE,...",
+        help="WINDOW/CORESET\\[/KERNEL\\[/K]] per row: window auto (as the bank measured), none or cells; coreset = fraction "
+        "of the bank kept (per grid cell when windowed); kernel = scoring.knn (auto); K = bank.retrieve, the bank images "
+        "each frame is searched among (default: the bundle's)"),
+    replay_images: int = typer.Option(16, help="distinct synthetic parts the camera replays"),
+    frames: int = typer.Option(30, help="timed frames through the runtime"),
+    compute_frames: int = typer.Option(10, help="timed frames in process"),
+    warmup: int = typer.Option(3),
+    workers: int = typer.Option(1, help="inference workers in the runtime (cores split between them)"),
+    load: float = typer.Option(0.7, help="offered rate as a fraction of the measured capacity"),
+    deadline_ms: float = typer.Option(30000.0),
+    peer: bool = typer.Option(True, help="time the Patch SVDD-style peer in the same run"),
+    peer_frames: int = typer.Option(3),
+    work: Optional[Path] = typer.Option(None, help="scratch folder (default: a temporary one)"),
+    report: str = typer.Option("latency", help="report name: <report>-<cpu|gpu>.md/.json/.png"),
+    bundle: Optional[Path] = typer.Option(
+        None, help="time this trained bundle (its preset, geometry and bank) instead of random-weight ones; needs --data"),
+    data: Optional[Path] = typer.Option(
+        None, help="with --bundle: its data set; the camera replays --replay-images of its test images and training "
+        "images outside the bank calibrate the thresholds"),
+    out: Path = OUT,
+) -> Path:
+    """Per-stage latency and throughput of the runtime per backend and preset, against the Patch SVDD peer."""
+    if (bundle is None) != (data is None):
+        raise typer.BadParameter("--bundle and --data go together", param_hint="--bundle")
+    args = SimpleNamespace(
+        presets=listed(presets, option="--presets"), backends=listed(backends, option="--backends"),
+        geometries=listed(geometries, option="--geometries"), small_stride=small_stride, train_images=train_images,
+        knn_modes=listed(knn_modes, option="--knn-modes"), replay_images=replay_images, frames=frames,
+        compute_frames=compute_frames, warmup=warmup, workers=workers, load=load, deadline_ms=deadline_ms, peer=peer,
+        peer_frames=peer_frames, work=work, report=report, bundle=bundle, data=data, out=start(out))
     if args.bundle is not None:
         from sclvi.bundle import load_bundle
 
@@ -361,5 +370,12 @@ def main(argv: list[str] | None = None) -> Path:
     return path
 
 
+app = benchmark_app(latency)
+
+
+def main(argv: list[str] | None = None) -> Path:
+    return invoke(app, argv)
+
+
 if __name__ == "__main__":
-    main()
+    app()

@@ -1,6 +1,6 @@
 """Detection quality against training steps: the evidence behind the default step budget.
 
-    sclvi bench quality --steps 100 300 900 [--sets ...] [--seeds 0]
+    sclvi bench quality --steps 100,300,900 [--sets A,B] [--seeds 0]
 
 Per data set, one model per step budget (the paper's 12-class task, the protocol's preset and default
 training otherwise), each trained from scratch with the cosine schedule over its own budget and the early

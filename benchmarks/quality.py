@@ -1,34 +1,36 @@
 """Detection quality on real data, always next to the no-learning floors, over several seeds.
 
-    sclvi bench quality [--data ../shared/data] [--protocol cpu|quick|gpu] [--sets ...] [--seeds 0 1 2]
-                        [--tasks scl12 jigsaw8 none]
+    sclvi bench quality [--data ../shared/data] [--protocol cpu|quick|gpu] [--sets A,B] [--seeds 0,1,2]
+                        [--tasks scl12,jigsaw8,none]
 
 Per data set, rows of one table (quality-<protocol>.md / .json): the raw-pixel floor and the untrained
 encoder (benchmarks/floors.py), then the protocol's preset trained with each pretext task and seed, at
 the product's default training unless the protocol says otherwise, with each model's held-out pretext
-accuracy and code statistics. Bundles are cached in --work, so an interrupted run resumes.
+accuracy and code statistics. Bundles are cached in --work, so an interrupted run resumes (one stopped
+mid-training goes on from its last checkpoint).
 
     sclvi bench quality --ablation        the paper's ablations on one trained model per task: the eta
                                           sweep, the authors' formula, coresets and position windows
-    sclvi bench quality --families P...   the encoder presets side by side (scl12, eta 10)
-    sclvi bench quality --improvements [SLUG ...]   also departures from the paper alone (IMPROVEMENTS; all, or
+    sclvi bench quality --families P,...  the encoder presets side by side (scl12, eta 10)
+    sclvi bench quality --improvements all|SLUG,...  also departures from the paper alone (IMPROVEMENTS; all, or
                                                    those named: paper-loss-and-input, no-code-aggregation, ...)
-    sclvi bench quality --steps N...      the learning curve: quality against the step budget (learning_curve.py)
+    sclvi bench quality --steps N,...     the learning curve: quality against the step budget (learning_curve.py)
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import shutil
 import time
 from pathlib import Path
-from typing import Any
+from types import SimpleNamespace
+from typing import Any, Optional
 
 import numpy as np
+import typer
 
-from sclvi.benchmarks.common import machine, machine_table, parse_args
+from sclvi.benchmarks.common import OUT, benchmark_app, invoke, listed, machine, machine_table, start
 from sclvi.bundle import load_bundle
 from sclvi.config import Config, deep_merge, build_config
 from sclvi.errors import SclviError
@@ -150,11 +152,14 @@ def same_training(trained: Config, training: dict[str, Any], cfg: Config) -> boo
 
 def _trained_bundle(cfg: Config, data: Path, work: Path):
     """Reuse a cached bundle that training with this config would give (same_training; its bank rebuilt when
-    only the bank settings differ: the encoder does not depend on them), else train one (and its bank)."""
+    only the bank settings differ: the encoder does not depend on them), else train one (and its bank), going
+    on from the checkpoint of an interrupted training with this config. Returns (bundle, training seconds over
+    every run of it)."""
     from sclvi.cli import _train_and_bank
     from sclvi.dataset import read_dataset
     from sclvi.engines import load_backend
     from sclvi.memory_bank import rebuild_memory_bank
+    from sclvi.train.trainer import resumable
 
     try:
         bundle = load_bundle(work)
@@ -164,12 +169,19 @@ def _trained_bundle(cfg: Config, data: Path, work: Path):
             if bundle.config.bank != cfg.bank:
                 log.info("rebuilding its memory bank (%s -> %s)", bundle.config.bank, cfg.bank)
                 rebuild_memory_bank(bundle, load_backend(bundle, "torch"), read_dataset(data, need_test=False).train, cfg.bank)
-            return bundle, bundle.manifest["training"].get("seconds_this_run")
+            return bundle, _training_seconds(bundle)
     except SclviError:
         pass
-    t0 = time.perf_counter()
-    _train_and_bank(cfg, data, work)
-    return load_bundle(work), time.perf_counter() - t0
+    resume = resumable(work, cfg)
+    if resume:
+        log.info("going on from the checkpoint in %s", work)
+    bundle = _train_and_bank(cfg, data, work, resume=resume)
+    return load_bundle(work), _training_seconds(bundle)
+
+
+def _training_seconds(bundle: Any) -> float | None:
+    training = bundle.manifest.get("training", {})
+    return training.get("seconds", training.get("seconds_this_run"))  # bundles before resumable runs: one run
 
 
 def train_and_score(cfg: Config, ds: Any, work: Path) -> tuple[Any, np.ndarray, np.ndarray, float, float, float | None]:
@@ -604,26 +616,36 @@ def write_ablation_report(results: list[dict[str, Any]], protocol: str, out: Pat
     return path
 
 
-def main(argv: list[str] | None = None) -> Path:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", type=Path, default=Path("../shared/data"), help="folder holding the data sets")
-    ap.add_argument("--sets", nargs="+", default=["mvtec_bottle", "magnetic_tile"])
-    ap.add_argument("--protocol", choices=sorted(PROTOCOLS), default="cpu")
-    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="training seeds per task")
-    ap.add_argument("--tasks", nargs="*", choices=TASKS, default=["scl12"], help="pretext tasks to train (the paper's ordering: none jigsaw8 scl12)")
-    ap.add_argument("--work", type=Path, default=Path("/tmp/sclvi-bench"), help="cache of trained bundles")
-    ap.add_argument("--ablation", action="store_true", help="the paper's ablations (eta sweep, formula, coresets, windows)")
-    ap.add_argument("--families", nargs="+", default=None, metavar="PRESET",
-                    help="compare these encoder presets (scl12, eta 10) instead")
-    ap.add_argument("--improvements", nargs="*", default=None, metavar="SLUG",
-                    choices=[_slug(label) for label in IMPROVEMENTS],
-                    help="also each departure from the paper alone (all, or the slugs named): a training change on the first "
-                    "task and --variant-seeds seeds, a bank- or scoring-only one (no-code-aggregation, no-image-retrieval, no-level-normalisation, top-patch-image-score) on every seed's model")
-    ap.add_argument("--variant-seeds", type=int, default=1, metavar="N",
-                    help="how many of --seeds a training variant of --improvements trains (each costs a training run)")
-    ap.add_argument("--steps", nargs="+", type=int, default=None, metavar="N",
-                    help="learning curve instead: one scl12 model per step budget (quality-steps-<protocol>.md)")
-    args = parse_args(ap, argv)
+def quality(
+    data: Path = typer.Option(Path("../shared/data"), help="folder holding the data sets"),
+    sets: list[str] = typer.Option(["mvtec_bottle", "magnetic_tile"], metavar="SET,...",
+                                   help="data sets (a list option: comma-separated, or the flag repeated)"),
+    protocol: str = typer.Option("cpu", metavar="NAME", help=f"training and bank budget: {', '.join(sorted(PROTOCOLS))}"),
+    seeds: list[str] = typer.Option(["0", "1", "2"], metavar="SEED,...", help="training seeds per task"),
+    tasks: list[str] = typer.Option(["scl12"], metavar="TASK,...", help="pretext tasks to train (the paper's ordering: none,jigsaw8,scl12)"),
+    work: Path = typer.Option(Path("/tmp/sclvi-bench"), help="cache of trained bundles"),
+    ablation: bool = typer.Option(False, help="the paper's ablations (eta sweep, formula, coresets, windows)"),
+    families: Optional[list[str]] = typer.Option(None, metavar="PRESET,...", help="compare these encoder presets (scl12, eta 10) instead"),
+    improvements: Optional[list[str]] = typer.Option(
+        None, metavar="SLUG,...", help="also each departure from the paper alone (`all`, or the slugs named): a training change "
+        "on the first task and --variant-seeds seeds, a bank- or scoring-only one (no-code-aggregation, no-image-retrieval, "
+        "no-level-normalisation, top-patch-image-score) on every seed's model"),
+    variant_seeds: int = typer.Option(1, metavar="N", help="how many of --seeds a training variant of --improvements trains "
+                                      "(each costs a training run)"),
+    steps: Optional[list[str]] = typer.Option(None, metavar="N,...", help="learning curve instead: one scl12 model per step "
+                                              "budget (quality-steps-<protocol>.md)"),
+    out: Path = OUT,
+) -> Path:
+    """Detection quality on real data next to the no-learning floors, with the paper's ablations."""
+    start(out)
+    protocol = listed([protocol], choices=PROTOCOLS, option="--protocol")[0]
+    sets, seeds = listed(sets, option="--sets"), listed(seeds, int, option="--seeds")
+    tasks = listed(tasks, choices=TASKS, option="--tasks")
+    slugs = listed(improvements, choices=[*map(_slug, IMPROVEMENTS), "all"], option="--improvements")
+    picked = None if improvements is None else [] if "all" in slugs else slugs  # []: every variant
+    args = SimpleNamespace(data=data, sets=sets, protocol=protocol, seeds=seeds, tasks=tasks, work=work, ablation=ablation,
+                           families=listed(families, option="--families"), improvements=picked,
+                           variant_seeds=variant_seeds, steps=listed(steps, int, option="--steps"), out=out)
     work = models_dir(args.work, args.protocol)
     if args.steps:
         from sclvi.benchmarks.learning_curve import run_curve, write_curve_report
@@ -662,5 +684,12 @@ def main(argv: list[str] | None = None) -> Path:
     return path
 
 
+app = benchmark_app(quality)
+
+
+def main(argv: list[str] | None = None) -> Path:
+    return invoke(app, argv)
+
+
 if __name__ == "__main__":
-    main()
+    app()

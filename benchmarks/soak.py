@@ -11,19 +11,22 @@ Writes soak-<cpu|gpu>.md / .json.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import tempfile
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Optional
 
-from sclvi.benchmarks.common import machine, machine_table, parse_args
+import typer
+
+from sclvi.benchmarks.common import OUT, benchmark_app, invoke, machine, machine_table, start
 from sclvi.benchmarks.line import LineRun, bench_config, percentiles, prepare_bundle, run_line, stage_samples, stage_table
 
 log = logging.getLogger(__name__)
 
 
-def soak(args: argparse.Namespace, work: Path) -> tuple[LineRun, float]:
+def soak(args: SimpleNamespace, work: Path) -> tuple[LineRun, float]:
     cfg = bench_config(args.preset, args.image_size, args.small_stride)
     bundle_dir, replay = prepare_bundle(work, cfg, args.train_images, args.replay_images)
     runtime = {"workers": args.workers, "deadline_ms": args.deadline_ms}
@@ -37,7 +40,7 @@ def soak(args: argparse.Namespace, work: Path) -> tuple[LineRun, float]:
     return run_line(bundle_dir, replay, args.frames, rate, progress=True, **runtime), rate
 
 
-def write_report(run: LineRun, rate: float, args: argparse.Namespace, out: Path) -> Path:
+def write_report(run: LineRun, rate: float, args: SimpleNamespace, out: Path) -> Path:
     info = machine()
     tag = "gpu" if "gpu" in info else "cpu"
     samples = stage_samples(run.verdicts)
@@ -82,20 +85,24 @@ def write_report(run: LineRun, rate: float, args: argparse.Namespace, out: Path)
     return path
 
 
-def main(argv: list[str] | None = None) -> Path:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--frames", type=int, default=10_000)
-    ap.add_argument("--preset", default="dense-lite")
-    ap.add_argument("--image-size", type=int, default=256)
-    ap.add_argument("--small-stride", type=int, default=8)
-    ap.add_argument("--train-images", type=int, default=10, help="images in the memory bank")
-    ap.add_argument("--replay-images", type=int, default=16)
-    ap.add_argument("--workers", type=int, default=1)
-    ap.add_argument("--rate-hz", type=float, default=None, help="default: --load x the measured capacity")
-    ap.add_argument("--load", type=float, default=0.7)
-    ap.add_argument("--deadline-ms", type=float, default=1000.0)
-    ap.add_argument("--work", type=Path, default=None, help="scratch folder (default: a temporary one)")
-    args = parse_args(ap, argv)
+def soak_command(
+    frames: int = typer.Option(10_000),
+    preset: str = typer.Option("dense-lite"),
+    image_size: int = typer.Option(256),
+    small_stride: int = typer.Option(8),
+    train_images: int = typer.Option(10, help="images in the memory bank"),
+    replay_images: int = typer.Option(16),
+    workers: int = typer.Option(1),
+    rate_hz: Optional[float] = typer.Option(None, help="default: --load x the measured capacity"),
+    load: float = typer.Option(0.7),
+    deadline_ms: float = typer.Option(1000.0),
+    work: Optional[Path] = typer.Option(None, help="scratch folder (default: a temporary one)"),
+    out: Path = OUT,
+) -> Path:
+    """10,000 frames through the runtime: verdicts received must equal frames grabbed."""
+    args = SimpleNamespace(frames=frames, preset=preset, image_size=image_size, small_stride=small_stride,
+                           train_images=train_images, replay_images=replay_images, workers=workers, rate_hz=rate_hz,
+                           load=load, deadline_ms=deadline_ms, work=work, out=start(out))
     with tempfile.TemporaryDirectory() as tmp:
         run, rate = soak(args, args.work or Path(tmp))
     path = write_report(run, rate, args, args.out)
@@ -104,5 +111,12 @@ def main(argv: list[str] | None = None) -> Path:
     return path
 
 
+app = benchmark_app(soak_command)
+
+
+def main(argv: list[str] | None = None) -> Path:
+    return invoke(app, argv)
+
+
 if __name__ == "__main__":
-    main()
+    app()

@@ -12,7 +12,9 @@ from enum import Enum
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
+import click
 import typer
+from typer.core import TyperGroup
 
 from sclvi import __version__
 from sclvi.errors import ConfigError, SclviError
@@ -589,35 +591,35 @@ def bridge(
         typer.echo(json.dumps(stats))
 
 
-bench = typer.Typer(help="Benchmarks that print figures and write reports to benchmarks/reports/.", no_args_is_help=True)
-app.add_typer(bench, name="bench")
-_PASS_THROUGH = {"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []}
+class _Benchmarks(TyperGroup):
+    """`sclvi bench NAME ...`: the typer app of sclvi.benchmarks.NAME (`-` read as `_`), imported only when it is run
+    or listed: benchmarks import what the runtime's commands never need, and every `sclvi` start would pay for it."""
 
+    names = ("quality", "knn", "encoders", "latency", "soak", "faults", "knn-quality", "aspect")
 
-#: `sclvi bench NAME ARGS...` runs sclvi.benchmarks.NAME.main(ARGS), `-` read as `_` (its own --help lists them).
-_BENCHMARKS = {
-    "quality": "Detection quality on real data with the paper's ablations.",
-    "knn": "k-NN + affinity kernels against faiss-cpu.",
-    "encoders": "Encoder ms per frame for each backend and preset.",
-    "latency": "Per-stage latency and throughput of the runtime per backend and preset, against the Patch SVDD peer.",
-    "soak": "10,000 frames through the runtime: verdicts received must equal frames grabbed.",
-    "faults": "Fault injection (killed processes, bad bridge, corrupt frames, restarts): verdicts lost per fault.",
-    "knn-quality": "Detection quality of each k-NN mode (coresets, IVF) against exact search on the trained models.",
-    "aspect": "Raw-pixel floor on a set of mixed image sizes, squashed to 256 px or at native pixel scale.",
-}
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(self.names)
 
-
-def _add_benchmark(name: str, text: str) -> None:
-    def run(ctx: typer.Context) -> None:
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.names:
+            return None
         import importlib
 
-        importlib.import_module(f"sclvi.benchmarks.{name.replace('-', '_')}").main(ctx.args)
+        command = typer.main.get_command(importlib.import_module(f"sclvi.benchmarks.{cmd_name.replace('-', '_')}").app)
+        command.name = cmd_name
+        run = command.callback
 
-    bench.command(name, context_settings=_PASS_THROUGH, help=f"{text.rstrip('.')} (--help for its options).")(run)
+        def guarded(*args: Any, **kwargs: Any) -> Any:
+            with _user_errors():  # a missing data set or a bad bundle: one line, as every other command says it
+                return run(*args, **kwargs)
+
+        command.callback = guarded
+        return command
 
 
-for _name, _text in _BENCHMARKS.items():
-    _add_benchmark(_name, _text)
+bench = typer.Typer(cls=_Benchmarks, help="Benchmarks that print figures and write reports to benchmarks/reports/.",
+                    no_args_is_help=True)
+app.add_typer(bench, name="bench")
 
 
 @app.command()

@@ -10,9 +10,9 @@ def test_quality_benchmark_rows_stand_next_to_the_floors_over_seeds(tmp_path):
     from sclvi.benchmarks.quality import main
 
     write_synthetic(tmp_path / "data", "object", size=176, n_train=6, n_test_good=3, n_test_defect=2, seed=0)
-    report = main(["--data", str(tmp_path / "data"), "--sets", "object", "--protocol", "smoke", "--seeds", "0", "1",
-                   "--tasks", "scl12", "none", "--work", str(tmp_path / "work"), "--out", str(tmp_path / "out"),
-                   "--improvements"])
+    report = main(["--data", str(tmp_path / "data"), "--sets", "object", "--protocol", "smoke", "--seeds", "0,1",
+                   "--tasks", "scl12,none", "--work", str(tmp_path / "work"), "--out", str(tmp_path / "out"),
+                   "--improvements", "all"])
     data = json.loads((tmp_path / "out" / "quality-smoke.json").read_text())
     kinds = [(r["kind"], r["task"], r["seed"], r["variant"]) for r in data["rows"]]
     assert kinds == [("floor: raw pixels", None, None, None), ("floor: untrained encoder", None, 0, None),
@@ -81,7 +81,7 @@ def test_learning_curve_trains_one_model_per_budget_next_to_the_floors(tmp_path)
     from sclvi.bundle import load_bundle
 
     write_synthetic(tmp_path / "data", "object", size=176, n_train=6, n_test_good=3, n_test_defect=2, seed=0)
-    report = main(["--data", str(tmp_path / "data"), "--sets", "object", "--protocol", "smoke", "--steps", "1", "2",
+    report = main(["--data", str(tmp_path / "data"), "--sets", "object", "--protocol", "smoke", "--steps", "1,2",
                    "--seeds", "0", "--work", str(tmp_path / "work"), "--out", str(tmp_path / "out")])
     rows = json.loads((tmp_path / "out" / "quality-steps-smoke.json").read_text())["rows"]
     assert [r["kind"] for r in rows] == ["floor: raw pixels", "floor: untrained encoder", "trained", "trained"]
@@ -132,7 +132,7 @@ def test_quality_ablation_smoke(tmp_path):
 def test_knn_benchmark_smoke(tmp_path):
     from sclvi.benchmarks.knn import main
 
-    main(["--sizes", "3000", "--queries", "64", "--kernels", "numpy", "numba", "window1", "ivf", "--repeats", "1",
+    main(["--sizes", "3000", "--queries", "64", "--kernels", "numpy,numba,window1", "--kernels", "ivf", "--repeats", "1",
           "--out", str(tmp_path)])
     rows = json.loads((tmp_path / "knn-cpu.json").read_text())["rows"]
     assert {r["kernel"] for r in rows} == {"numpy", "numba", "window1", "ivf"} and all(r["ms"] > 0 for r in rows)
@@ -148,7 +148,7 @@ def test_latency_benchmark_smoke(tmp_path):
     from sclvi.benchmarks.line import STAGES
 
     # a squashed square, and native 160x120 camera frames inspected whole at scale 0.8 (aspect kept)
-    report = main(["--presets", "dense-lite", "--backends", "onnxruntime", "--geometries", "96", "160x120@0.8",
+    report = main(["--presets", "dense-lite", "--backends", "onnxruntime", "--geometries", "96,160x120@0.8",
                    "--small-stride", "16", "--train-images", "3", "--replay-images", "8", "--frames", "6",
                    "--compute-frames", "2", "--warmup", "1", "--peer-frames", "1", "--knn-modes", "1/1.0",
                    "--work", str(tmp_path / "work"), "--out", str(tmp_path)])
@@ -228,7 +228,7 @@ def test_quality_benchmark_families_smoke_merges_rows(tmp_path):
     write_synthetic(tmp_path / "data", "texture", size=176, n_train=6, n_test_good=3, n_test_defect=2, seed=0)
     common = ["--data", str(tmp_path / "data"), "--sets", "texture", "--protocol", "smoke",
               "--work", str(tmp_path / "work"), "--out", str(tmp_path / "out")]
-    main(common + ["--families", "lite", "dense-lite"])
+    main(common + ["--families", "lite,dense-lite"])
     report = main(common + ["--families", "dense-lite"])  # re-run one preset: replaced, not duplicated
     rows = json.loads((tmp_path / "out" / "quality-families-smoke.json").read_text())["rows"]
     assert sorted(r["preset"] for r in rows) == ["dense-lite", "lite"]
@@ -241,7 +241,7 @@ def test_faults_benchmark_smoke(tmp_path):
     """Two faults for real: the report counts what the bridge got, and nothing is lost."""
     from sclvi.benchmarks.faults import main
 
-    report = main(["--faults", "none", "acquisition-kill", "--frames", "9", "--rate", "8", "--image-size", "96",
+    report = main(["--faults", "none,acquisition-kill", "--frames", "9", "--rate", "8", "--image-size", "96",
                    "--work", str(tmp_path / "work"), "--out", str(tmp_path)])
     rows = {r["fault"]: r for r in json.loads((tmp_path / "faults-cpu.json").read_text())["rows"]}
     assert rows["none"]["grabbed"] == rows["none"]["delivered"] == 9 and rows["none"]["lost"] == 0

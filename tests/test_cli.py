@@ -29,11 +29,34 @@ def test_all_commands_and_benchmarks_answer_help():
     for name in names:
         result = runner.invoke(app, [name, "--help"])
         assert result.exit_code == 0 and "Usage" in result.output, name
-    benches = sorted(group.commands["bench"].commands)
+    benches = group.commands["bench"].list_commands(None)
     assert benches == ["aspect", "encoders", "faults", "knn", "knn-quality", "latency", "quality", "soak"]
-    for name in benches:  # each benchmark's own argparse help
+    for name in benches:  # each benchmark's own typer command, imported when asked for
         result = runner.invoke(app, ["bench", name, "--help"])
         assert result.exit_code == 0 and "--out" in result.output, name
+
+
+def test_benchmark_options_are_checked_and_benchmarks_load_only_when_run(tmp_path):
+    bad = runner.invoke(app, ["bench", "quality", "--protocol", "nope"])
+    assert bad.exit_code == 2 and "not one of" in bad.output and "cpu" in bad.output
+    bad = runner.invoke(app, ["bench", "knn-quality", "--seeds", "0,x"])
+    assert bad.exit_code == 2 and "expected int" in bad.output
+    missing = runner.invoke(app, ["bench", "aspect", "--data", "/nonexistent", "--out", str(tmp_path)])
+    assert missing.exit_code == 2 and "error: data set folder /nonexistent/magnetic_tile does not exist" in missing.output
+    probe = ("import sys, typer; from sclvi.cli import app; typer.main.get_command(app); "
+             "print(sorted(m for m in sys.modules if m.startswith('sclvi.benchmarks.')))")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+def test_list_options_take_commas_or_repeats():
+    import typer
+
+    from sclvi.benchmarks.common import listed
+
+    assert listed(["0,1", "2"], int) == [0, 1, 2] and listed(None) == []
+    with pytest.raises(typer.BadParameter, match="nope: not one of a, b"):
+        listed(["a,nope"], choices=["b", "a"])
 
 
 def test_console_script_is_installed():

@@ -8,7 +8,7 @@ from conftest import tiny_config
 from sclvi.bundle import load_bundle
 from sclvi.errors import ConfigError, DataError
 from sclvi.synthetic import write_synthetic
-from sclvi.train.trainer import CHECKPOINT, train
+from sclvi.train.trainer import CHECKPOINT, resumable, train
 
 
 @pytest.fixture(scope="module")
@@ -25,8 +25,11 @@ def test_resume_continues_exactly_where_it_stopped(tmp_path, data176):
     # constant schedule: a cosine schedule is stretched over the new step budget, by design
     straight = train(_cfg(6), data176, tmp_path / "straight")
     train(_cfg(4), data176, tmp_path / "resumed")
+    first_s = torch.load(tmp_path / "resumed" / CHECKPOINT, weights_only=True)["seconds"]
     resumed = train(_cfg(6), data176, tmp_path / "resumed", resume=True)
-    assert resumed.manifest["training"]["steps"] == 6
+    training = resumed.manifest["training"]
+    assert training["steps"] == 6
+    assert first_s > 0 and training["seconds"] == pytest.approx(first_s + training["seconds_this_run"], abs=0.11)
     for k, v in straight.weights.items():
         np.testing.assert_array_equal(resumed.weights[k], v, err_msg=k)
     assert not np.array_equal(load_bundle(tmp_path / "straight").mean, 0)
@@ -37,6 +40,8 @@ def test_resume_refuses_a_different_config(tmp_path, data176):
     other = tiny_config(176, train={"steps": 4, "batch_size": 4, "lr": 1e-2, "threads": 1})
     with pytest.raises(ConfigError, match="different config"):
         train(other, data176, tmp_path / "b", resume=True)
+    assert resumable(tmp_path / "b", _cfg(4)) and not resumable(tmp_path / "b", other)
+    assert not resumable(tmp_path / "fresh", _cfg(2))
     with pytest.raises(DataError, match="nothing to resume"):
         train(_cfg(2), data176, tmp_path / "fresh", resume=True)
 
@@ -57,6 +62,25 @@ def test_resume_never_runs_code_from_a_crafted_checkpoint(tmp_path, data176, mon
     with pytest.raises(ConfigError, match="not a checkpoint written by `sclvi train`"):
         train(_cfg(4), data176, tmp_path / "b", resume=True)
     assert not (tmp_path / "PWNED").exists()
+    assert not resumable(tmp_path / "b", _cfg(4))  # so the benchmark trains afresh instead of failing
+    assert not (tmp_path / "PWNED").exists()
+
+
+def test_the_quality_benchmark_goes_on_from_an_interrupted_training(tmp_path, data176):
+    """A benchmark stopped mid-training (the bundle not yet written) resumes from the checkpoint, and reports
+    the training time of both runs."""
+    from benchmarks.quality import _trained_bundle
+
+    straight = train(_cfg(4), data176, tmp_path / "straight")
+    train(_cfg(2), data176, tmp_path / "work")
+    (tmp_path / "work" / "bundle.json").unlink()  # as if stopped before the end: only the checkpoint is there
+    ckpt = torch.load(tmp_path / "work" / CHECKPOINT, weights_only=True)
+    torch.save({**ckpt, "seconds": 1000.0}, tmp_path / "work" / CHECKPOINT)  # marks the checkpoint's run
+    bundle, train_s = _trained_bundle(_cfg(4), data176, tmp_path / "work")
+    assert bundle.manifest["training"]["steps"] == 4 and bundle.has_bank()
+    for k, v in straight.weights.items():
+        np.testing.assert_array_equal(bundle.weights[k], v, err_msg=k)
+    assert 1000 < train_s < 1000 + straight.manifest["training"]["seconds"] + 30  # both runs, not a fresh one
 
 
 @pytest.mark.parametrize("task, n_classes", [("jigsaw8", 8), ("none", 0)])

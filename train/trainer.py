@@ -9,7 +9,7 @@ import logging
 import os
 import platform
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,7 @@ from sclvi import __version__
 from sclvi.bundle import ModelBundle, load_bundle, save_bundle
 from sclvi.config import Config, config_from_dict, config_to_dict
 from sclvi.dataset import read_dataset
-from sclvi.errors import ConfigError, DataError
+from sclvi.errors import ConfigError, DataError, SclviError
 from sclvi.images import mean_image, normalise
 from sclvi.roi import image_sizes, read_input
 from sclvi.model import SCLVINet, build_model, state_to_numpy
@@ -50,6 +50,7 @@ class TrainState:
     step: int = 0
     history: list[dict[str, float]] = field(default_factory=list)  # one entry per step
     evals: list[dict[str, float]] = field(default_factory=list)  # one entry per held-out evaluation
+    seconds: float = 0.0  # training time of the runs before this one (a resumed training reports its total)
 
 
 def learning_rate(cfg: Config, step: int) -> float:
@@ -110,6 +111,7 @@ def _save_checkpoint(path: Path, cfg: Config, state: TrainState) -> None:
             "sampler_rng": state.sampler.rng.bit_generator.state,
             "history": state.history,
             "evals": state.evals,
+            "seconds": state.seconds,
             "torch_rng": torch.get_rng_state(),
         },
         tmp,
@@ -117,17 +119,37 @@ def _save_checkpoint(path: Path, cfg: Config, state: TrainState) -> None:
     os.replace(tmp, path)
 
 
-def _load_checkpoint(path: Path, cfg: Config, n_images: int) -> TrainState:
+def _read_checkpoint(path: Path) -> dict[str, Any]:
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)  # never unpickle code from a file
+        return torch.load(path, map_location="cpu", weights_only=True)  # never unpickle code from a file
     except Exception as exc:
         raise ConfigError(
             f"{path} is not a checkpoint written by `sclvi train` (refused to load: {str(exc).splitlines()[0][:200]}); "
             "delete it to train from scratch"
         ) from None
-    saved = config_from_dict(ckpt["config"])
-    # Only the step budget may change on resume; anything else would silently mix two trainings.
-    if saved.model_copy(update={"train": saved.train.model_copy(update={"steps": cfg.train.steps})}) != cfg:
+
+
+def _same_config(saved: Config, cfg: Config) -> bool:
+    """Only the step budget may change on resume; anything else would silently mix two trainings."""
+    return saved.model_copy(update={"train": saved.train.model_copy(update={"steps": cfg.train.steps})}) == cfg
+
+
+def resumable(out: str | Path, cfg: Config) -> bool:
+    """Whether `out` holds a readable checkpoint of a training with `cfg`, so `train(..., resume=True)` goes on
+    from it. Why: a benchmark stopped mid-training (a session's end, a reboot) should lose at most
+    `checkpoint_every` steps, not the whole run."""
+    path = Path(out) / CHECKPOINT
+    if not path.is_file():
+        return False
+    try:
+        return _same_config(config_from_dict(_read_checkpoint(path)["config"]), cfg)
+    except (SclviError, KeyError, TypeError):
+        return False
+
+
+def _load_checkpoint(path: Path, cfg: Config, n_images: int) -> TrainState:
+    ckpt = _read_checkpoint(path)
+    if not _same_config(config_from_dict(ckpt["config"]), cfg):
         raise ConfigError(f"{path} was trained with a different config; resume with the same config (only --steps may change)")
     state = _new_state(cfg, n_images)
     state.model.load_state_dict(ckpt["model"])
@@ -138,6 +160,7 @@ def _load_checkpoint(path: Path, cfg: Config, n_images: int) -> TrainState:
     state.step = ckpt["step"]
     state.history = ckpt.get("history") or []
     state.evals = ckpt.get("evals") or []
+    state.seconds = float(ckpt.get("seconds") or 0.0)
     return state
 
 
@@ -304,7 +327,7 @@ def train(cfg: Config, data_root: str | Path, out: str | Path, resume: bool = Fa
                              stopper.gain(), tc.early_stop_patience, tc.early_stop_min_delta)
                     stopped_early = True
         if state.step % tc.checkpoint_every == 0 or state.step == tc.steps or stopped_early:
-            _save_checkpoint(ckpt_path, cfg, state)
+            _save_checkpoint(ckpt_path, cfg, replace(state, seconds=state.seconds + time.perf_counter() - t0))
         if stopped_early:
             break
     bar.close()
@@ -323,6 +346,7 @@ def train(cfg: Config, data_root: str | Path, out: str | Path, resume: bool = Fa
         "steps": state.step,
         "stopped_early": stopped_early,
         "seconds_this_run": round(seconds, 1),
+        "seconds": round(state.seconds + seconds, 1),  # over every run of a resumed training
         "final": {k: _mean_or_none([h[k] for h in tail]) for k in (tail[0] if tail else {})},
         "pretext": {
             "chance": chance,
