@@ -101,7 +101,10 @@ def train(
         None, help="Model preset (default: the config file's, else paper on a CUDA GPU and dense-lite on a CPU)."
     ),
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config file (overrides the preset)."),
-    steps: Optional[int] = typer.Option(None, help="Training steps (default 3000: about 35-45 min of a 2-core CPU for dense-lite; fewer trains faster and detects less, see README)."),
+    steps: Optional[int] = typer.Option(None, help="Training steps (default 3000; fewer trains faster and detects less, see README)."),
+    max_minutes: Optional[float] = typer.Option(
+        None, help="Time budget: a machine too slow for every step within it trains fewer, the schedule shortened to fit "
+        "(product presets: 50; 0: every step, however long)."),
     batch_size: Optional[int] = typer.Option(None, help="Batch size."),
     lr: Optional[float] = typer.Option(None, help="Adam learning rate."),
     task: Optional[Task] = typer.Option(None, help="Pretext task: scl12 (paper), jigsaw8 (Patch SVDD), none."),
@@ -121,7 +124,8 @@ def train(
 
         overrides = _drop_none(
             {
-                "train": {"steps": steps, "batch_size": batch_size, "lr": lr, "task": task, "seed": seed, "threads": threads},
+                "train": {"steps": steps, "batch_size": batch_size, "lr": lr, "task": task, "seed": seed, "threads": threads,
+                          "max_minutes": max_minutes},
                 "geometry": {"image_size": image_size, "roi": _parse_roi(roi), "scale": scale,
                              "frame": _data_frame(data) if roi is not None or scale is not None else None},
             }

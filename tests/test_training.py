@@ -217,3 +217,25 @@ def test_spread_loss_penalises_collapsed_codes_and_pushes_them_apart():
     spread_loss(z, 0.25).backward()
     with torch.no_grad():
         assert (z - 0.1 * z.grad).std(dim=0).mean() > z.std(dim=0).mean()  # a gradient step spreads the codes
+
+
+def test_a_time_budget_shortens_the_schedule_on_a_slow_machine(tmp_path, data176):
+    """`sclvi train` with no flags must end within the hour on a slow box too: the steps that fit the budget at
+    the pace of the first steps, recorded in the bundle; a fast enough machine trains every step."""
+    from sclvi.config import TrainConfig
+    from sclvi.train.trainer import PROBE_STEPS, steps_within
+
+    tc = TrainConfig(steps=3000, max_minutes=50)
+    assert steps_within(tc, 0.8) == 3000  # 40 min: every step
+    assert steps_within(tc, 1.4) == 2035  # 70 min asked: 50 min x 0.95 / 1.4 s
+    assert steps_within(tc.model_copy(update={"max_minutes": 0.0}), 10.0) == 3000
+    assert steps_within(tc, 1e6) == PROBE_STEPS  # never fewer than the steps already taken
+    asked = PROBE_STEPS + 10
+    cfg = tiny_config(176, train={"steps": asked, "batch_size": 4, "threads": 1, "max_minutes": 1e-5})
+    bundle = train(cfg, data176, tmp_path / "b")
+    training = bundle.manifest["training"]
+    assert training["steps"] == bundle.config.train.steps == PROBE_STEPS
+    assert training["time_budget"]["steps_asked"] == asked and training["time_budget"]["steps_planned"] == PROBE_STEPS
+    roomy = train(cfg.model_copy(update={"train": cfg.train.model_copy(update={"max_minutes": 60.0})}), data176,
+                  tmp_path / "c")
+    assert roomy.manifest["training"]["steps"] == asked and roomy.manifest["training"]["time_budget"]["steps_planned"] == asked

@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from sclvi import __version__
 from sclvi.bundle import ModelBundle, load_bundle, save_bundle
-from sclvi.config import Config, config_from_dict, config_to_dict
+from sclvi.config import Config, TrainConfig, config_from_dict, config_to_dict
 from sclvi.dataset import read_dataset
 from sclvi.errors import ConfigError, DataError, SclviError
 from sclvi.images import mean_image, normalise
@@ -39,6 +39,10 @@ CURVE = "training_curve.png"
 SCALES = (32, 64)
 #: Held-out pretext pairs per scale at each evaluation.
 HELD_OUT_PAIRS = 256
+#: Steps timed before a time budget (train.max_minutes) plans the rest.
+PROBE_STEPS = 20
+#: Share of the budget planned for training steps; held-out evaluations and checkpoints take the rest.
+BUDGET_SHARE = 0.95
 
 
 @dataclass
@@ -60,6 +64,15 @@ def learning_rate(cfg: Config, step: int) -> float:
         return tc.lr
     t = min(1.0, step / max(1, tc.steps))
     return tc.lr * (0.05 + 0.95 * 0.5 * (1 + np.cos(np.pi * t)))
+
+
+def steps_within(tc: TrainConfig, seconds_per_step: float) -> int:
+    """The steps `tc.max_minutes` allows at the measured pace: `tc.steps` when they fit (or with no budget),
+    never fewer than the probe steps already taken."""
+    if not tc.max_minutes or seconds_per_step <= 0:
+        return tc.steps
+    fit = int(tc.max_minutes * 60 * BUDGET_SHARE / seconds_per_step)
+    return max(min(PROBE_STEPS, tc.steps), min(tc.steps, fit))
 
 
 def split_holdout(n: int, frac: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -291,6 +304,9 @@ def train(cfg: Config, data_root: str | Path, out: str | Path, resume: bool = Fa
     state.model.train()
     t0 = time.perf_counter()
     stopped_early = False
+    # A budget plans a training from scratch only: a resumed one goes on to the steps it is given.
+    budget: dict[str, Any] | None = None
+    plan_budget = bool(tc.max_minutes) and not resume and tc.steps > PROBE_STEPS
     bar = tqdm(total=tc.steps, initial=state.step, desc="train", unit="step")
     while state.step < tc.steps:
         for group in state.optimizer.param_groups:
@@ -307,6 +323,19 @@ def train(cfg: Config, data_root: str | Path, out: str | Path, resume: bool = Fa
         state.step += 1
         stats["loss"] = total.item()
         state.history.append(stats)
+        if plan_budget and state.step == PROBE_STEPS:
+            pace = (time.perf_counter() - t0) / PROBE_STEPS
+            fit = steps_within(tc, pace)
+            budget = {"max_minutes": tc.max_minutes, "seconds_per_step": round(pace, 3), "steps_asked": tc.steps,
+                      "steps_planned": fit}
+            if fit < tc.steps:
+                log.warning("this machine trains at %.2f s/step: %d steps would take %.0f min, over train.max_minutes "
+                            "%g; training %d steps instead, the cosine schedule shortened to fit (--max-minutes 0 "
+                            "trains every step; fewer steps detect less, README: Detection quality)",
+                            pace, tc.steps, tc.steps * pace / 60, tc.max_minutes, fit)
+                cfg = cfg.model_copy(update={"train": tc.model_copy(update={"steps": fit})})  # what the bundle records
+                tc = cfg.train
+                bar.total = fit
         bar.update(1)
         bar.set_postfix(loss=f"{stats['loss']:.3f}", acc32=f"{stats['acc32']:.2f}", acc64=f"{stats['acc64']:.2f}",
                         **({"defect": f"{stats['defect_acc32']:.2f}"} if tc.defect_weight else {}))
@@ -347,6 +376,7 @@ def train(cfg: Config, data_root: str | Path, out: str | Path, resume: bool = Fa
         "stopped_early": stopped_early,
         "seconds_this_run": round(seconds, 1),
         "seconds": round(state.seconds + seconds, 1),  # over every run of a resumed training
+        "time_budget": budget,  # None: no budget, or a resumed run
         "final": {k: _mean_or_none([h[k] for h in tail]) for k in (tail[0] if tail else {})},
         "pretext": {
             "chance": chance,
