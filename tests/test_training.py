@@ -69,7 +69,7 @@ def test_resume_never_runs_code_from_a_crafted_checkpoint(tmp_path, data176, mon
 def test_the_quality_benchmark_goes_on_from_an_interrupted_training(tmp_path, data176):
     """A benchmark stopped mid-training (the bundle not yet written) resumes from the checkpoint, and reports
     the training time of both runs."""
-    from benchmarks.quality import _trained_bundle
+    from sclvi.benchmarks.quality import _trained_bundle
 
     straight = train(_cfg(4), data176, tmp_path / "straight")
     train(_cfg(2), data176, tmp_path / "work")
