@@ -39,7 +39,8 @@ log = logging.getLogger(__name__)
 
 #: The budgets. Training keys not given here are the product's defaults (config.TrainConfig), so the
 #: cpu protocol trains what `sclvi train DATA --out B` gives a user on a CPU box fast enough for every step within
-#: its time budget (3000 steps, 35-70 min per model on 2 cores; protocol_config turns the budget off); `quick` is the earlier 600-step default, for comparisons that train many models); its bank is capped at 200
+#: its time budget (3000 steps, 35-70 min per model on 2 cores; protocol_config turns the budget off). `quick` is
+#: the earlier 600-step default, for comparisons that train many models. The cpu bank is capped at 200
 #: images to keep scoring time in bounds, where the product's bank holds every training image (on a set with
 #: many varied images, like magnetic_tile's 802, the product scores higher than this protocol: see README).
 PROTOCOLS: dict[str, dict[str, Any]] = {
