@@ -27,7 +27,7 @@ import numpy as np
 import typer
 
 from sclvi.benchmarks.common import OUT, benchmark_app, invoke, listed, machine, machine_table, start
-from sclvi.benchmarks.quality import PROTOCOLS, _trained_bundle, model_cache, models_dir, protocol_config
+from sclvi.benchmarks.quality import PROTOCOLS, Protocol, _trained_bundle, model_cache, models_dir, protocol_config
 
 ALIGNED_RATIOS = (1.0, 0.5, 0.25, 0.1)  # per cell: every window keeps its share
 GLOBAL_RATIOS = (1.0, 0.05, 0.01)  # whole-bank greedy k-center
@@ -206,7 +206,7 @@ def write_report(rows: list[dict[str, Any]], protocol: str, out: Path, seconds: 
 def knn_quality(
     sets: list[str] = typer.Option(["mvtec_bottle", "magnetic_tile"], metavar="SET,...", help="data sets"),
     data: Path = typer.Option(Path("../shared/data"), help="folder holding the data sets"),
-    protocol: str = typer.Option("cpu", metavar="NAME", help=f"the quality benchmark's protocol: {', '.join(sorted(PROTOCOLS))}"),
+    protocol: Protocol = typer.Option("cpu", help="the quality benchmark's protocol"),
     seeds: list[str] = typer.Option(["0", "1", "2"], metavar="SEED,...", help="the models' training seeds"),
     work: Path = typer.Option(Path("/tmp/sclvi-bench"), help="the quality benchmark's bundle cache"),
     small_stride: Optional[int] = typer.Option(
@@ -215,7 +215,7 @@ def knn_quality(
 ) -> Path:
     """Detection quality of each k-NN mode (coresets, IVF) against exact search on the trained models."""
     args = SimpleNamespace(sets=listed(sets, option="--sets"), data=data,
-                           protocol=listed([protocol], choices=PROTOCOLS, option="--protocol")[0],
+                           protocol=protocol.value,
                            seeds=listed(seeds, int, option="--seeds"), work=work, small_stride=small_stride, out=start(out))
     # a run of some sets keeps the report's rows of the others (one set can be re-run alone)
     previous = args.out / f"{_stem(args.protocol, args.small_stride)}.json"

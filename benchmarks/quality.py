@@ -23,6 +23,7 @@ import json
 import logging
 import shutil
 import time
+from enum import Enum
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Optional
@@ -79,6 +80,8 @@ PROTOCOLS: dict[str, dict[str, Any]] = {
     },
 }
 TASKS = ("none", "jigsaw8", "scl12")
+#: The protocols as a command-line choice (typer checks the value and lists them in --help).
+Protocol = Enum("Protocol", {name: name for name in sorted(PROTOCOLS)}, type=str)
 #: `--improvements`: the product's departures from the paper, each alone and both off, on the protocol's
 #: preset (label -> config overrides); the `default` rows have them all.
 IMPROVEMENTS: dict[str, dict[str, Any]] = {
@@ -177,8 +180,9 @@ def _trained_bundle(cfg: Config, data: Path, work: Path):
     resume = resumable(work, cfg)
     if resume:
         log.info("going on from the checkpoint in %s", work)
-    bundle = _train_and_bank(cfg, data, work, resume=resume)
-    return load_bundle(work), _training_seconds(bundle)
+    _train_and_bank(cfg, data, work, resume=resume)
+    bundle = load_bundle(work)
+    return bundle, _training_seconds(bundle)
 
 
 def _training_seconds(bundle: Any) -> float | None:
@@ -622,7 +626,7 @@ def quality(
     data: Path = typer.Option(Path("../shared/data"), help="folder holding the data sets"),
     sets: list[str] = typer.Option(["mvtec_bottle", "magnetic_tile"], metavar="SET,...",
                                    help="data sets (a list option: comma-separated, or the flag repeated)"),
-    protocol: str = typer.Option("cpu", metavar="NAME", help=f"training and bank budget: {', '.join(sorted(PROTOCOLS))}"),
+    protocol: Protocol = typer.Option("cpu", help="training and bank budget"),
     seeds: list[str] = typer.Option(["0", "1", "2"], metavar="SEED,...", help="training seeds per task"),
     tasks: list[str] = typer.Option(["scl12"], metavar="TASK,...", help="pretext tasks to train (the paper's ordering: none,jigsaw8,scl12)"),
     work: Path = typer.Option(Path("/tmp/sclvi-bench"), help="cache of trained bundles"),
@@ -640,7 +644,7 @@ def quality(
 ) -> Path:
     """Detection quality on real data next to the no-learning floors, with the paper's ablations."""
     start(out)
-    protocol = listed([protocol], choices=PROTOCOLS, option="--protocol")[0]
+    protocol = protocol.value
     sets, seeds = listed(sets, option="--sets"), listed(seeds, int, option="--seeds")
     tasks = listed(tasks, choices=TASKS, option="--tasks")
     slugs = listed(improvements, choices=[*map(_slug, IMPROVEMENTS), "all"], option="--improvements")
