@@ -37,7 +37,7 @@ def test_a_part_off_over_a_wide_area_outranks_a_narrow_bump_only_with_top_patch(
     assert image_score(wide, top) > image_score(bump, top)
 
 
-def test_the_scorer_and_the_floor_follow_the_setting_and_old_bundles_keep_the_max(tmp_path, synthetic_object):
+def test_the_scorer_follows_the_setting_and_old_bundles_keep_the_max(tmp_path, synthetic_object):
     assert build_config("dense-lite").scoring.image_score == build_config("paper").scoring.image_score == "max"
     ds = read_dataset(synthetic_object)
     bundle = make_bundle(tmp_path / "b", tiny_config(96, scoring={"image_score": "top-patch"}), ds.train)
