@@ -68,7 +68,7 @@ def floor(ds: Any, geometry: str, bank_images: list[Path]) -> dict[str, Any]:
         grid = PatchGrid(img.shape[0], img.shape[1], PATCH, STRIDE)
         m = pixel_map(grid, np.sqrt(np.maximum(d[:, 0], 0)).reshape(grid.shape))
         scores.append(image_score(m))
-        if ds.has_masks:
+        if ds.has_masks and item.pixel_labelled:  # a defective image without a mask: its defect pixels are unknown
             gt = load(item.mask, geometry, mask=True) if item.mask else np.zeros(m.shape, bool)
             pix_scores.append(m[::4, ::4].ravel())  # every 4th pixel: the curve, at a sixteenth of the memory
             pix_labels.append(gt[::4, ::4].ravel())

@@ -19,6 +19,11 @@ class TestItem:
     def is_anomalous(self) -> bool:
         return self.defect != "good"
 
+    @property
+    def pixel_labelled(self) -> bool:
+        """Every pixel's truth is known: a good image (all normal) or a defective one with its mask."""
+        return not self.is_anomalous or self.mask is not None
+
 
 @dataclass(frozen=True)
 class MVTecDataset:
@@ -28,9 +33,17 @@ class MVTecDataset:
 
     @property
     def has_masks(self) -> bool:
-        """Pixel metrics need a mask for every defective test image."""
-        bad = [t for t in self.test if t.is_anomalous]
-        return bool(bad) and all(t.mask is not None for t in bad)
+        """Pixel metrics need masks: some defective test image has one (those without are left out of them)."""
+        return any(t.is_anomalous and t.mask is not None for t in self.test)
+
+    @property
+    def unmasked(self) -> dict[str, int]:
+        """Defective test images without a mask, per defect type: pixel metrics cannot count them."""
+        out: dict[str, int] = {}
+        for t in self.test:
+            if not t.pixel_labelled:
+                out[t.defect] = out.get(t.defect, 0) + 1
+        return out
 
     @property
     def defect_types(self) -> list[str]:

@@ -25,12 +25,19 @@ from sclvi.scorer import AnomalyScorer
 log = logging.getLogger(__name__)
 
 
-def _metrics(labels: np.ndarray, scores: np.ndarray, masks: np.ndarray | None, maps: np.ndarray | None) -> dict[str, Any]:
+def _metrics(labels: np.ndarray, scores: np.ndarray, masks: np.ndarray | None, maps: np.ndarray | None,
+             labelled: np.ndarray | None = None) -> dict[str, Any]:
+    """Image metrics over every image; pixel metrics over the `labelled` ones (default all: their masks are known)."""
     out: dict[str, Any] = {"n": int(len(labels)), "image_auroc": auroc(labels, scores)}
     if masks is not None and maps is not None:
-        out["pixel_auroc"] = auroc(masks, maps)
-        out["pro"] = pro_auc(masks, maps)
-        out["pixel_auroc_vs_good"] = pixel_auroc_vs_good(labels, masks, maps)
+        keep = np.ones(len(labels), bool) if labelled is None else np.asarray(labelled, bool)
+        if (keep & labels).any():
+            labels, masks, maps = labels[keep], masks[keep], maps[keep]
+            out["pixel_auroc"] = auroc(masks, maps)
+            out["pro"] = pro_auc(masks, maps)
+            out["pixel_auroc_vs_good"] = pixel_auroc_vs_good(labels, masks, maps)
+        else:  # no defective image here has a mask
+            out.update(pixel_auroc=float("nan"), pro=float("nan"), pixel_auroc_vs_good=float("nan"))
     return out
 
 
@@ -84,9 +91,16 @@ def score_test_set(
 
 
 def test_masks(dataset: MVTecDataset, geometry: GeometryConfig) -> np.ndarray | None:
-    """Ground-truth masks of all test images on the model input (zeros for good ones), or None without masks."""
+    """Ground-truth masks of all test images on the model input (zeros for good ones), or None without masks.
+
+    A defective image without a mask also gets zeros here, and `metrics_report` leaves it out of the pixel
+    metrics (its defect pixels are unknown, not normal); a warning names how many."""
     if not dataset.has_masks:
         return None
+    if dataset.unmasked:
+        log.warning("pixel metrics leave out %s defective test image(s) without a mask (%s): their defect pixels "
+                    "are unknown; image metrics count them", sum(dataset.unmasked.values()),
+                    ", ".join(f"{d}: {n}" for d, n in sorted(dataset.unmasked.items())))
     return np.stack([read_input_mask(t.mask, geometry) if t.mask else np.zeros(geometry.input_hw, bool)
                      for t in dataset.test])
 
@@ -96,13 +110,18 @@ def metrics_report(dataset: MVTecDataset, scores: np.ndarray, maps: np.ndarray, 
     items = dataset.test
     labels = np.array([t.is_anomalous for t in items])
     defects = np.array([t.defect for t in items])
+    labelled = np.array([t.pixel_labelled for t in items])
     with_maps = masks is not None
-    report: dict[str, Any] = {**_metrics(labels, scores, masks, maps if with_maps else None), "per_defect": {}}
+    report: dict[str, Any] = {**_metrics(labels, scores, masks, maps if with_maps else None, labelled),
+                              "per_defect": {}}
+    if with_maps and dataset.unmasked:
+        report["pixel_metrics_leave_out"] = dict(sorted(dataset.unmasked.items()))
     good = defects == "good"
     for defect in dataset.defect_types:
         sel = good | (defects == defect)
         report["per_defect"][defect] = _metrics(
-            labels[sel], scores[sel], masks[sel] if with_maps else None, maps[sel] if with_maps else None
+            labels[sel], scores[sel], masks[sel] if with_maps else None, maps[sel] if with_maps else None,
+            labelled[sel],
         )
     return report
 

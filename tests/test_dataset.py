@@ -69,3 +69,35 @@ def test_in_memory_frames_are_checked():
         check_frame(np.zeros((60, 64, 3), np.uint8), 64)
     with pytest.raises(DataError, match="expected an"):
         check_frame(np.zeros((64, 64, 5), np.uint8), 64)
+
+
+def test_defect_types_without_masks_are_left_out_of_pixel_metrics(tmp_path):
+    """A real set may ship masks for some defect types only. Those images' defect pixels are unknown: counting them
+    as normal would sink the pixel AUROC, and dropping every pixel metric hides what the masks do say."""
+    from sclvi.config import GeometryConfig
+    from sclvi.evaluate import metrics_report, test_masks
+
+    root = tmp_path / "d"
+    for sub in ("train/good", "test/good", "test/scratch", "test/dent", "ground_truth/scratch"):
+        (root / sub).mkdir(parents=True)
+    Image.new("L", (64, 64)).save(root / "train" / "good" / "a.png")
+    square = np.zeros((64, 64), np.uint8)
+    square[8:24, 8:24] = 255
+    for i in range(2):
+        Image.new("L", (64, 64)).save(root / "test" / "good" / f"{i}.png")
+        Image.new("L", (64, 64)).save(root / "test" / "scratch" / f"{i}.png")
+        Image.fromarray(square).save(root / "ground_truth" / "scratch" / f"{i}_mask.png")
+        Image.new("L", (64, 64)).save(root / "test" / "dent" / f"{i}.png")
+    ds = read_dataset(root)
+    assert ds.has_masks and ds.unmasked == {"dent": 2}
+    assert [t.pixel_labelled for t in ds.test] == [False, False, True, True, True, True]  # dent, good, scratch
+
+    masks = test_masks(ds, GeometryConfig(image_size=64))
+    maps = np.zeros((6, 64, 64))
+    maps[masks] = 1.0  # the marked scratches score high, and so does the dents' unmarked region
+    maps[:2, 40:60, 40:60] = 1.0
+    report = metrics_report(ds, np.array([1, 1, 0, 0, 1, 1.0]), maps, masks)
+    assert report["pixel_auroc"] == pytest.approx(1.0) and report["pro"] == pytest.approx(1.0)
+    assert report["pixel_metrics_leave_out"] == {"dent": 2}
+    assert report["per_defect"]["scratch"]["pixel_auroc"] == pytest.approx(1.0)
+    assert np.isnan(report["per_defect"]["dent"]["pixel_auroc"]) and report["per_defect"]["dent"]["image_auroc"] == 1.0
