@@ -35,6 +35,16 @@ def test_resume_continues_exactly_where_it_stopped(tmp_path, data176):
     assert not np.array_equal(load_bundle(tmp_path / "straight").mean, 0)
 
 
+def test_a_cosine_schedule_checkpoint_loads_safely(tmp_path, data176):
+    """The default schedule set the optimizer's lr to a numpy scalar, which a weights_only load refuses: every
+    real training's checkpoint was unreadable, so `--resume` and the benchmark's resume started from scratch."""
+    cfg = _cfg(2, schedule="cosine")
+    train(cfg, data176, tmp_path / "b")
+    ckpt = torch.load(tmp_path / "b" / CHECKPOINT, weights_only=True)
+    assert ckpt["step"] == 2 and type(ckpt["optimizer"]["param_groups"][0]["lr"]) is float
+    assert resumable(tmp_path / "b", cfg)
+
+
 def test_resume_refuses_a_different_config(tmp_path, data176):
     train(_cfg(2), data176, tmp_path / "b")
     other = tiny_config(176, train={"steps": 4, "batch_size": 4, "lr": 1e-2, "threads": 1})

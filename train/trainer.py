@@ -63,7 +63,8 @@ def learning_rate(cfg: Config, step: int) -> float:
     if tc.schedule == "constant":
         return tc.lr
     t = min(1.0, step / max(1, tc.steps))
-    return tc.lr * (0.05 + 0.95 * 0.5 * (1 + np.cos(np.pi * t)))
+    # a Python float: the optimizer's state goes into the checkpoint, which loads with weights_only (no numpy scalars)
+    return float(tc.lr * (0.05 + 0.95 * 0.5 * (1 + np.cos(np.pi * t))))
 
 
 def steps_within(tc: TrainConfig, seconds_per_step: float) -> int:
