@@ -156,9 +156,13 @@ def resumable(out: str | Path, cfg: Config) -> bool:
     if not path.is_file():
         return False
     try:
-        return _same_config(config_from_dict(_read_checkpoint(path)["config"]), cfg)
-    except (SclviError, KeyError, TypeError):
-        return False
+        if _same_config(config_from_dict(_read_checkpoint(path)["config"]), cfg):
+            return True
+        reason = "it was trained with another config"
+    except (SclviError, KeyError, TypeError) as e:
+        reason = str(e)
+    log.warning("not going on from %s (%s): training from scratch", path, reason)  # an hour lost should say why
+    return False
 
 
 def _load_checkpoint(path: Path, cfg: Config, n_images: int) -> TrainState:
