@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from scipy import ndimage
 
 from sclvi.config import GeometryConfig
 from sclvi.images import read_rgb
@@ -21,6 +22,8 @@ from sclvi.images import read_rgb
 BORDER = 0.04
 #: The part must cover less than this fraction of the frame for a crop to be worth it.
 MAX_COVER = 0.85
+#: Blobs smaller than this fraction of the largest are specks, not the part.
+MIN_BLOB = 0.05
 
 
 @dataclass(frozen=True)
@@ -52,11 +55,23 @@ def part_box(mean: np.ndarray) -> tuple[int, int, int, int] | None:
     dist = np.linalg.norm(mean - np.median(border, axis=0), axis=2)
     noise = float(np.percentile(np.linalg.norm(border - np.median(border, axis=0), axis=1), 95))
     thr = max(_otsu(dist), 2 * noise, 8.0)  # 8 gray levels: below that a "part" is lighting falloff
-    mask = dist > thr
+    mask = _without_specks(dist > thr)
     rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
     if mask.mean() < 0.002 or not len(rows):
         return None
     return int(cols[0]), int(rows[0]), int(cols[-1] - cols[0] + 1), int(rows[-1] - rows[0] + 1)
+
+
+def _without_specks(mask: np.ndarray) -> np.ndarray:
+    """The mask without isolated pixels and small blobs (dust, a noise outlier, a hot pixel): one of them far
+    from the part would stretch its bounding box. Keeps every blob of at least `MIN_BLOB` of the largest, so a
+    part in several pieces stays whole."""
+    mask = ndimage.binary_opening(mask, structure=np.ones((3, 3), bool))
+    labels, n = ndimage.label(mask)
+    if n <= 1:
+        return mask
+    sizes = np.bincount(labels.ravel())[1:]
+    return np.isin(labels, 1 + np.flatnonzero(sizes >= MIN_BLOB * sizes.max()))
 
 
 def snap_span(start: int, length: int, limit: int, scale: float, g: GeometryConfig) -> tuple[int, int]:

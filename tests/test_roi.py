@@ -112,6 +112,8 @@ def test_propose_roi_finds_the_part_and_tiles_it(tmp_path):
     for i in range(4):
         img = np.full((240, 320, 3), 40, np.uint8) + rng.integers(0, 4, (240, 320, 3), dtype=np.uint8)
         img[60:140, 100:220] = 180 + rng.integers(0, 30, (80, 120, 3), dtype=np.uint8)  # the part
+        img[10, 10] = 255  # a hot pixel and dust on the lens, in every frame, must not stretch the part's box
+        img[220:224, 300:304] = 255
         paths.append(tmp_path / f"{i}.png")
         Image.fromarray(img).save(paths[-1])
     g = _dense({}).geometry
