@@ -170,11 +170,13 @@ def roi_cmd(
         from sclvi.dataset import read_dataset
         from sclvi.roi import frame_size_of
         from sclvi.roi_propose import propose_roi, save_roi_figure
+        from sclvi.train.pretext import grid_span
 
         images = read_dataset(data, need_test=False).train
         frame_size_of(images)
         cfg = build_config(preset.value if preset else default_preset())
-        p = propose_roi(images, cfg.geometry, scale, margin)
+        p = propose_roi(images, cfg.geometry, scale, margin,
+                        min_side=grid_span(cfg.geometry.large_patch, cfg.train.jitter_frac))
         roi = ",".join(str(v) for v in p.roi)
         found = ("no part stands out from the background: the whole frame" if p.part_box is None else
                  f"part at {list(p.part_box)}" + ("" if p.cover < 1 else ", filling most of the frame: the whole frame"))

@@ -16,6 +16,7 @@ import numpy as np
 from scipy import ndimage
 
 from sclvi.config import GeometryConfig
+from sclvi.errors import DataError
 from sclvi.images import read_rgb
 
 #: Border (fraction of the shorter side) the background colour is measured on.
@@ -74,15 +75,20 @@ def _without_specks(mask: np.ndarray) -> np.ndarray:
     return np.isin(labels, 1 + np.flatnonzero(sizes >= MIN_BLOB * sizes.max()))
 
 
-def snap_span(start: int, length: int, limit: int, scale: float, g: GeometryConfig) -> tuple[int, int]:
+def snap_span(start: int, length: int, limit: int, scale: float, g: GeometryConfig,
+              min_side: int = 0) -> tuple[int, int]:
     """(start, length) of [start, start+length) grown about its centre to the nearest length whose scaled size
-    `g.tiles`, inside [0, limit); shrunk to the largest that fits when the frame is too small."""
-    side = math.ceil(length * scale)
+    `g.tiles` and is at least `min_side`, inside [0, limit); shrunk to the largest that fits when the frame is
+    too small."""
+    side = max(math.ceil(length * scale), min_side)
     cap = math.floor(limit * scale)
     while side <= cap and not g.tiles(side):
         side += 1
     if side > cap:
         side = g.nearest_tiling(cap)
+    if side < min_side:
+        raise DataError(f"a frame side of {limit} px at scale {scale:g} holds no input side of at least the {min_side} "
+                        "px training needs (that the patch strides tile): raise --scale")
     raw = g.roi_side(side, scale, limit)
     if raw is None:
         raise ValueError(f"no roi side maps to {side} px at scale {scale:g}")
@@ -91,9 +97,9 @@ def snap_span(start: int, length: int, limit: int, scale: float, g: GeometryConf
 
 
 def propose_roi(images: list[Path], geometry: GeometryConfig, scale: float = 1.0, margin: int = 16,
-                max_images: int = 32) -> RoiProposal:
+                max_images: int = 32, min_side: int = 0) -> RoiProposal:
     """An roi around the part in up to `max_images` training frames, with `margin` px around it, tiled at
-    `scale`."""
+    `scale`, each side at least `min_side` px at that scale (what training needs: `pretext.grid_span`)."""
     frames = np.stack([read_rgb(p, None) for p in images[:max_images]]).astype(np.float32)
     mean = frames.mean(axis=0)
     h, w = mean.shape[:2]
@@ -104,8 +110,8 @@ def propose_roi(images: list[Path], geometry: GeometryConfig, scale: float = 1.0
         x0, y0 = max(0, box[0] - margin), max(0, box[1] - margin)
         bw, bh = min(w, box[0] + box[2] + margin) - x0, min(h, box[1] + box[3] + margin) - y0
     g = geometry.model_copy(update={"frame": None, "roi": None})
-    x, rw = snap_span(x0, bw, w, scale, g)
-    y, rh = snap_span(y0, bh, h, scale, g)
+    x, rw = snap_span(x0, bw, w, scale, g, min_side)
+    y, rh = snap_span(y0, bh, h, scale, g, min_side)
     return RoiProposal((w, h), (x, y, rw, rh), box, (rw * rh) / (w * h), mean)
 
 

@@ -127,6 +127,26 @@ def test_propose_roi_finds_the_part_and_tiles_it(tmp_path):
     assert propose_roi([texture], g).roi == (0, 0, 320, 240)  # nothing stands out: the whole frame
 
 
+def test_the_proposed_roi_is_one_training_can_use(tmp_path):
+    """`sclvi roi` proposed a box around an 80-px-high part that the pretext task's 3x3 grid of 64-px patches
+    (176 px) does not fit in: the training it told the user to run then failed."""
+    from sclvi.errors import DataError
+    from sclvi.roi_propose import propose_roi
+    from sclvi.train.pretext import PretextSampler, grid_span
+
+    cfg = _dense({})
+    need = grid_span(cfg.geometry.large_patch, cfg.train.jitter_frac)
+    img = np.full((240, 320, 3), 40, np.uint8)
+    img[100:140, 100:220] = 200  # a wide, flat part: 120x40 px
+    Image.fromarray(img).save(tmp_path / "a.png")
+    p = propose_roi([tmp_path / "a.png"], cfg.geometry, margin=8, min_side=need)
+    x, y, w, h = p.roi
+    assert min(w, h) >= need and cfg.geometry.tiles(w) and cfg.geometry.tiles(h) and y <= 92 and y + h >= 148
+    PretextSampler(1, (h, w), cfg.train.jitter_frac, cfg.train.svdd_shift_frac, 0).check_fits(cfg.geometry.large_patch)
+    with pytest.raises(DataError, match="raise --scale"):
+        propose_roi([tmp_path / "a.png"], cfg.geometry, scale=0.5, min_side=need)  # 120 px high at half scale
+
+
 def test_train_on_an_roi_then_score_at_its_geometry(tmp_path):
     from sclvi.bundle import load_bundle
     from sclvi.cli import app

@@ -59,6 +59,12 @@ class PatchPairs:
     label: np.ndarray  # (B,) class, or -1 for SVDD twins
 
 
+def grid_span(patch: int, jitter_frac: float) -> int:
+    """Side of the area a 3x3 grid of cells (spacing patch - J, jitter 0..J) can occupy: the smallest input side
+    the pretext task trains on (`sclvi roi` proposes no smaller)."""
+    return 3 * patch - int(round(patch * jitter_frac))
+
+
 class PretextSampler:
     """Draws 3x3 jittered grids, cell pairs and patch-SVDD twins from a stack of (height, width) images."""
 
@@ -75,9 +81,7 @@ class PretextSampler:
         return int(round(patch * self.jitter_frac))
 
     def grid_span(self, patch: int) -> int:
-        """Side of the area a 3x3 grid of cells (spacing patch - J, jitter 0..J) can occupy."""
-        j = self.jitter(patch)
-        return 3 * patch - j
+        return grid_span(patch, self.jitter_frac)
 
     def check_fits(self, patch: int) -> None:
         if self.grid_span(patch) > self.image_hw.min():
