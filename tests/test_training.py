@@ -249,6 +249,12 @@ def test_a_time_budget_shortens_the_schedule_on_a_slow_machine(tmp_path, data176
     training = bundle.manifest["training"]
     assert training["steps"] == bundle.config.train.steps == PROBE_STEPS
     assert training["time_budget"]["steps_asked"] == asked and training["time_budget"]["steps_planned"] == PROBE_STEPS
+    # resumed (an interrupted run), it keeps the plan and its schedule instead of going on to every step asked
+    again = train(cfg, data176, tmp_path / "b", resume=True).manifest["training"]
+    assert again["steps"] == PROBE_STEPS and again["time_budget"] == training["time_budget"]
+    unbudgeted = cfg.model_copy(update={"train": cfg.train.model_copy(update={"max_minutes": 0.0})})
+    every = train(unbudgeted, data176, tmp_path / "b", resume=True).manifest["training"]  # the budget lifted
+    assert every["steps"] == asked and every["time_budget"] is None
     roomy = train(cfg.model_copy(update={"train": cfg.train.model_copy(update={"max_minutes": 60.0})}), data176,
                   tmp_path / "c")
     assert roomy.manifest["training"]["steps"] == asked and roomy.manifest["training"]["time_budget"]["steps_planned"] == asked

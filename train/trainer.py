@@ -55,6 +55,7 @@ class TrainState:
     history: list[dict[str, float]] = field(default_factory=list)  # one entry per step
     evals: list[dict[str, float]] = field(default_factory=list)  # one entry per held-out evaluation
     seconds: float = 0.0  # training time of the runs before this one (a resumed training reports its total)
+    budget: dict[str, Any] | None = None  # the time budget's plan (train.max_minutes), kept across resumes
 
 
 def learning_rate(cfg: Config, step: int) -> float:
@@ -126,6 +127,7 @@ def _save_checkpoint(path: Path, cfg: Config, state: TrainState) -> None:
             "history": state.history,
             "evals": state.evals,
             "seconds": state.seconds,
+            "budget": state.budget,
             "torch_rng": torch.get_rng_state(),
         },
         tmp,
@@ -144,8 +146,9 @@ def _read_checkpoint(path: Path) -> dict[str, Any]:
 
 
 def _same_config(saved: Config, cfg: Config) -> bool:
-    """Only the step budget may change on resume; anything else would silently mix two trainings."""
-    return saved.model_copy(update={"train": saved.train.model_copy(update={"steps": cfg.train.steps})}) == cfg
+    """Only the step and time budgets may change on resume; anything else would silently mix two trainings."""
+    budgets = {"steps": cfg.train.steps, "max_minutes": cfg.train.max_minutes}
+    return saved.model_copy(update={"train": saved.train.model_copy(update=budgets)}) == cfg
 
 
 def resumable(out: str | Path, cfg: Config) -> bool:
@@ -179,6 +182,7 @@ def _load_checkpoint(path: Path, cfg: Config, n_images: int) -> TrainState:
     state.history = ckpt.get("history") or []
     state.evals = ckpt.get("evals") or []
     state.seconds = float(ckpt.get("seconds") or 0.0)
+    state.budget = ckpt.get("budget")
     return state
 
 
@@ -299,6 +303,14 @@ def train(cfg: Config, data_root: str | Path, out: str | Path, resume: bool = Fa
             raise DataError(f"nothing to resume: {ckpt_path} does not exist")
         state = _load_checkpoint(ckpt_path, cfg, len(images))
         log.info("resumed from %s at step %d", ckpt_path, state.step)
+        planned = (state.budget or {}).get("steps_planned", tc.steps)
+        if not tc.max_minutes:
+            state.budget = None  # the budget is off now: every step asked
+        elif planned < tc.steps:  # keep the plan (and its cosine schedule) the time budget made at the start
+            log.info("the time budget (train.max_minutes %g) planned %d steps for this training: going on to those "
+                     "(--max-minutes 0 trains every step)", tc.max_minutes, planned)
+            cfg = cfg.model_copy(update={"train": tc.model_copy(update={"steps": planned})})
+            tc = cfg.train
     else:
         state = _new_state(cfg, len(images))
     stopper = EarlyStop(tc.early_stop_patience, tc.early_stop_min_delta)
@@ -309,8 +321,7 @@ def train(cfg: Config, data_root: str | Path, out: str | Path, resume: bool = Fa
     state.model.train()
     t0 = time.perf_counter()
     stopped_early = False
-    # A budget plans a training from scratch only: a resumed one goes on to the steps it is given.
-    budget: dict[str, Any] | None = None
+    # A budget plans a training from scratch; a resumed one keeps that plan (above).
     plan_budget = bool(tc.max_minutes) and not resume and tc.steps > PROBE_STEPS
     bar = tqdm(total=tc.steps, initial=state.step, desc="train", unit="step")
     while state.step < tc.steps:
@@ -331,8 +342,8 @@ def train(cfg: Config, data_root: str | Path, out: str | Path, resume: bool = Fa
         if plan_budget and state.step == PROBE_STEPS:
             pace = (time.perf_counter() - t0) / PROBE_STEPS
             fit = steps_within(tc, pace)
-            budget = {"max_minutes": tc.max_minutes, "seconds_per_step": round(pace, 3), "steps_asked": tc.steps,
-                      "steps_planned": fit}
+            state.budget = {"max_minutes": tc.max_minutes, "seconds_per_step": round(pace, 3),
+                            "steps_asked": tc.steps, "steps_planned": fit}
             if fit < tc.steps:
                 log.warning("this machine trains at %.2f s/step: %d steps would take %.0f min, over train.max_minutes "
                             "%g; training %d steps instead, the cosine schedule shortened to fit (--max-minutes 0 "
@@ -381,7 +392,7 @@ def train(cfg: Config, data_root: str | Path, out: str | Path, resume: bool = Fa
         "stopped_early": stopped_early,
         "seconds_this_run": round(seconds, 1),
         "seconds": round(state.seconds + seconds, 1),  # over every run of a resumed training
-        "time_budget": budget,  # None: no budget, or a resumed run
+        "time_budget": state.budget,  # None: no budget
         "final": {k: _mean_or_none([h[k] for h in tail]) for k in (tail[0] if tail else {})},
         "pretext": {
             "chance": chance,
