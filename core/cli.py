@@ -261,18 +261,64 @@ def bank_cmd(
             typer.echo(f"{bundle / SIGNATURE} no longer matches the bundle: sign it again (`sclvi sign`)")
 
 
+# Scoring options shared by `eval` (try them on labelled parts) and `scoring` (keep them in the bundle).
+_ETA = typer.Option(None, help="Memory items fused per patch (1 = plain nearest neighbour).")
+_LAM = typer.Option(None, help="Clip lambda of the affinity weights.")
+_FORMULA = typer.Option(None, help="paper: ||E(p) - p_fused||; authors: sum of weighted distances.")
+_FUSION = typer.Option(None, help="How the two scales' maps combine.")
+_IMAGE_SCORE = typer.Option(
+    None, help="max: the map's highest pixel (the paper, every preset); top-patch: the mean of its highest 32x32 px "
+    "worth, wherever they lie (parts whose defects spread wide).")
+
+
+def _scoring_update(eta: Optional[int], lam: Optional[float], formula: Optional[Formula], fusion: Optional[Fusion],
+                    image_score: Optional[ImageScore]) -> dict[str, Any]:
+    return _drop_none({"eta": eta, "lam": lam, "formula": formula.value if formula else None,
+                       "scale_fusion": fusion.value if fusion else None,
+                       "image_score": image_score.value if image_score else None})
+
+
+@app.command("scoring")
+def scoring_cmd(
+    bundle: Path = typer.Argument(..., help="Model bundle directory."),
+    eta: Optional[int] = _ETA,
+    lam: Optional[float] = _LAM,
+    formula: Optional[Formula] = _FORMULA,
+    fusion: Optional[Fusion] = _FUSION,
+    image_score: Optional[ImageScore] = _IMAGE_SCORE,
+    knn: Optional[str] = typer.Option(None, help="k-NN kernel: auto, numpy, numba, cuda, faiss-ivf."),
+    ivf_nprobe: Optional[int] = typer.Option(None, help="faiss-ivf: clusters searched per query (recall vs speed)."),
+) -> None:
+    """Show the bundle's scoring settings, or change them for the line (what `sclvi eval` options tried): no
+    retraining, no new bank; calibrated thresholds are dropped (scores move: calibrate again)."""
+    with _user_errors():
+        from sclvi.bundle import load_bundle, set_scoring_config
+        from sclvi.config import config_from_dict, config_to_dict
+        from sclvi.signing import SIGNATURE
+
+        b = load_bundle(bundle)
+        update = {**_scoring_update(eta, lam, formula, fusion, image_score),
+                  **_drop_none({"knn": knn, "ivf_nprobe": ivf_nprobe})}
+        if update:
+            scoring = config_from_dict({**config_to_dict(b.config),
+                                        "scoring": {**b.config.scoring.model_dump(), **update}}).scoring
+            if set_scoring_config(b, scoring):
+                typer.echo("calibrated thresholds dropped (set on the old scores): run `sclvi calibrate` again")
+            if (bundle / SIGNATURE).is_file():
+                typer.echo(f"{bundle / SIGNATURE} no longer matches the bundle: sign it again (`sclvi sign`)")
+        typer.echo(f"scoring of {bundle}: " + ", ".join(f"{k} {v}" for k, v in b.config.scoring.model_dump().items()))
+
+
 @app.command("eval")
 def evaluate_cmd(
     bundle: Path = typer.Argument(..., help="Model bundle directory."),
     data: Path = typer.Argument(..., help="Data set folder in MVTec AD layout (uses test/ and ground_truth/)."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Report folder (default: BUNDLE/eval-<data name>)."),
-    eta: Optional[int] = typer.Option(None, help="Memory items fused per patch (1 = plain nearest neighbour)."),
-    lam: Optional[float] = typer.Option(None, help="Clip lambda of the affinity weights."),
-    formula: Optional[Formula] = typer.Option(None, help="paper: ||E(p) - p_fused||; authors: sum of weighted distances."),
-    fusion: Optional[Fusion] = typer.Option(None, help="How the two scales' maps combine."),
-    image_score: Optional[ImageScore] = typer.Option(
-        None, help="max: the map's highest pixel (the paper, every preset); top-patch: the mean of its highest "
-        "32x32 px worth, wherever they lie (parts whose defects spread wide)."),
+    eta: Optional[int] = _ETA,
+    lam: Optional[float] = _LAM,
+    formula: Optional[Formula] = _FORMULA,
+    fusion: Optional[Fusion] = _FUSION,
+    image_score: Optional[ImageScore] = _IMAGE_SCORE,
     backend: str = typer.Option("auto", help="Encoder backend."),
     overlays: int = typer.Option(6, help="How many image | heatmap | ground-truth PNGs to write."),
 ) -> None:
@@ -285,10 +331,7 @@ def evaluate_cmd(
 
         b = load_bundle(bundle)
         ds = read_dataset(data)
-        scoring = b.config.scoring.model_copy(
-            update=_drop_none({"eta": eta, "lam": lam, "formula": formula, "scale_fusion": fusion,
-                               "image_score": image_score.value if image_score else None})
-        )
+        scoring = b.config.scoring.model_copy(update=_scoring_update(eta, lam, formula, fusion, image_score))
         out = out or bundle / f"eval-{ds.root.name}"
         report = evaluate(b, ds, load_backend(b, backend), out, scoring=scoring, n_overlays=overlays)
         print_report(report)

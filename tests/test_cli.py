@@ -120,6 +120,27 @@ def test_pretext_summary_says_which_scales_learned_beyond_chance():
     assert "chance" in pretext_summary(old_bundle) and "binomial" not in pretext_summary(old_bundle)
 
 
+def test_scoring_keeps_what_eval_tried_in_the_bundle_and_drops_the_old_calibration(random_bundle):
+    """`sclvi eval --image-score top-patch` shows what an option does; `sclvi scoring` puts it on the line without
+    retraining (editing bundle.json by hand would break its checksums)."""
+    from sclvi.bundle import load_bundle, set_calibration
+
+    b = random_bundle
+    set_calibration(b, {"image_threshold": 1.0, "pixel_threshold": 1.0})
+    shown = runner.invoke(app, ["scoring", str(b.path)])
+    assert shown.exit_code == 0 and "image_score max" in shown.output
+    assert "calibration" in load_bundle(b.path).manifest  # showing changes nothing
+    changed = runner.invoke(app, ["scoring", str(b.path), "--image-score", "top-patch", "--eta", "5", "--knn", "numpy"])
+    assert changed.exit_code == 0, changed.output
+    assert "calibrate" in changed.output and "image_score top-patch" in changed.output
+    after = load_bundle(b.path)  # checksums still verified
+    assert (after.config.scoring.image_score, after.config.scoring.eta, after.config.scoring.knn) == ("top-patch", 5, "numpy")
+    assert after.config.scoring.lam == b.config.scoring.lam and "calibration" not in after.manifest
+    bad = runner.invoke(app, ["scoring", str(b.path), "--knn", "fast"])
+    assert bad.exit_code == 2 and "scoring.knn" in bad.output
+    assert load_bundle(b.path).config.scoring.knn == "numpy"
+
+
 def test_bank_rebuilds_the_memory_bank_without_retraining_and_drops_the_old_calibration(tmp_path, synthetic_object):
     from conftest import make_bundle, tiny_config
 
