@@ -54,6 +54,17 @@ def _images(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
+def _masks(folder: Path) -> dict[str, Path]:
+    """Mask files of one defect type by the stem of their image: `NNN_mask.png` (MVTec AD) or, as other sets name
+    them, `NNN.png` / `NNN.bmp` (any image suffix); the `_mask` name wins where both exist."""
+    if not folder.is_dir():
+        return {}
+    found: dict[str, Path] = {}
+    for p in sorted(_images(folder), key=lambda p: p.stem.endswith("_mask")):  # `_mask` names last: they win
+        found[p.stem[: -len("_mask")] if p.stem.endswith("_mask") else p.stem] = p
+    return found
+
+
 def read_dataset(root: str | Path, need_test: bool = True) -> MVTecDataset:
     """Index a data set folder, failing with a message that says what is missing."""
     root = Path(root)
@@ -70,12 +81,9 @@ def read_dataset(root: str | Path, need_test: bool = True) -> MVTecDataset:
     if test_root.is_dir():
         for defect_dir in sorted(p for p in test_root.iterdir() if p.is_dir()):
             defect = defect_dir.name
+            masks = _masks(root / "ground_truth" / defect) if defect != "good" else {}
             for img in _images(defect_dir):
-                mask = None
-                if defect != "good":
-                    candidate = root / "ground_truth" / defect / f"{img.stem}_mask.png"
-                    mask = candidate if candidate.is_file() else None
-                test.append(TestItem(img, defect, mask))
+                test.append(TestItem(img, defect, masks.get(img.stem)))
     if need_test:
         if not test:
             raise DataError(f"{root} has no test images under test/<defect>/")

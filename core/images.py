@@ -38,15 +38,22 @@ def to_rgb_array(im: Image.Image, size: int | None) -> np.ndarray:
 
 def read_mask(path: str | Path, size: int | None) -> np.ndarray:
     """A ground-truth mask as (size, size) bool, or at its own size when `size` is None (nearest-neighbour
-    resize keeps it binary)."""
+    resize keeps it binary).
+
+    Masks come in several conventions and each must read right, not as "no defect": 0/255 gray (MVTec AD),
+    0/1 labels (VisA as shipped), a colour on black (any channel counts), a palette image (any index but 0)."""
     try:
         with Image.open(path) as im:
-            m = im.convert("L")
-            if size is not None and m.size != (size, size):
-                m = m.resize((size, size), Image.NEAREST)
-            return np.asarray(m) > 127
+            if im.mode == "P":
+                labels = np.asarray(im) != 0
+            else:
+                level = np.asarray(im.convert("RGB")).max(axis=2)
+                labels = level > (0 if level.max() <= 1 else 127)
     except (FileNotFoundError, UnidentifiedImageError, OSError) as exc:
         raise DataError(f"cannot read mask {path}: {exc}") from None
+    if size is not None and labels.shape != (size, size):
+        labels = np.asarray(Image.fromarray(labels).resize((size, size), Image.NEAREST))
+    return labels
 
 
 def check_frame(frame: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:

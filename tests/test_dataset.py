@@ -101,3 +101,36 @@ def test_defect_types_without_masks_are_left_out_of_pixel_metrics(tmp_path):
     assert report["pixel_metrics_leave_out"] == {"dent": 2}
     assert report["per_defect"]["scratch"]["pixel_auroc"] == pytest.approx(1.0)
     assert np.isnan(report["per_defect"]["dent"]["pixel_auroc"]) and report["per_defect"]["dent"]["image_auroc"] == 1.0
+
+
+def test_masks_of_other_sets_naming_and_values_are_read_as_defects(tmp_path):
+    """Real sets beyond MVTec AD name masks `NNN.png` / `.bmp` and store 0/1 labels, colours or palette indices;
+    read as MVTec's `NNN_mask.png` 0/255 gray only, they were "no mask" or an all-normal mask."""
+    root = tmp_path / "d"
+    for sub in ("train/good", "test/good", "test/crack", "test/dent", "test/stain",
+                "ground_truth/crack", "ground_truth/dent", "ground_truth/stain"):
+        (root / sub).mkdir(parents=True)
+    for sub in ("train/good", "test/good"):
+        Image.new("L", (32, 32)).save(root / sub / "000.png")
+    labels = np.zeros((32, 32), np.uint8)
+    labels[4:12, 4:12] = 1
+    for defect, stem in (("crack", "000"), ("dent", "001"), ("stain", "002")):
+        Image.new("L", (32, 32)).save(root / "test" / defect / f"{stem}.png")
+    Image.fromarray(labels).save(root / "ground_truth" / "crack" / "000.bmp")  # 0/1 labels, VisA-style
+    palette = Image.fromarray(labels, mode="P")
+    palette.putpalette([0, 0, 0, 128, 0, 0] + [0] * 762)  # index 1 is dark red: gray 38
+    palette.save(root / "ground_truth" / "dent" / "001.png")
+    Image.fromarray(np.stack([labels * 200, labels * 0, labels * 0], axis=2)).save(
+        root / "ground_truth" / "stain" / "002_mask.png")  # a colour on black; `_mask` beats the decoy below
+    Image.new("L", (32, 32)).save(root / "ground_truth" / "stain" / "002.png")
+    ds = read_dataset(root)
+    bad = {t.defect: t for t in ds.test if t.is_anomalous}
+    assert {d: t.mask.name for d, t in bad.items()} == {"crack": "000.bmp", "dent": "001.png", "stain": "002_mask.png"}
+    for t in bad.values():
+        m = read_mask(t.mask, None)
+        assert m.sum() == 64 and m[4:12, 4:12].all(), t.mask
+        assert read_mask(t.mask, 64).sum() == 256  # resized: still the same region
+    mvtec = np.zeros((32, 32), np.uint8)
+    mvtec[0, 0], mvtec[5, 5] = 3, 255  # 0/255 masks keep their 127 threshold: a stray low value is not a defect
+    Image.fromarray(mvtec).save(tmp_path / "m.png")
+    assert read_mask(tmp_path / "m.png", None).sum() == 1
