@@ -212,6 +212,15 @@ def _train_and_bank(cfg: Any, data: Path, out: Path, resume: bool = False, bank:
     return bundle
 
 
+def _updated_section(config: Any, section: str, update: dict[str, Any]) -> Any:
+    """One config section with `update` applied, validated as a whole config is (a bad value: a ConfigError
+    naming the key), for commands that change a trained bundle's settings."""
+    from sclvi.config import config_from_dict, config_to_dict
+
+    merged = {**config_to_dict(config), section: {**getattr(config, section).model_dump(), **update}}
+    return getattr(config_from_dict(merged), section)
+
+
 @app.command("bank")
 def bank_cmd(
     bundle: Path = typer.Argument(..., help="Trained model bundle directory."),
@@ -234,7 +243,6 @@ def bank_cmd(
     subset size or coreset. No retraining; calibrated thresholds are dropped (calibrate again)."""
     with _user_errors():
         from sclvi.bundle import load_bundle
-        from sclvi.config import config_from_dict, config_to_dict
         from sclvi.dataset import read_dataset
         from sclvi.engines import load_backend
         from sclvi.memory_bank import bank_images, rebuild_memory_bank
@@ -252,7 +260,7 @@ def bank_cmd(
             update["retrieve"] = retrieve
         if level_norm is not None:
             update["level_norm"] = level_norm
-        bank = config_from_dict({**config_to_dict(b.config), "bank": {**b.config.bank.model_dump(), **update}}).bank
+        bank = _updated_section(b.config, "bank", update)
         images = read_dataset(data, need_test=False).train
         small, large = rebuild_memory_bank(b, load_backend(b, "torch"), images, bank)
         typer.echo(f"memory bank of {bundle}: {len(small):,} + {len(large):,} codes (32 / 64 px) from "
@@ -293,16 +301,13 @@ def scoring_cmd(
     retraining, no new bank; calibrated thresholds are dropped (scores move: calibrate again)."""
     with _user_errors():
         from sclvi.bundle import load_bundle, set_scoring_config
-        from sclvi.config import config_from_dict, config_to_dict
         from sclvi.signing import SIGNATURE
 
         b = load_bundle(bundle)
         update = {**_scoring_update(eta, lam, formula, fusion, image_score),
                   **_drop_none({"knn": knn, "ivf_nprobe": ivf_nprobe})}
         if update:
-            scoring = config_from_dict({**config_to_dict(b.config),
-                                        "scoring": {**b.config.scoring.model_dump(), **update}}).scoring
-            if set_scoring_config(b, scoring):
+            if set_scoring_config(b, _updated_section(b.config, "scoring", update)):
                 typer.echo("calibrated thresholds dropped (set on the old scores): run `sclvi calibrate` again")
             if (bundle / SIGNATURE).is_file():
                 typer.echo(f"{bundle / SIGNATURE} no longer matches the bundle: sign it again (`sclvi sign`)")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,11 +40,7 @@ class MVTecDataset:
     @property
     def unmasked(self) -> dict[str, int]:
         """Defective test images without a mask, per defect type: pixel metrics cannot count them."""
-        out: dict[str, int] = {}
-        for t in self.test:
-            if not t.pixel_labelled:
-                out[t.defect] = out.get(t.defect, 0) + 1
-        return out
+        return dict(Counter(t.defect for t in self.test if not t.pixel_labelled))
 
     @property
     def defect_types(self) -> list[str]:

@@ -26,18 +26,15 @@ log = logging.getLogger(__name__)
 
 
 def _metrics(labels: np.ndarray, scores: np.ndarray, masks: np.ndarray | None, maps: np.ndarray | None,
-             labelled: np.ndarray | None = None) -> dict[str, Any]:
-    """Image metrics over every image; pixel metrics over the `labelled` ones (default all: their masks are known)."""
+             labelled: np.ndarray) -> dict[str, Any]:
+    """Image metrics over every image; pixel metrics over the `labelled` ones (their masks are known; with no
+    defective one among them, every pixel metric is NaN: nothing to rank)."""
     out: dict[str, Any] = {"n": int(len(labels)), "image_auroc": auroc(labels, scores)}
     if masks is not None and maps is not None:
-        keep = np.ones(len(labels), bool) if labelled is None else np.asarray(labelled, bool)
-        if (keep & labels).any():
-            labels, masks, maps = labels[keep], masks[keep], maps[keep]
-            out["pixel_auroc"] = auroc(masks, maps)
-            out["pro"] = pro_auc(masks, maps)
-            out["pixel_auroc_vs_good"] = pixel_auroc_vs_good(labels, masks, maps)
-        else:  # no defective image here has a mask
-            out.update(pixel_auroc=float("nan"), pro=float("nan"), pixel_auroc_vs_good=float("nan"))
+        labels, masks, maps = labels[labelled], masks[labelled], maps[labelled]
+        out["pixel_auroc"] = auroc(masks, maps)
+        out["pro"] = pro_auc(masks, maps)
+        out["pixel_auroc_vs_good"] = pixel_auroc_vs_good(labels, masks, maps)
     return out
 
 

@@ -59,10 +59,15 @@ class PatchPairs:
     label: np.ndarray  # (B,) class, or -1 for SVDD twins
 
 
+def jitter(patch: int, jitter_frac: float) -> int:
+    """J: the most a grid cell moves (the paper's 0-16 px for 64-px patches at 0.25)."""
+    return int(round(patch * jitter_frac))
+
+
 def grid_span(patch: int, jitter_frac: float) -> int:
     """Side of the area a 3x3 grid of cells (spacing patch - J, jitter 0..J) can occupy: the smallest input side
     the pretext task trains on (`sclvi roi` proposes no smaller)."""
-    return 3 * patch - int(round(patch * jitter_frac))
+    return 3 * patch - jitter(patch, jitter_frac)
 
 
 class PretextSampler:
@@ -78,7 +83,7 @@ class PretextSampler:
         self.rng = np.random.default_rng(seed)
 
     def jitter(self, patch: int) -> int:
-        return int(round(patch * self.jitter_frac))
+        return jitter(patch, self.jitter_frac)
 
     def grid_span(self, patch: int) -> int:
         return grid_span(patch, self.jitter_frac)
