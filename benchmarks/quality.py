@@ -15,6 +15,8 @@ mid-training goes on from its last checkpoint).
     sclvi bench quality --improvements all|SLUG,...  also departures from the paper alone (IMPROVEMENTS; all, or
                                                    those named: paper-loss-and-input, no-code-aggregation, ...)
     sclvi bench quality --steps N,...     the learning curve: quality against the step budget (learning_curve.py)
+    sclvi bench quality --sets A --merge OLD.json   one report with set A measured now and the other sets' rows of an
+                                          earlier report (each set says when it was measured)
 """
 
 from __future__ import annotations
@@ -392,6 +394,29 @@ def run_quality(name: str, root: Path, protocol: str, tasks: list[str], seeds: l
     return rows
 
 
+def kept_rows(report: Path, protocol: str, measured: list[str]) -> list[dict[str, Any]]:
+    """The rows of `report` (an earlier quality JSON) for the sets this run does not measure, each stamped with the
+    date that report was measured (rows that carry their own `measured` keep it). A report of another protocol
+    is refused: its rows would sit beside rows trained and scored at another budget."""
+    try:
+        earlier = json.loads(report.read_text())
+        rows, budget, info = earlier["rows"], earlier["protocol"], earlier["machine"]
+        date = info["date"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise typer.BadParameter(f"{report}: not a quality report written by `sclvi bench quality` ({exc})",
+                                 param_hint="--merge") from None
+    if budget != json.loads(json.dumps(PROTOCOLS[protocol], default=str)):  # as the report stored it (tuples as lists)
+        raise typer.BadParameter(f"{report} was measured at another protocol ({budget}); this run's {protocol} protocol "
+                                 f"is {PROTOCOLS[protocol]}: merge reports of one protocol", param_hint="--merge")
+    kept = [{"measured": date, "measured_on": f"{info.get('cpu')}, {info.get('cores')} cores", **r}
+            for r in rows if r["set"] not in measured]
+    if not kept:
+        raise typer.BadParameter(f"{report} has no rows of a set this run does not measure again ({', '.join(measured)})",
+                                 param_hint="--merge")
+    log.info("kept from %s: %d rows of %s", report, len(kept), ", ".join(dict.fromkeys(r["set"] for r in kept)))
+    return kept
+
+
 def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Mean and std over seeds per (set, kind, task, variant), and the margin of each trained mean over the best floor."""
     out = []
@@ -422,7 +447,7 @@ def write_quality_report(rows: list[dict[str, Any]], protocol: str, out: Path, s
         f"{cfg.train.model_dump(exclude={'task', 'seed', 'threads', 'checkpoint_every'})} (the product default where "
         f"the protocol sets nothing); scoring eta {cfg.scoring.eta}, lambda {cfg.scoring.lam}, map smoothing sigma "
         f"{cfg.scoring.map_sigma} px, position window {cfg.scoring.position_window} (`auto`: the window the bank measured "
-        f"on an aligned part, none otherwise; the `window` column). Total wall time {seconds / 60:.0f} min on the machine below.",
+        f"on an aligned part, none otherwise; the `window` column). Wall time of this run {seconds / 60:.0f} min on the machine below.",
         f"Input: `preprocess.photometric: {cfg.preprocess.photometric}` (`frame`: each frame mapped to one gray-level mean "
         "and spread first; floors get the same input). Variants: `default` = the preset as `sclvi train` gives it; the "
         "others switch the product's departures from the paper (frame photometric step, `preprocess.mean: "
@@ -443,7 +468,8 @@ def write_quality_report(rows: list[dict[str, Any]], protocol: str, out: Path, s
         "",
     ]
     for name in dict.fromkeys(r["set"] for r in rows):
-        lines += [f"## {name}", "", "| row | image AUROC | pixel AUROC | pixel AUROC vs good parts | PRO | learning adds (image) "
+        lines += [f"## {name}", "", measured_line([r for r in rows if r["set"] == name], info), "",
+                  "| row | image AUROC | pixel AUROC | pixel AUROC vs good parts | PRO | learning adds (image) "
                   "| pretext |", "|---|---:|---:|---:|---:|---:|---:|"]
         for e in (e for e in summary if e["set"] == name):
             label = e["kind"] if e["kind"] != "trained" else (
@@ -470,6 +496,16 @@ def write_quality_report(rows: list[dict[str, Any]], protocol: str, out: Path, s
     (out / f"quality-{protocol}.json").write_text(json.dumps(
         {"machine": info, "protocol": budget, "rows": rows, "summary": summary}, indent=2, default=str))
     return path
+
+
+def measured_line(rows: list[dict[str, Any]], info: dict[str, str]) -> str:
+    """When a set's rows were measured: in this run, or kept with --merge from an earlier report (its date and
+    machine), so a merged report never passes old rows off as new."""
+    kept = dict.fromkeys((r["measured"], r.get("measured_on")) for r in rows if "measured" in r)
+    fresh = any("measured" not in r for r in rows)
+    parts = ([f"in this run ({info['date']})"] if fresh else []) + [
+        f"{date} on {on}, kept from an earlier report (`--merge`)" for date, on in kept]
+    return "Measured " + "; ".join(parts) + "."
 
 
 def per_defect_table(rows: list[dict[str, Any]]) -> list[str]:
@@ -640,6 +676,10 @@ def quality(
                                       "(each costs a training run)"),
     steps: Optional[list[str]] = typer.Option(None, metavar="N,...", help="learning curve instead: one scl12 model per step "
                                               "budget (quality-steps-<protocol>.md)"),
+    merge: Optional[Path] = typer.Option(
+        None, metavar="REPORT.json", help="an earlier quality-<protocol>.json of the same protocol: its rows of the sets "
+        "this run does not measure join the report, each set with the date it was measured (one report for sets "
+        "trained in different sessions)"),
     out: Path = OUT,
 ) -> Path:
     """Detection quality on real data next to the no-learning floors, with the paper's ablations."""
@@ -679,7 +719,7 @@ def quality(
             path = write_ablation_report(results, args.protocol, args.out, time.perf_counter() - t0)  # partial reports as we go
         print(f"report: {path}")
         return path
-    rows: list[dict[str, Any]] = []
+    rows: list[dict[str, Any]] = kept_rows(merge, args.protocol, args.sets) if merge is not None else []
     for name in args.sets:
         done = list(rows)
         rows += run_quality(name, args.data / name, args.protocol, args.tasks, args.seeds, work, args.out, args.improvements,
