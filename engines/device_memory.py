@@ -36,6 +36,14 @@ class DeviceMemory(Protocol):
         ...
 
 
+def stream_pointer(handle: Any) -> int:
+    """A Numba CUDA stream's handle as the integer TensorRT's `execute_async_v3` takes. numba-cuda 0.20 gives a
+    ctypes `c_void_p` (`.value`, None for the default stream); the releases since use NVIDIA's cuda.bindings,
+    whose `CUstream` has no `.value` but converts with int()."""
+    value = handle.value if hasattr(handle, "value") else handle
+    return int(value or 0)
+
+
 class NumbaCudaMemory:
     def __init__(self) -> None:
         from numba import cuda
@@ -65,7 +73,7 @@ class NumbaCudaMemory:
         return int(array.__cuda_array_interface__["data"][0])
 
     def stream_handle(self) -> int:
-        return int(self.stream.handle.value or 0)
+        return stream_pointer(self.stream.handle)
 
     def synchronize(self) -> None:
         self.stream.synchronize()

@@ -111,3 +111,17 @@ def test_no_gpu_is_a_clear_backend_error():
         pytest.skip("this machine has a CUDA GPU")
     with pytest.raises(BackendError, match="no usable CUDA GPU"):
         NumbaCudaMemory()
+
+
+def test_a_numba_cuda_stream_handle_becomes_the_pointer_tensorrt_takes():
+    """numba-cuda >= 0.2x hands out cuda.bindings CUstream handles (no `.value`: `handle.value` raised on every
+    TensorRT call on a real GPU); older releases a ctypes c_void_p. Both, and the default stream, give the int."""
+    import ctypes
+
+    from sclvi.engines.device_memory import stream_pointer
+
+    assert stream_pointer(ctypes.c_void_p(0x7F00_1234)) == 0x7F00_1234
+    assert stream_pointer(ctypes.c_void_p(None)) == 0  # the default stream
+    driver = pytest.importorskip("cuda.bindings.driver")  # cuda-python: what numba-cuda itself imports
+    assert stream_pointer(driver.CUstream(0x7F00_1234)) == 0x7F00_1234
+    assert stream_pointer(driver.CUstream(0)) == 0
