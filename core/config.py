@@ -256,8 +256,9 @@ class ScoringConfig(_Strict):
     )
     knn: Literal["auto", "numpy", "numba", "cuda", "faiss-ivf"] = Field(
         "auto", description="k-NN + affinity kernel: numpy (exact reference), numba (CPU), cuda (GPU-resident bank), "
-        "faiss-ivf (approximate candidates, exact re-rank: unaligned parts at line rate; the `ann` extra); auto: numba "
-        "with a position window, cuda on a GPU, faiss-ivf (when installed) for a search above AUTO_IVF_PAIRS, else numba"
+        "faiss-ivf (approximate candidates, exact re-rank: unaligned parts at line rate; the `ann` extra); auto: cuda on "
+        "a GPU (position windows included), else numba with a position window, faiss-ivf (when installed) for a search "
+        "above AUTO_IVF_PAIRS, else numba"
     )
     ivf_nlist: int | None = Field(None, ge=1, description="faiss-ivf: clusters of the bank (None: 4 sqrt(bank))")
     ivf_nprobe: int = Field(8, ge=1, description="faiss-ivf: clusters searched per query (recall vs speed; 4: "

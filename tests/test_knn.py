@@ -114,13 +114,14 @@ def test_coreset_is_deterministic_and_covers_every_cluster():
 
 def test_kernel_selection():
     assert choose_kernel(ScoringConfig(knn="numpy")) == "numpy"
-    assert choose_kernel(ScoringConfig(position_window=1)) == "numba"
     bank = np.zeros((10, 4), np.float32)
     assert make_patch_scorer(bank, np.zeros((10, 2), np.int16), 1, ScoringConfig(knn="numba")).name == "numba"
     from sclvi.knn.numba_cuda import cuda_available
 
-    if not cuda_available():
-        assert choose_kernel(ScoringConfig()) == "numba"
+    if cuda_available():  # the GPU-resident bank, windowed or not
+        assert choose_kernel(ScoringConfig()) == choose_kernel(ScoringConfig(position_window=1)) == "cuda"
+    else:
+        assert choose_kernel(ScoringConfig()) == choose_kernel(ScoringConfig(position_window=1)) == "numba"
         with pytest.raises(BackendError, match="no CUDA device"):
             make_patch_scorer(bank, np.zeros((10, 2), np.int16), 1, ScoringConfig(knn="cuda"))
 

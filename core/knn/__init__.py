@@ -4,9 +4,9 @@
     scores = scorer.score(query_codes, query_positions)   # (Q,) anomaly score per patch
 
 `scoring.knn` picks the kernel: numpy (exact reference), numba (fused CPU kernel), cuda (GPU-resident
-bank), faiss-ivf (approximate candidates + exact re-rank, unaligned parts), or auto (numba with a position
-window; cuda on a GPU; faiss-ivf for a large unwindowed search when faiss is installed; else numba). The
-choice is logged.
+bank, position windows included), faiss-ivf (approximate candidates + exact re-rank, unaligned parts), or
+auto (cuda on a GPU; else numba with a position window, faiss-ivf for a large unwindowed search when faiss
+is installed, numba otherwise). The choice is logged.
 """
 
 from __future__ import annotations
@@ -51,16 +51,17 @@ def _faiss_installed() -> bool:
 
 
 def choose_kernel(scoring: ScoringConfig, pairs: int | None = None) -> str:
-    """The kernel `scoring.knn` names, or for `auto`: numba with a position window; cuda on a GPU; faiss-ivf
-    when installed and an exact search would visit more than AUTO_IVF_PAIRS `pairs`; numba otherwise."""
+    """The kernel `scoring.knn` names, or for `auto`: cuda on a GPU (windowed or not: the bank stays on the
+    device beside the engines' outputs); on a CPU numba with a position window, faiss-ivf when installed and
+    an exact search would visit more than AUTO_IVF_PAIRS `pairs`, numba otherwise."""
     if scoring.knn != "auto":
         return scoring.knn
-    if scoring.window is not None:
-        return "numba"
     from sclvi.knn.numba_cuda import cuda_available
 
     if cuda_available():
         return "cuda"
+    if scoring.window is not None:
+        return "numba"
     if pairs is not None and pairs > AUTO_IVF_PAIRS and _faiss_installed():
         return "faiss-ivf"
     return "numba"
@@ -91,7 +92,7 @@ def make_patch_scorer(codes: np.ndarray, positions: np.ndarray, grid: int | tupl
     elif kind == "cuda":
         from sclvi.knn.numba_cuda import CudaPatchScorer
 
-        scorer = CudaPatchScorer(codes, scoring)
+        scorer = CudaPatchScorer(codes, scoring, positions=positions, grid=grid)
     else:
         raise BackendError(f"unknown k-NN kernel {kind!r}; choose from {KERNELS} or auto")
     log.info("k-NN kernel: %s (bank %d x %d)", scorer.name, *np.shape(codes))
