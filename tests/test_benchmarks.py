@@ -342,7 +342,29 @@ def test_aspect_benchmark_compares_squashed_and_native_geometry_on_mixed_sizes(t
     # squash: 29 x 29 patches of each of the 4 bank images; native keeps each image's own grid
     assert rows[0]["bank_codes"] == 4 * 29 * 29 and rows[1]["bank_codes"] != rows[0]["bank_codes"]
     assert all(0.0 <= r["image_auroc"] <= 1.0 and 0.0 <= r["pixel_auroc"] <= 1.0 for r in rows)
-    assert "| native |" in report.read_text()
+    assert "| raw pixels | native |" in report.read_text()
+    # with a (here untrained) dense bundle: its encoder at both geometries, two scales from one pass per image
+    from conftest import TINY_ENCODER, make_bundle
+    from sclvi.config import build_config
+
+    cfg = build_config("dense-lite", {"encoder": TINY_ENCODER, "geometry": {"image_size": 96, "small_stride": 8, "large_stride": 16}})
+    make_bundle(tmp_path / "dense", cfg)
+    report = main(["--data", str(tmp_path / "a"), "--sets", "texture", "--bank-images", "4", "--out", str(tmp_path / "out2"),
+                   "--bundle", f"texture={tmp_path / 'dense'}"])
+    rows = json.loads((tmp_path / "out2" / "quality-aspect-cpu.json").read_text())["rows"]
+    assert [(r["kind"], r["geometry"]) for r in rows] == [("raw pixels", "squash"), ("raw pixels", "native"),
+                                                          ("trained encoder", "squash"), ("trained encoder", "native")]
+    # 256 px squashed: 29 x 29 small patches (32 px, stride 8) and 13 x 13 large ones (64 px, stride 16) per image
+    assert rows[2]["bank_codes"] == 4 * (29 * 29 + 13 * 13) and rows[3]["bank_codes"] != rows[2]["bank_codes"]
+    assert all(0.0 <= r["image_auroc"] <= 1.0 and 0.0 <= r["pixel_auroc"] <= 1.0 for r in rows[2:])
+    assert "| trained encoder | native |" in report.read_text() and str(tmp_path / "dense") in report.read_text()
+    import pytest
+    import typer
+
+    with pytest.raises(typer.BadParameter, match="dense-family"):  # a per-patch encoder cannot take any image size
+        make_bundle(tmp_path / "lite", build_config("lite", {"encoder": TINY_ENCODER, "geometry": {"image_size": 96}}))
+        main(["--data", str(tmp_path / "a"), "--sets", "texture", "--bank-images", "4", "--out", str(tmp_path / "out3"),
+              "--bundle", str(tmp_path / "lite")])
 
 
 def test_each_floor_is_cached_under_the_settings_it_reads(tmp_path, monkeypatch):
