@@ -74,40 +74,39 @@ def test_quality_benchmark_rows_stand_next_to_the_floors_over_seeds(tmp_path):
     mean_px = sum(r["per_defect"][d]["pixel_auroc"] for r in scl12) / 2
     row = next(line for line in table.splitlines() if line.startswith(f"| {d} |"))
     assert row.split(" | ")[1] == f"{100 * shares[d]:.1f} %" and f"{100 * mean_img:.1f} / {100 * mean_px:.1f}" == row.split(" | ")[4]
+    _merge_keeps_the_other_sets_and_says_when_they_were_measured(tmp_path, data)
 
 
-def test_merge_keeps_the_other_sets_of_an_earlier_report_and_says_when_they_were_measured(tmp_path):
-    """Sets trained in different sessions in one report: the earlier report's rows of the other sets join
-    unchanged, stamped with that report's date; a set measured again is not kept twice; another protocol's
-    report is refused."""
+def _merge_keeps_the_other_sets_and_says_when_they_were_measured(tmp_path, earlier):
+    """--merge (part of the test above, reusing its report): the earlier report's rows of the other sets join
+    unchanged, stamped with that report's date; a set measured again is not kept; another protocol's report
+    and a file that is not a report are refused before any work."""
     import pytest
     import typer
     from sclvi.benchmarks.quality import main
 
-    for kind in ("object", "texture"):
-        write_synthetic(tmp_path / "data", kind, size=176, n_train=4, n_test_good=2, n_test_defect=1, seed=0)
+    write_synthetic(tmp_path / "data", "texture", size=176, n_train=4, n_test_good=2, n_test_defect=1, seed=0)
+    old = str(tmp_path / "out" / "quality-smoke.json")
     common = ["--data", str(tmp_path / "data"), "--protocol", "smoke", "--seeds", "0", "--tasks", "none",
               "--work", str(tmp_path / "work")]
-    main([*common, "--sets", "object", "--out", str(tmp_path / "one")])
-    earlier = json.loads((tmp_path / "one" / "quality-smoke.json").read_text())
     with pytest.raises(typer.BadParameter, match="no rows of a set"):  # every set of it is measured again
-        main([*common, "--sets", "object", "--out", str(tmp_path / "x"), "--merge", str(tmp_path / "one" / "quality-smoke.json")])
-    report = main([*common, "--sets", "texture", "--out", str(tmp_path / "two"),
-                   "--merge", str(tmp_path / "one" / "quality-smoke.json")])
+        main([*common, "--sets", "object", "--out", str(tmp_path / "x"), "--merge", old])
+    with pytest.raises(typer.BadParameter, match="another protocol"):
+        main([*common[:2], "--protocol", "quick", *common[4:], "--sets", "texture", "--out", str(tmp_path / "y"), "--merge", old])
+    with pytest.raises(typer.BadParameter, match="not a quality report"):
+        main([*common, "--sets", "texture", "--out", str(tmp_path / "z"), "--merge", old.replace(".json", ".md")])
+    report = main([*common, "--sets", "texture", "--out", str(tmp_path / "two"), "--merge", old])
     rows = json.loads((tmp_path / "two" / "quality-smoke.json").read_text())["rows"]
-    assert [r["set"] for r in rows] == ["object"] * 3 + ["texture"] * 3
-    kept, fresh = rows[:3], rows[3:]
+    n = len(earlier["rows"])
+    assert [r["set"] for r in rows] == ["object"] * n + ["texture"] * 3
+    kept, fresh = rows[:n], rows[n:]
     assert [{k: v for k, v in r.items() if not k.startswith("measured")} for r in kept] == earlier["rows"]
     assert {r["measured"] for r in kept} == {earlier["machine"]["date"]} and not any("measured" in r for r in fresh)
-    text = report.read_text()
-    object_part, texture_part = text.split("## object")[1].split("## texture")
+    object_part, texture_part = report.read_text().split("## object")[1].split("## texture")
     assert f"Measured {earlier['machine']['date']} on " in object_part and "kept from an earlier report" in object_part
     assert "Measured in this run" in texture_part and "kept from" not in texture_part.split("## Machine")[0]
-    with pytest.raises(typer.BadParameter, match="another protocol"):
-        main([*common[:2], "--protocol", "quick", *common[4:], "--sets", "texture", "--out", str(tmp_path / "y"),
-              "--merge", str(tmp_path / "one" / "quality-smoke.json")])
-    with pytest.raises(typer.BadParameter, match="not a quality report"):
-        main([*common, "--sets", "texture", "--out", str(tmp_path / "z"), "--merge", str(tmp_path / "one" / "quality-smoke.md")])
+
+
 
 
 def test_learning_curve_trains_one_model_per_budget_next_to_the_floors(tmp_path):
