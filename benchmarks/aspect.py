@@ -125,24 +125,24 @@ def encoder(ds: Any, geometry: str, bank_images: list[Path], bundle_path: Path) 
     of the bank images (exact, unwindowed), maps fused and the image scored as the bundle says. No image
     retrieval and no level normalisation (both are measured on one image size): the same scoring at both
     geometries, so only the geometry differs."""
-    from sclvi.embedding import aggregate
+    from sclvi.embedding import FrameEmbedder
     from sclvi.engines.torch_backend import TorchBackend
-    from sclvi.geometry import PatchGrid
+    from sclvi.geometry import PatchGrid, TwoScaleGeometry
     from sclvi.images import normalise
     from sclvi.knn import make_patch_scorer
     from sclvi.maps import fuse_maps, pixel_map, smooth_map, top_pixels
 
     bundle = dense_bundle(bundle_path)
     cfg = bundle.config
-    backend = TorchBackend(bundle)
     level = bundle.mean.reshape(-1, 3)[0].astype(np.float32)  # the flat mean: one gray level per channel
-    g, k = cfg.geometry, cfg.bank.neighbourhood
+    g = cfg.geometry
+    # the dense path encodes a frame of any size in one pass (the geometry is only used by the per-patch path)
+    embedder = FrameEmbedder(TorchBackend(bundle), TwoScaleGeometry.from_config(g), cfg.bank.neighbourhood)
     scales = ((g.small_patch, g.small_stride), (2 * g.small_patch, g.large_stride))
 
     def codes(img: np.ndarray) -> list[np.ndarray]:
-        x = normalise(img, np.broadcast_to(level, img.shape), cfg.preprocess.photometric)[None]
-        both = [c.transpose(0, 2, 3, 1) for c in backend.encode_frames(np.ascontiguousarray(x, dtype=np.float32))]
-        return [(aggregate(c, k) if k > 1 else c)[0] for c in both]  # (rows, cols, D) per scale
+        frame = embedder.embed(normalise(img, np.broadcast_to(level, img.shape), cfg.preprocess.photometric)[None])
+        return [frame.small[0], frame.large[0]]  # (rows, cols, D) per scale, aggregated as the bank's
 
     banks: list[list[np.ndarray]] = [[], []]
     for p in tqdm(bank_images, desc=f"encoder bank ({geometry})", unit="img"):

@@ -35,6 +35,18 @@ class CellBuckets:
         np.cumsum(np.bincount(cell, minlength=rows * cols), out=offsets[1:])
         return cls(rows, cols, order.astype(np.int64), offsets)
 
+    @property
+    def sorted_at(self) -> np.ndarray:
+        """Bank index -> its place in the bank sorted by cell (the inverse of `order`)."""
+        at = np.empty_like(self.order)
+        at[self.order] = np.arange(len(self.order))
+        return at
+
+    def starts_among(self, places: np.ndarray) -> np.ndarray:
+        """Where each cell starts among `places` (ascending places of the sorted bank that are searched, e.g.
+        those of the images image retrieval kept): cell c's places are places[starts[c]:starts[c + 1]]."""
+        return np.searchsorted(places, self.offsets).astype(np.int64)
+
     def candidates(self, row: int, col: int, window: int) -> np.ndarray:
         """Ascending bank indices within `window` cells of (row, col)."""
         c_ = self.cols
@@ -51,3 +63,8 @@ def grid_positions(grid: int | GridShape) -> np.ndarray:
     rows, cols = grid_shape(grid)
     r, c = np.meshgrid(np.arange(rows), np.arange(cols), indexing="ij")
     return np.stack([r.ravel(), c.ravel()], axis=1).astype(np.int16)
+
+
+def short_window(eta: int) -> ValueError:
+    """What every windowed kernel raises when a query's window holds fewer than eta bank codes."""
+    return ValueError(f"fewer than eta={eta} bank codes in some position windows: widen the window or lower eta")

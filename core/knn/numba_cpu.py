@@ -20,7 +20,7 @@ from numba import njit, prange
 from threadpoolctl import threadpool_limits
 
 from sclvi.config import ScoringConfig
-from sclvi.knn.buckets import CellBuckets, grid_shape
+from sclvi.knn.buckets import CellBuckets, grid_shape, short_window
 from sclvi.knn.topk import insert_sorted
 
 #: Extra candidates kept by the float32 pre-selection so float32 rounding cannot drop a true neighbour.
@@ -185,8 +185,7 @@ class NumbaPatchScorer:
             # the bank sorted by cell: a bank row of any window is then one contiguous block
             self.sorted_codes = np.ascontiguousarray(self.codes[self.buckets.order])
             self.sorted_sq = self.bank_sq[self.buckets.order]
-            self.sorted_at = np.empty_like(self.buckets.order)  # bank index -> place in the sorted bank
-            self.sorted_at[self.buckets.order] = np.arange(len(self.buckets.order))
+            self.sorted_at = self.buckets.sorted_at  # bank index -> place in the sorted bank
             self.sel, self.sel_offsets = np.arange(len(self.codes), dtype=np.int64), self.buckets.offsets
 
     def restricted(self, rows: np.ndarray) -> "NumbaPatchScorer":
@@ -200,7 +199,7 @@ class NumbaPatchScorer:
             kept = np.zeros(len(self.codes), dtype=bool)
             kept[self.sorted_at[full]] = True
             sub.sel = np.flatnonzero(kept)
-            sub.sel_offsets = np.searchsorted(sub.sel, self.buckets.offsets)
+            sub.sel_offsets = self.buckets.starts_among(sub.sel)
             sub.bank_rows = full
             return sub
         sub.codes = np.ascontiguousarray(self.codes[rows])
@@ -260,5 +259,5 @@ class NumbaPatchScorer:
                   self.sel, max_run)
         out[perm] = sorted_out
         if short.any():
-            raise ValueError(f"fewer than eta={s.eta} bank codes in some position windows: widen the window or lower eta")
+            raise short_window(s.eta)
         return out

@@ -31,7 +31,7 @@ except ImportError:  # a numba without any CUDA target
 
 from sclvi.config import ScoringConfig
 from sclvi.errors import BackendError
-from sclvi.knn.buckets import CellBuckets, grid_shape
+from sclvi.knn.buckets import CellBuckets, grid_shape, short_window
 from sclvi.knn.numba_cpu import MARGIN
 from sclvi.knn.topk import insert_sorted
 
@@ -237,8 +237,7 @@ class CudaPatchScorer:
             self.rows, self.cols = grid_shape(grid)
             self.buckets = CellBuckets.build(np.asarray(positions), (self.rows, self.cols))
             order = self.buckets.order
-            self.sorted_at = np.empty_like(order)  # bank index -> place in the sorted bank
-            self.sorted_at[order] = np.arange(len(order))
+            self.sorted_at = self.buckets.sorted_at  # bank index -> place in the sorted bank
             host, sq = np.ascontiguousarray(host[order]), sq[order]
             self.order = cuda.to_device(order, stream=self.stream)
             self.at = cuda.to_device(self.sorted_at, stream=self.stream)
@@ -253,7 +252,7 @@ class CudaPatchScorer:
         among them, on the device; `bank_rows`: these rows of the full bank (None: all)."""
         assert self.buckets is not None
         self.sel = cuda.to_device(places, stream=self.stream)
-        self.offsets = cuda.to_device(np.searchsorted(places, self.buckets.offsets).astype(np.int64), stream=self.stream)
+        self.offsets = cuda.to_device(self.buckets.starts_among(places), stream=self.stream)
         self.bank_rows = bank_rows
 
     def _plan(self, splits: int = 0) -> None:
@@ -304,8 +303,7 @@ class CudaPatchScorer:
             missing = short.copy_to_host(stream=self.stream)
             self.stream.synchronize()
             if missing.any():
-                raise ValueError(f"fewer than eta={self.scoring.eta} bank codes in some position windows: widen the "
-                                 "window or lower eta")
+                raise short_window(self.scoring.eta)
             return result
         cand = cuda.device_array((nq, self.splits * self.keep), dtype=np.int64, stream=self.stream)
         grid = (math.ceil(nq / THREADS), self.splits)

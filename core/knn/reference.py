@@ -6,7 +6,7 @@ import numpy as np
 
 from sclvi.affinity import affinity_scores, knn_exact
 from sclvi.config import ScoringConfig
-from sclvi.knn.buckets import CellBuckets
+from sclvi.knn.buckets import CellBuckets, short_window
 
 
 class NumpyPatchScorer:
@@ -37,7 +37,7 @@ class NumpyPatchScorer:
             d, j = knn_exact(q[None], self.codes[cand], k)
             dist[i, : d.shape[1]], index[i, : d.shape[1]] = d[0], cand[j[0]]
         if (index < 0).any():
-            raise ValueError(f"fewer than eta={k} bank codes in some position windows: widen the window or lower eta")
+            raise short_window(k)
         return dist, index
 
     def score(self, queries: np.ndarray, positions: np.ndarray | None = None) -> np.ndarray:
