@@ -107,8 +107,6 @@ def _merge_keeps_the_other_sets_and_says_when_they_were_measured(tmp_path, earli
     assert "Measured in this run" in texture_part and "kept from" not in texture_part.split("## Machine")[0]
 
 
-
-
 def test_learning_curve_trains_one_model_per_budget_next_to_the_floors(tmp_path):
     from sclvi.benchmarks.quality import main
     from sclvi.bundle import load_bundle

@@ -56,6 +56,9 @@ SIM_SCRIPT = textwrap.dedent(
     twice = np.arange(0, len(rows), 2)
     ref2 = NumpyPatchScorer(bank[rows[twice]], pos[rows[twice]], grid, s).score(q, qpos)
     out["window/restricted twice"] = float(np.abs(scorer.restricted(rows).restricted(twice).score(q, qpos) - ref2).max())
+    half = CudaPatchScorer(bank, ScoringConfig(position_window=1, eta=5, gpu_bank_dtype="float16"), positions=pos, grid=grid)
+    full = scorer.score(q, qpos)  # the windowed kernel reading an FP16 bank
+    out["fp16_rel window"] = float(np.abs(half.score(q, qpos) - full).max() / full.mean())
     try:  # a window holding fewer than eta codes: the CPU kernels' error, not a score
         CudaPatchScorer(bank[:30], ScoringConfig(position_window=0, eta=5), positions=pos[:30], grid=grid).score(q, qpos)
         out["short window raises"] = 1.0
