@@ -95,8 +95,10 @@ def write_curve_report(rows: list[dict[str, Any]], protocol: str, out: Path, sec
         "",
         f"Preset `{cfg.preset}`, the paper's 12-class task, training {cfg.train.model_dump(exclude={'task', 'seed', 'threads', 'checkpoint_every', 'steps'})} "
         f"except the step budget; each budget trained from scratch (cosine over its own steps, early stop off) except "
-        f"the product default ({cfg.train.steps} steps), which is the default model as `sclvi train` gives it. "
-        f"Total wall time {seconds / 60:.0f} min on the machine below. Plot: `quality-steps-{protocol}.png`.",
+        f"the product default ({cfg.train.steps} steps), which is the default model trained to its full step count "
+        f"(the time budget `train.max_minutes` off, so every box trains the same steps; `sclvi train` with no flags "
+        f"trains fewer on a box too slow for its budget). `train s` is each run's own training time, at the pace of "
+        f"the box that day. Total wall time {seconds / 60:.0f} min on the machine below. Plot: `quality-steps-{protocol}.png`.",
         "",
     ]
     for name in dict.fromkeys(r["set"] for r in rows):
