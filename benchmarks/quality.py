@@ -449,7 +449,9 @@ def write_quality_report(rows: list[dict[str, Any]], protocol: str, out: Path, s
         f"{cfg.scoring.map_sigma} px, position window {cfg.scoring.position_window} (`auto`: the window the bank measured "
         f"on an aligned part, none otherwise; the `window` column). Wall time of this run {seconds / 60:.0f} min on the machine below.",
         f"Input: `preprocess.photometric: {cfg.preprocess.photometric}` (`frame`: each frame mapped to one gray-level mean "
-        "and spread first; floors get the same input). Variants: `default` = the preset as `sclvi train` gives it; the "
+        "and spread first; floors get the same input). Variants: `default` = the preset as `sclvi train` gives it, except "
+        "that every step is trained (`train.max_minutes` 0: the benchmark sets no time budget, so every box trains the "
+        "same steps); the "
         "others switch the product's departures from the paper (frame photometric step, `preprocess.mean: "
         f"{cfg.preprocess.mean}` = the mean gray level subtracted instead of the per-pixel mean image, synthetic-defect term "
         f"`train.defect_weight` = {cfg.train.defect_weight}, codes aggregated over `bank.neighbourhood` = "
