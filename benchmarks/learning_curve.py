@@ -23,7 +23,8 @@ import numpy as np  # noqa: E402
 
 from sclvi.benchmarks.common import machine, machine_table  # noqa: E402
 from sclvi.benchmarks.quality import (  # noqa: E402
-    PROTOCOLS, _pct, floor_rows, model_cache, model_cells, model_facts, protocol_config, quality_row, train_and_score)
+    PROTOCOLS, _pct, floor_rows, model_cache, model_cells, model_facts, protocol_config, quality_row, report_stem,
+    train_and_score)
 
 
 def budget_variant(protocol: str, steps: int) -> tuple[str, dict[str, Any]]:
@@ -87,7 +88,7 @@ def save_curve_plot(path: Path, rows: list[dict[str, Any]], title: str) -> None:
     plt.close(fig)
 
 
-def write_curve_report(rows: list[dict[str, Any]], protocol: str, out: Path, seconds: float) -> Path:
+def write_curve_report(rows: list[dict[str, Any]], protocol: str, out: Path, seconds: float, tag: str = "") -> Path:
     info = machine()
     cfg = protocol_config(protocol, "scl12")
     lines = [
@@ -98,7 +99,7 @@ def write_curve_report(rows: list[dict[str, Any]], protocol: str, out: Path, sec
         f"the product default ({cfg.train.steps} steps), which is the default model trained to its full step count "
         f"(the time budget `train.max_minutes` off, so every box trains the same steps; `sclvi train` with no flags "
         f"trains fewer on a box too slow for its budget). `train s` is each run's own training time, at the pace of "
-        f"the box that day. Total wall time {seconds / 60:.0f} min on the machine below. Plot: `quality-steps-{protocol}.png`.",
+        f"the box that day. Total wall time {seconds / 60:.0f} min on the machine below. Plot: `quality-steps-{report_stem(protocol, tag)}.png`.",
         "",
     ]
     for name in dict.fromkeys(r["set"] for r in rows):
@@ -113,9 +114,9 @@ def write_curve_report(rows: list[dict[str, Any]], protocol: str, out: Path, sec
                          f"| {_pct(r.get('pro'))} | {pre} | {rank} | {train} |")
         lines.append("")
     lines += ["## Machine", "", machine_table(info), ""]
-    path = out / f"quality-steps-{protocol}.md"
+    path = out / f"quality-steps-{report_stem(protocol, tag)}.md"
     path.write_text("\n".join(lines))
-    (out / f"quality-steps-{protocol}.json").write_text(json.dumps({"machine": info, "protocol": PROTOCOLS[protocol], "rows": rows},
+    (out / f"quality-steps-{report_stem(protocol, tag)}.json").write_text(json.dumps({"machine": info, "protocol": PROTOCOLS[protocol], "rows": rows},
                                                                    indent=2, default=str))
-    save_curve_plot(out / f"quality-steps-{protocol}.png", rows, f"quality against training steps ({protocol} protocol)")
+    save_curve_plot(out / f"quality-steps-{report_stem(protocol, tag)}.png", rows, f"quality against training steps ({protocol} protocol)")
     return path

@@ -17,12 +17,15 @@ mid-training goes on from its last checkpoint).
     sclvi bench quality --steps N,...     the learning curve: quality against the step budget (learning_curve.py)
     sclvi bench quality --sets A --merge OLD.json   one report with set A measured now and the other sets' rows of an
                                           earlier report (each set says when it was measured)
+    sclvi bench quality --tasks none --label tasks-none   a side run: its files are quality-tasks-none-<protocol>.md,
+                                          heatmaps-tasks-none-<protocol>-<set>/, ..., beside the main report
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 import shutil
 import time
 from enum import Enum
@@ -124,6 +127,19 @@ def _needs_no_training(variant: dict[str, Any]) -> bool:
     return bool(variant) and set(variant) <= {"bank", "scoring"}
 
 
+def report_stem(protocol: str, tag: str = "") -> str:
+    """The name every file of a run carries (quality-<stem>.md, heatmaps-<stem>-<set>/, ...): the protocol, after
+    the run's --label when it has one, so a side run (other tasks, one set) does not overwrite the main report."""
+    return f"{tag}-{protocol}" if tag else protocol
+
+
+def label_option(value: str) -> str:
+    """--label: a file-name part, so lower-case letters, digits and inner dashes only."""
+    if value and not re.fullmatch(r"[a-z0-9]+(-[a-z0-9]+)*", value):
+        raise typer.BadParameter(f"{value!r}: use lower-case letters, digits and single dashes (e.g. tasks-none)")
+    return value
+
+
 def models_dir(work: Path, protocol: str) -> Path:
     """Where a protocol's trained bundles are cached (cpu-full-bank shares the cpu protocol's)."""
     return work / PROTOCOLS[protocol].get("models", protocol)
@@ -215,7 +231,7 @@ def _variants(cfg: Config, task: str) -> list[tuple[str, dict[str, Any], float |
     return rows
 
 
-def run_set(name: str, root: Path, protocol: str, work: Path, out: Path) -> dict[str, Any]:
+def run_set(name: str, root: Path, protocol: str, work: Path, out: Path, tag: str = "") -> dict[str, Any]:
     from sclvi.dataset import read_dataset
     from sclvi.engines import load_backend
     from sclvi.evaluate import embed_test_set, metrics_report, score_test_set, test_masks, write_overlays
@@ -253,8 +269,8 @@ def run_set(name: str, root: Path, protocol: str, work: Path, out: Path) -> dict
             if label.endswith("eta 10"):
                 curves[task] = (*roc(labels, scores), m["image_auroc"])
             if label == "scl12, eta 10":
-                write_overlays(out / f"heatmaps-{protocol}-{name}", ds.test, maps, scores, cfg.geometry, 6, masks)
-    save_roc(out / f"roc-{protocol}-{name}.png", curves, f"{name}: image ROC by pretext task ({protocol} budget)")
+                write_overlays(out / f"heatmaps-{report_stem(protocol, tag)}-{name}", ds.test, maps, scores, cfg.geometry, 6, masks)
+    save_roc(out / f"roc-{report_stem(protocol, tag)}-{name}.png", curves, f"{name}: image ROC by pretext task ({protocol} budget)")
     return {"set": name, "n_test": len(ds.test), "n_train": len(ds.train), "has_masks": ds.has_masks, "rows": rows}
 
 
@@ -354,7 +370,7 @@ def floor_rows(name: str, ds: Any, protocol: str, masks: np.ndarray | None, work
 
 def run_quality(name: str, root: Path, protocol: str, tasks: list[str], seeds: list[int], work: Path,
                 out: Path, improvements: list[str] | None = None, progress: Any = None,
-                variant_seeds: int = 1) -> list[dict[str, Any]]:
+                variant_seeds: int = 1, tag: str = "") -> list[dict[str, Any]]:
     """Floors, then every (task, seed) of the protocol's preset: one row each, eta 10; with `improvements`,
     also the IMPROVEMENTS variants picked (see below). `progress(rows)` after each row, so an
     interrupted run still leaves a report of what it measured."""
@@ -387,10 +403,10 @@ def run_quality(name: str, root: Path, protocol: str, tasks: list[str], seeds: l
         if progress is not None:
             progress(rows)
         if seed == seeds[0] and task == tasks[0] and variant == "default":
-            write_overlays(out / f"heatmaps-{protocol}-{name}", ds.test, maps, scores, cfg.geometry, 6, masks)
+            write_overlays(out / f"heatmaps-{report_stem(protocol, tag)}-{name}", ds.test, maps, scores, cfg.geometry, 6, masks)
             curve = bundle.path / "training_curve.png"
             if curve.is_file():
-                (out / f"training-curve-{protocol}-{name}.png").write_bytes(curve.read_bytes())
+                (out / f"training-curve-{report_stem(protocol, tag)}-{name}.png").write_bytes(curve.read_bytes())
     return rows
 
 
@@ -435,7 +451,7 @@ def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def write_quality_report(rows: list[dict[str, Any]], protocol: str, out: Path, seconds: float) -> Path:
+def write_quality_report(rows: list[dict[str, Any]], protocol: str, out: Path, seconds: float, tag: str = "") -> Path:
     info = machine()
     budget = PROTOCOLS[protocol]
     cfg = protocol_config(protocol, "scl12")
@@ -490,12 +506,12 @@ def write_quality_report(rows: list[dict[str, Any]], protocol: str, out: Path, s
                          f"| {win} | {steps} | {train} "
                          f"| {r['embed_ms']:.0f} | {r['score_ms']:.0f} |")
         lines += per_defect_table([r for r in rows if r["set"] == name])
-        lines += ["", f"Heatmaps: `heatmaps-{protocol}-{name}/`; training curve of the first model: "
-                  f"`training-curve-{protocol}-{name}.png`", ""]
+        lines += ["", f"Heatmaps: `heatmaps-{report_stem(protocol, tag)}-{name}/`; training curve of the first model: "
+                  f"`training-curve-{report_stem(protocol, tag)}-{name}.png`", ""]
     lines += ["## Machine", "", machine_table(info), ""]
-    path = out / f"quality-{protocol}.md"
+    path = out / f"quality-{report_stem(protocol, tag)}.md"
     path.write_text("\n".join(lines))
-    (out / f"quality-{protocol}.json").write_text(json.dumps(
+    (out / f"quality-{report_stem(protocol, tag)}.json").write_text(json.dumps(
         {"machine": info, "protocol": budget, "rows": rows, "summary": summary}, indent=2, default=str))
     return path
 
@@ -581,9 +597,9 @@ def run_families(name: str, root: Path, protocol: str, presets: list[str], work:
     return rows
 
 
-def write_families_report(rows: list[dict[str, Any]], protocol: str, out: Path) -> Path:
+def write_families_report(rows: list[dict[str, Any]], protocol: str, out: Path, tag: str = "") -> Path:
     """Merge these rows into the protocol's families JSON (keyed by set and preset) and rewrite the report."""
-    store = out / f"quality-families-{protocol}.json"
+    store = out / f"quality-families-{report_stem(protocol, tag)}.json"
     kept = json.loads(store.read_text())["rows"] if store.is_file() else []
     new = {(r["set"], r["preset"]) for r in rows}
     rows = [r for r in kept if (r["set"], r["preset"]) not in new] + rows
@@ -608,7 +624,7 @@ def write_families_report(rows: list[dict[str, Any]], protocol: str, out: Path) 
                          f"| {_pct(r.get('pro'))} | {train} | {r['embed_ms']:.0f} | {r['score_ms']:.0f} |")
         lines.append("")
     lines += ["## Machine", "", machine_table(info), ""]
-    path = out / f"quality-families-{protocol}.md"
+    path = out / f"quality-families-{report_stem(protocol, tag)}.md"
     path.write_text("\n".join(lines))
     store.write_text(json.dumps({"machine": info, "protocol": budget, "rows": rows}, indent=2, default=str))
     return path
@@ -618,7 +634,7 @@ def _pct(v: Any) -> str:
     return "-" if v is None or (isinstance(v, float) and np.isnan(v)) else f"{100 * v:.1f}"
 
 
-def write_ablation_report(results: list[dict[str, Any]], protocol: str, out: Path, seconds: float) -> Path:
+def write_ablation_report(results: list[dict[str, Any]], protocol: str, out: Path, seconds: float, tag: str = "") -> Path:
     info = machine()
     budget = PROTOCOLS[protocol]
     lines = [
@@ -652,11 +668,11 @@ def write_ablation_report(results: list[dict[str, Any]], protocol: str, out: Pat
             r = next(r for r in main_rows if r["task"] == "scl12")
             lines += ["| defect | pixel AUROC | PRO |", "|---|---:|---:|"]
             lines += [f"| {d} | {_pct(r['per_defect'][d].get('pixel_auroc'))} | {_pct(r['per_defect'][d].get('pro'))} |" for d in defects]
-        lines += ["", f"ROC: `roc-{protocol}-{res['set']}.png`; heatmaps: `heatmaps-{protocol}-{res['set']}/`", ""]
+        lines += ["", f"ROC: `roc-{report_stem(protocol, tag)}-{res['set']}.png`; heatmaps: `heatmaps-{report_stem(protocol, tag)}-{res['set']}/`", ""]
     lines += ["## Machine", "", machine_table(info), ""]
-    path = out / f"quality-ablation-{protocol}.md"
+    path = out / f"quality-ablation-{report_stem(protocol, tag)}.md"
     path.write_text("\n".join(lines))
-    (out / f"quality-ablation-{protocol}.json").write_text(json.dumps({"machine": info, "protocol": budget, "results": results}, indent=2, default=str))
+    (out / f"quality-ablation-{report_stem(protocol, tag)}.json").write_text(json.dumps({"machine": info, "protocol": budget, "results": results}, indent=2, default=str))
     return path
 
 
@@ -682,6 +698,9 @@ def quality(
         None, metavar="REPORT.json", help="an earlier quality-<protocol>.json of the same protocol: its rows of the sets "
         "this run does not measure join the report, each set with the date it was measured (one report for sets "
         "trained in different sessions)"),
+    label: str = typer.Option("", callback=label_option, help="a name for a side run's files: quality-<label>-<protocol>.md "
+                              "/ .json, heatmaps-<label>-<protocol>-<set>/, training-curve-<label>-<protocol>-<set>.png (and "
+                              "the --steps, --families, --ablation reports likewise), so the main report is not overwritten"),
     out: Path = OUT,
 ) -> Path:
     """Detection quality on real data next to the no-learning floors, with the paper's ablations."""
@@ -693,7 +712,7 @@ def quality(
     picked = None if improvements is None else [] if "all" in slugs else slugs  # []: every variant
     args = SimpleNamespace(data=data, sets=sets, protocol=protocol, seeds=seeds, tasks=tasks, work=work, ablation=ablation,
                            families=listed(families, option="--families"), improvements=picked,
-                           variant_seeds=variant_seeds, steps=listed(steps, int, option="--steps"), out=out)
+                           variant_seeds=variant_seeds, steps=listed(steps, int, option="--steps"), out=out, tag=label)
     work = models_dir(args.work, args.protocol)
     if args.steps:
         from sclvi.benchmarks.learning_curve import run_curve, write_curve_report
@@ -703,31 +722,33 @@ def quality(
         for name in args.sets:
             before = list(curve)
             curve += run_curve(name, args.data / name, args.protocol, args.steps, args.seeds, work,
-                               lambda partial: write_curve_report(before + partial, args.protocol, args.out, time.perf_counter() - t0))
-            path = write_curve_report(curve, args.protocol, args.out, time.perf_counter() - t0)
+                               lambda partial: write_curve_report(before + partial, args.protocol, args.out,
+                                                                  time.perf_counter() - t0, args.tag))
+            path = write_curve_report(curve, args.protocol, args.out, time.perf_counter() - t0, args.tag)
         print(f"report: {path}")
         return path
     if args.families:
         for name in args.sets:
             path = write_families_report(run_families(name, args.data / name, args.protocol, args.families, work),
-                                         args.protocol, args.out)
+                                         args.protocol, args.out, args.tag)
         print(f"report: {path}")
         return path
     t0 = time.perf_counter()
     if args.ablation:
         results = []
         for name in args.sets:
-            results.append(run_set(name, args.data / name, args.protocol, work, args.out))
-            path = write_ablation_report(results, args.protocol, args.out, time.perf_counter() - t0)  # partial reports as we go
+            results.append(run_set(name, args.data / name, args.protocol, work, args.out, args.tag))
+            path = write_ablation_report(results, args.protocol, args.out, time.perf_counter() - t0, args.tag)  # partial reports as we go
         print(f"report: {path}")
         return path
     rows: list[dict[str, Any]] = kept_rows(merge, args.protocol, args.sets) if merge is not None else []
     for name in args.sets:
         done = list(rows)
         rows += run_quality(name, args.data / name, args.protocol, args.tasks, args.seeds, work, args.out, args.improvements,
-                            lambda partial: write_quality_report(done + partial, args.protocol, args.out, time.perf_counter() - t0),
-                            args.variant_seeds)
-        path = write_quality_report(rows, args.protocol, args.out, time.perf_counter() - t0)
+                            lambda partial: write_quality_report(done + partial, args.protocol, args.out, time.perf_counter() - t0,
+                                                                 args.tag),
+                            args.variant_seeds, args.tag)
+        path = write_quality_report(rows, args.protocol, args.out, time.perf_counter() - t0, args.tag)
     print(f"report: {path}")
     return path
 

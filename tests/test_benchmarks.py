@@ -105,6 +105,32 @@ def _merge_keeps_the_other_sets_and_says_when_they_were_measured(tmp_path, earli
     object_part, texture_part = report.read_text().split("## object")[1].split("## texture")
     assert f"Measured {earlier['machine']['date']} on " in object_part and "kept from an earlier report" in object_part
     assert "Measured in this run" in texture_part and "kept from" not in texture_part.split("## Machine")[0]
+    _a_label_names_a_side_run_without_touching_the_main_report(tmp_path)
+
+
+def _a_label_names_a_side_run_without_touching_the_main_report(tmp_path):
+    """--label (part of the test above, on its cached models): a side run into the main report's folder writes
+    every file under its own name and leaves the main report's files as they were; a label that is not a
+    plain file-name part is refused before any work."""
+    import pytest
+    import typer
+    from sclvi.benchmarks.quality import main
+
+    out = tmp_path / "out"
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    common = ["--data", str(tmp_path / "data"), "--sets", "object", "--protocol", "smoke", "--seeds", "0",
+              "--tasks", "none", "--work", str(tmp_path / "work"), "--out", str(out)]
+    for bad in ("Tasks", "a/b", "-x", "a--b"):
+        with pytest.raises(typer.BadParameter, match="lower-case letters"):
+            main([*common, "--label", bad])
+    report = main([*common, "--label", "tasks-none"])
+    assert report == out / "quality-tasks-none-smoke.md"
+    rows = json.loads((out / "quality-tasks-none-smoke.json").read_text())["rows"]
+    assert [(r["kind"], r["task"], r["seed"]) for r in rows][2:] == [("trained", "none", 0)]
+    assert (out / "training-curve-tasks-none-smoke-object.png").stat().st_size > 1000
+    assert any((out / "heatmaps-tasks-none-smoke-object").iterdir())
+    assert "`heatmaps-tasks-none-smoke-object/`" in report.read_text()
+    assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file() and p.relative_to(out) in before} == before
 
 
 def test_learning_curve_trains_one_model_per_budget_next_to_the_floors(tmp_path):
