@@ -90,6 +90,7 @@ def save_curve_plot(path: Path, rows: list[dict[str, Any]], title: str) -> None:
 
 def write_curve_report(rows: list[dict[str, Any]], protocol: str, out: Path, seconds: float, tag: str = "") -> Path:
     info = machine()
+    stem = report_stem(protocol, tag)
     cfg = protocol_config(protocol, "scl12")
     lines = [
         f"# Detection quality against training steps, {protocol} protocol",
@@ -99,7 +100,7 @@ def write_curve_report(rows: list[dict[str, Any]], protocol: str, out: Path, sec
         f"the product default ({cfg.train.steps} steps), which is the default model trained to its full step count "
         f"(the time budget `train.max_minutes` off, so every box trains the same steps; `sclvi train` with no flags "
         f"trains fewer on a box too slow for its budget). `train s` is each run's own training time, at the pace of "
-        f"the box that day. Total wall time {seconds / 60:.0f} min on the machine below. Plot: `quality-steps-{report_stem(protocol, tag)}.png`.",
+        f"the box that day. Total wall time {seconds / 60:.0f} min on the machine below. Plot: `quality-steps-{stem}.png`.",
         "",
     ]
     for name in dict.fromkeys(r["set"] for r in rows):
@@ -114,9 +115,9 @@ def write_curve_report(rows: list[dict[str, Any]], protocol: str, out: Path, sec
                          f"| {_pct(r.get('pro'))} | {pre} | {rank} | {train} |")
         lines.append("")
     lines += ["## Machine", "", machine_table(info), ""]
-    path = out / f"quality-steps-{report_stem(protocol, tag)}.md"
+    path = out / f"quality-steps-{stem}.md"
     path.write_text("\n".join(lines))
-    (out / f"quality-steps-{report_stem(protocol, tag)}.json").write_text(json.dumps({"machine": info, "protocol": PROTOCOLS[protocol], "rows": rows},
-                                                                   indent=2, default=str))
-    save_curve_plot(out / f"quality-steps-{report_stem(protocol, tag)}.png", rows, f"quality against training steps ({protocol} protocol)")
+    (out / f"quality-steps-{stem}.json").write_text(json.dumps({"machine": info, "protocol": PROTOCOLS[protocol], "rows": rows},
+                                                          indent=2, default=str))
+    save_curve_plot(out / f"quality-steps-{stem}.png", rows, f"quality against training steps ({protocol} protocol)")
     return path

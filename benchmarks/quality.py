@@ -240,6 +240,7 @@ def run_set(name: str, root: Path, protocol: str, work: Path, out: Path, tag: st
     from sclvi.plots import save_roc
 
     ds = read_dataset(root)
+    stem = report_stem(protocol, tag)
     rows: list[dict[str, Any]] = []
     curves = {}
     labels = np.array([t.is_anomalous for t in ds.test])
@@ -269,8 +270,8 @@ def run_set(name: str, root: Path, protocol: str, work: Path, out: Path, tag: st
             if label.endswith("eta 10"):
                 curves[task] = (*roc(labels, scores), m["image_auroc"])
             if label == "scl12, eta 10":
-                write_overlays(out / f"heatmaps-{report_stem(protocol, tag)}-{name}", ds.test, maps, scores, cfg.geometry, 6, masks)
-    save_roc(out / f"roc-{report_stem(protocol, tag)}-{name}.png", curves, f"{name}: image ROC by pretext task ({protocol} budget)")
+                write_overlays(out / f"heatmaps-{stem}-{name}", ds.test, maps, scores, cfg.geometry, 6, masks)
+    save_roc(out / f"roc-{stem}-{name}.png", curves, f"{name}: image ROC by pretext task ({protocol} budget)")
     return {"set": name, "n_test": len(ds.test), "n_train": len(ds.train), "has_masks": ds.has_masks, "rows": rows}
 
 
@@ -379,6 +380,7 @@ def run_quality(name: str, root: Path, protocol: str, tasks: list[str], seeds: l
     from sclvi.scorer import resolve_scoring
 
     ds = read_dataset(root)
+    stem = report_stem(protocol, tag)
     preset = PROTOCOLS[protocol]["preset"]
     masks = test_masks(ds, protocol_config(protocol, "scl12").geometry)
     rows = floor_rows(name, ds, protocol, masks, work, progress)
@@ -403,10 +405,10 @@ def run_quality(name: str, root: Path, protocol: str, tasks: list[str], seeds: l
         if progress is not None:
             progress(rows)
         if seed == seeds[0] and task == tasks[0] and variant == "default":
-            write_overlays(out / f"heatmaps-{report_stem(protocol, tag)}-{name}", ds.test, maps, scores, cfg.geometry, 6, masks)
+            write_overlays(out / f"heatmaps-{stem}-{name}", ds.test, maps, scores, cfg.geometry, 6, masks)
             curve = bundle.path / "training_curve.png"
             if curve.is_file():
-                (out / f"training-curve-{report_stem(protocol, tag)}-{name}.png").write_bytes(curve.read_bytes())
+                (out / f"training-curve-{stem}-{name}.png").write_bytes(curve.read_bytes())
     return rows
 
 
@@ -453,6 +455,7 @@ def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def write_quality_report(rows: list[dict[str, Any]], protocol: str, out: Path, seconds: float, tag: str = "") -> Path:
     info = machine()
+    stem = report_stem(protocol, tag)
     budget = PROTOCOLS[protocol]
     cfg = protocol_config(protocol, "scl12")
     summary = summarise(rows)
@@ -506,12 +509,12 @@ def write_quality_report(rows: list[dict[str, Any]], protocol: str, out: Path, s
                          f"| {win} | {steps} | {train} "
                          f"| {r['embed_ms']:.0f} | {r['score_ms']:.0f} |")
         lines += per_defect_table([r for r in rows if r["set"] == name])
-        lines += ["", f"Heatmaps: `heatmaps-{report_stem(protocol, tag)}-{name}/`; training curve of the first model: "
-                  f"`training-curve-{report_stem(protocol, tag)}-{name}.png`", ""]
+        lines += ["", f"Heatmaps: `heatmaps-{stem}-{name}/`; training curve of the first model: "
+                  f"`training-curve-{stem}-{name}.png`", ""]
     lines += ["## Machine", "", machine_table(info), ""]
-    path = out / f"quality-{report_stem(protocol, tag)}.md"
+    path = out / f"quality-{stem}.md"
     path.write_text("\n".join(lines))
-    (out / f"quality-{report_stem(protocol, tag)}.json").write_text(json.dumps(
+    (out / f"quality-{stem}.json").write_text(json.dumps(
         {"machine": info, "protocol": budget, "rows": rows, "summary": summary}, indent=2, default=str))
     return path
 
@@ -599,7 +602,8 @@ def run_families(name: str, root: Path, protocol: str, presets: list[str], work:
 
 def write_families_report(rows: list[dict[str, Any]], protocol: str, out: Path, tag: str = "") -> Path:
     """Merge these rows into the protocol's families JSON (keyed by set and preset) and rewrite the report."""
-    store = out / f"quality-families-{report_stem(protocol, tag)}.json"
+    stem = report_stem(protocol, tag)
+    store = out / f"quality-families-{stem}.json"
     kept = json.loads(store.read_text())["rows"] if store.is_file() else []
     new = {(r["set"], r["preset"]) for r in rows}
     rows = [r for r in kept if (r["set"], r["preset"]) not in new] + rows
@@ -624,7 +628,7 @@ def write_families_report(rows: list[dict[str, Any]], protocol: str, out: Path, 
                          f"| {_pct(r.get('pro'))} | {train} | {r['embed_ms']:.0f} | {r['score_ms']:.0f} |")
         lines.append("")
     lines += ["## Machine", "", machine_table(info), ""]
-    path = out / f"quality-families-{report_stem(protocol, tag)}.md"
+    path = out / f"quality-families-{stem}.md"
     path.write_text("\n".join(lines))
     store.write_text(json.dumps({"machine": info, "protocol": budget, "rows": rows}, indent=2, default=str))
     return path
@@ -636,6 +640,7 @@ def _pct(v: Any) -> str:
 
 def write_ablation_report(results: list[dict[str, Any]], protocol: str, out: Path, seconds: float, tag: str = "") -> Path:
     info = machine()
+    stem = report_stem(protocol, tag)
     budget = PROTOCOLS[protocol]
     lines = [
         f"# Detection quality: the paper's ablations, {protocol} protocol",
@@ -668,11 +673,11 @@ def write_ablation_report(results: list[dict[str, Any]], protocol: str, out: Pat
             r = next(r for r in main_rows if r["task"] == "scl12")
             lines += ["| defect | pixel AUROC | PRO |", "|---|---:|---:|"]
             lines += [f"| {d} | {_pct(r['per_defect'][d].get('pixel_auroc'))} | {_pct(r['per_defect'][d].get('pro'))} |" for d in defects]
-        lines += ["", f"ROC: `roc-{report_stem(protocol, tag)}-{res['set']}.png`; heatmaps: `heatmaps-{report_stem(protocol, tag)}-{res['set']}/`", ""]
+        lines += ["", f"ROC: `roc-{stem}-{res['set']}.png`; heatmaps: `heatmaps-{stem}-{res['set']}/`", ""]
     lines += ["## Machine", "", machine_table(info), ""]
-    path = out / f"quality-ablation-{report_stem(protocol, tag)}.md"
+    path = out / f"quality-ablation-{stem}.md"
     path.write_text("\n".join(lines))
-    (out / f"quality-ablation-{report_stem(protocol, tag)}.json").write_text(json.dumps({"machine": info, "protocol": budget, "results": results}, indent=2, default=str))
+    (out / f"quality-ablation-{stem}.json").write_text(json.dumps({"machine": info, "protocol": budget, "results": results}, indent=2, default=str))
     return path
 
 
