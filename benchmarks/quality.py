@@ -178,10 +178,10 @@ def _trained_bundle(cfg: Config, data: Path, work: Path):
     only the bank settings differ: the encoder does not depend on them), else train one (and its bank), going
     on from the checkpoint of an interrupted training with this config. Returns (bundle, training seconds over
     every run of it)."""
-    from sclvi.cli import _train_and_bank
     from sclvi.dataset import read_dataset
     from sclvi.engines import load_backend
     from sclvi.memory_bank import rebuild_memory_bank
+    from sclvi.train.make_bundle import train_and_bank
     from sclvi.train.trainer import resumable
 
     try:
@@ -198,7 +198,7 @@ def _trained_bundle(cfg: Config, data: Path, work: Path):
     resume = resumable(work, cfg)
     if resume:
         log.info("going on from the checkpoint in %s", work)
-    _train_and_bank(cfg, data, work, resume=resume)
+    train_and_bank(cfg, data, work, resume=resume)
     bundle = load_bundle(work)
     return bundle, _training_seconds(bundle)
 

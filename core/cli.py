@@ -121,6 +121,8 @@ def train(
     """Self-supervised training on defect-free images; writes a model bundle with its memory bank."""
     with _user_errors():
         from sclvi.config import load_config
+        from sclvi.console import pretext_summary
+        from sclvi.train.make_bundle import train_and_bank
 
         overrides = _drop_none(
             {
@@ -132,7 +134,8 @@ def train(
         )
         cfg = load_config(config, preset.value if preset else None, overrides, default_preset=default_preset())
         log.info("preset %s; geometry: %s", cfg.preset, cfg.geometry.describe())
-        bundle = _train_and_bank(cfg, data, out, resume, bank)
+        bundle = train_and_bank(cfg, data, out, resume, bank)
+        typer.echo(f"bundle: {out}")
         typer.echo(pretext_summary(bundle.manifest["training"]) + f"; curve: {Path(out) / 'training_curve.png'}")
 
 
@@ -197,19 +200,6 @@ def default_preset() -> str:
         return "paper" if torch.cuda.is_available() else "dense-lite"
     except ImportError:
         return "dense-lite"
-
-
-def _train_and_bank(cfg: Any, data: Path, out: Path, resume: bool = False, bank: bool = True) -> Any:
-    from sclvi.dataset import read_dataset
-    from sclvi.engines import load_backend
-    from sclvi.memory_bank import build_memory_bank
-    from sclvi.train.trainer import train as run_training
-
-    bundle = run_training(cfg, data, out, resume=resume)
-    if bank:
-        build_memory_bank(bundle, load_backend(bundle, "torch"), read_dataset(data, need_test=False).train)
-    typer.echo(f"bundle: {out}")
-    return bundle
 
 
 def _updated_section(config: Any, section: str, update: dict[str, Any]) -> Any:
@@ -330,6 +320,7 @@ def evaluate_cmd(
     """Image AUROC, pixel AUROC and PRO on a labelled test set, with overlays and a ROC plot."""
     with _user_errors():
         from sclvi.bundle import load_bundle
+        from sclvi.console import print_report
         from sclvi.dataset import read_dataset
         from sclvi.engines import load_backend
         from sclvi.evaluate import evaluate
@@ -341,24 +332,6 @@ def evaluate_cmd(
         report = evaluate(b, ds, load_backend(b, backend), out, scoring=scoring, n_overlays=overlays)
         print_report(report)
         typer.echo(f"report: {out / 'metrics.json'}; overlays: {out / 'overlays'}")
-
-
-def print_report(report: dict[str, Any]) -> None:
-    """A short table on the terminal: overall, then one row per defect type."""
-    from rich.console import Console
-    from rich.table import Table
-
-    def fmt(v: Any) -> str:
-        return "-" if v is None or v != v else f"{100 * v:.1f}"
-
-    table = Table(title=f"{Path(report['dataset']).name}  ({report['seconds_per_image'] * 1000:.0f} ms/image)")
-    for col in ("subset", "n", "image AUROC", "pixel AUROC", "pixel AUROC vs good parts", "PRO"):
-        table.add_column(col, justify="right" if col != "subset" else "left")
-    rows = [("all", report)] + list(report["per_defect"].items())
-    for name, m in rows:
-        table.add_row(name, str(m["n"]), fmt(m["image_auroc"]), fmt(m.get("pixel_auroc")),
-                      fmt(m.get("pixel_auroc_vs_good")), fmt(m.get("pro")))
-    Console().print(table)
 
 
 @app.command("build-engines")
@@ -707,197 +680,9 @@ def demo(
 ) -> None:
     """Synthetic data -> train the CPU preset (dense-lite) -> memory bank -> evaluate -> table and overlays."""
     with _user_errors():
-        from sclvi.bundle import load_bundle
-        from sclvi.config import build_config
-        from sclvi.dataset import read_dataset
-        from sclvi.engines import load_backend
-        from sclvi.evaluate import evaluate
-        from sclvi.synthetic import write_synthetic
+        from sclvi.demo import run_demo
 
-        root = workdir or Path(tempfile.mkdtemp(prefix="sclvi-demo-"))
-        log.info("demo folder: %s", root)
-        data = write_synthetic(root / "data", cls, size=256, n_train=30, n_test_good=12, n_test_defect=6, seed=0)
-        # Stride 8 (not the paper's 4) keeps the demo within minutes on a 2-core CPU.
-        cfg = build_config("dense-lite", DEMO_OVERRIDES | {"train": DEMO_OVERRIDES["train"] | {"steps": steps}})
-        _train_and_bank(cfg, data, root / "bundle")
-        bundle = load_bundle(root / "bundle")
-        report = evaluate(bundle, read_dataset(data), load_backend(bundle), root / "report")
-        print_report(report)
-        typer.echo(pretext_summary(bundle.manifest["training"]) + f"; curve: {root / 'bundle' / 'training_curve.png'}")
-        typer.echo(f"overlays: {root / 'report' / 'overlays'}  metrics: {root / 'report' / 'metrics.json'}")
-        if line:
-            _demo_line(root, data, cls)
-
-
-def _demo_line(root: Path, data: Path, cls: str) -> None:
-    """The product's main job on the demo data: engines, calibration, then the edge runtime on a replay of
-    the test images, its verdicts written by the PLC bridge into Modbus registers that a PLC reads."""
-    import random
-    import shutil
-    import socket
-
-    from sclvi.bundle import load_bundle
-    from sclvi.calib.calibrate import calibrate as run_calibration, list_images
-    from sclvi.dataset import read_dataset
-    from sclvi.edge.config import load_runtime_config
-    from sclvi.edge.supervisor import Runtime
-    from sclvi.engines import load_backend
-    from sclvi.engines.export import export_onnx
-    from sclvi.synthetic import write_synthetic
-
-    bundle_dir = root / "bundle"
-    export_onnx(load_bundle(bundle_dir))  # the runtime then needs no torch
-    held_out = write_synthetic(root / "held-out", cls, size=256, n_train=20, n_test_good=0, n_test_defect=0, seed=1)
-    bundle = load_bundle(bundle_dir)
-    cal = run_calibration(bundle, load_backend(bundle), list_images(held_out / "train" / "good"), target_frr=0.05,
-                          plot=bundle_dir / "calibration.png")
-    typer.echo(f"calibrated on 20 held-out good images: image threshold {cal.image_threshold:.4g}")
-    replay = root / "replay"
-    shutil.rmtree(replay, ignore_errors=True)
-    replay.mkdir()
-    items = read_dataset(data).test
-    random.Random(0).shuffle(items)
-    for i, t in enumerate(items):
-        shutil.copy(t.path, replay / f"{i:03d}.png")
-
-    def port() -> int:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            return s.getsockname()[1]
-
-    endpoint = f"tcp://127.0.0.1:{port()}"
-    cfg = load_runtime_config(overrides={
-        "bundle": str(bundle_dir), "workers": 1, "deadline_ms": 5000, "verdict_endpoint": endpoint,
-        "telemetry_endpoint": f"tcp://127.0.0.1:{port()}", "control_endpoint": f"tcp://127.0.0.1:{port()}",
-        "cameras": [{"kind": "folder", "camera_id": "line1", "path": str(replay), "rate_hz": 4}],
-    })
-    stop_view = _demo_view(cfg, port())
-    typer.echo(f"edge runtime: {len(items)} parts replayed at 4 Hz; verdicts over ZeroMQ ({endpoint}) to the PLC bridge:")
-    correct: list[bool] = []
-
-    def judged(seq: int, verdict: str | None) -> str:
-        truth = items[seq - 1].defect
-        if verdict in ("OK", "NG"):
-            correct.append((verdict == "NG") == (truth != "good"))
-        return truth
-
-    try:
-        _demo_plc(endpoint, port(), judged, lambda: Runtime(cfg).run())
-    except ImportError:  # installed without the plc extra: the ZeroMQ stand-in plays the PLC
-        typer.echo("  (pymodbus missing: install '.[train,plc]' to see the Modbus bridge; printing the ZeroMQ verdicts)")
-        _demo_listener(endpoint, judged, lambda: Runtime(cfg).run())
-    finally:
-        stop_view()
-    typer.echo(f"{sum(correct)}/{len(correct)} inspected parts judged as their ground truth; "
-               f"{len(items) - len(correct)} NOT_INSPECTED (rejected by the PLC by default)")
-
-
-def _demo_view(cfg: Any, http_port: int) -> Any:
-    """The operator view on loopback while the replay runs; returns its stop function."""
-    try:
-        import uvicorn  # noqa: F401 - the view extra, with starlette
-        from sclvi.view.app import BackgroundView
-    except ImportError:
-        typer.echo("(install '.[view]' to watch the line in a browser while the demo runs)")
-        return lambda: None
-    view = BackgroundView(cfg, port=http_port, start_timeout_s=10)
-    typer.echo(f"live view: {view.url}/  (open it now: last parts, heatmaps, counters, alarms)")
-    return view.close
-
-
-def _demo_plc(endpoint: str, modbus_port: int, judged: Any, run: Any) -> None:
-    """The bridge writes each verdict into an in-process Modbus server; a PLC (a Modbus client) polls the
-    block, prints what it reads and clears the `new` flag (the handshake)."""
-    import threading
-    import time
-
-    from pymodbus.client import ModbusTcpClient
-
-    from sclvi.plc.bridge import Bridge
-    from sclvi.plc.config import load_bridge_config
-    from sclvi.plc.registers import FIELDS, NEW, decode
-
-    bridge = Bridge(load_bridge_config(overrides={
-        "verdict_endpoint": endpoint, "mode": "modbus-server", "port": modbus_port, "cameras": ["line1"],
-        "handshake": True, "handshake_timeout_ms": 2000, "reject_pulse_ms": 100, "deadline_ms": 5000,
-    }))
-    typer.echo(f"PLC bridge: Modbus TCP server on 127.0.0.1:{modbus_port}, camera line1 at holding register 0 "
-               "(map: deploy/PLC.md); the PLC polls it:")
-    stop = threading.Event()
-    served = threading.Thread(target=bridge.serve, args=(stop,), daemon=True)
-    served.start()
-
-    def plc() -> None:
-        client = ModbusTcpClient("127.0.0.1", port=modbus_port)
-        while not stop.is_set() or client.read_holding_registers(NEW, count=1, device_id=1).registers[0]:
-            regs = client.read_holding_registers(0, count=FIELDS, device_id=1).registers
-            if regs[NEW]:
-                v = decode(regs)
-                truth = judged(v["seq"], v["verdict"])
-                score = "-" if v["score"] is None else f"{v['score']:.3f}"
-                typer.echo(f"  PLC reads seq {v['seq']:>3}  {v['verdict']:<13} reject={int(v['reject'])}  "
-                           f"score={score}  reason={v['reason'] or '-'}   [truth: {truth}]")
-                client.write_register(NEW, 0, device_id=1)
-            time.sleep(0.01)
-        client.close()
-
-    reader = threading.Thread(target=plc, daemon=True)
-    reader.start()
-    try:
-        run()
-    finally:
-        time.sleep(0.5)
-        stop.set()
-        reader.join(5)
-        served.join(5)
-        bridge.close()
-
-
-def _demo_listener(endpoint: str, judged: Any, run: Any) -> None:
-    import threading
-
-    from sclvi.edge.listener import VerdictListener, format_verdict
-
-    stop = threading.Event()
-
-    def plc() -> None:
-        listener = VerdictListener(endpoint)
-        while not stop.is_set():
-            v = listener.receive(100)
-            if v is not None:
-                typer.echo(f"  {format_verdict(v)}   [truth: {judged(v['seq'], v['verdict'])}]")
-        listener.close()
-
-    thread = threading.Thread(target=plc, daemon=True)
-    thread.start()
-    run()
-    stop.set()
-    thread.join(5)
-
-
-DEMO_OVERRIDES: dict[str, Any] = {
-    "geometry": {"small_stride": 8},
-    "train": {"checkpoint_every": 1000, "eval_every": 20, "early_stop_patience": 0},
-}
-
-
-def pretext_summary(training: dict[str, Any]) -> str:
-    """One line that says whether the encoder learned its pretext task (held-out images vs chance)."""
-    p = training.get("pretext") or {}
-    if p.get("heldout_acc32") is None:
-        return "pretext accuracy: not measured (no pretext task or no held-out images)"
-    line = (f"pretext accuracy on held-out images after {training['steps']} steps: {p['heldout_acc32']:.2f} (32 px), "
-            f"{p['heldout_acc64']:.2f} (64 px); chance {p['chance']:.3f}")
-    if p.get("heldout_pairs"):
-        from sclvi.metrics import above_chance
-
-        learned = [f"{k} px" for k in (32, 64) if above_chance(p[f"heldout_acc{k}"], p["heldout_pairs"], p["chance"])[0]]
-        line += (f" - above chance (binomial p < 0.01, {p['heldout_pairs']} pairs per scale): {', '.join(learned)}" if learned
-                 else " - NOT distinguishable from chance yet: train longer (more --steps) before trusting this model")
-    if p.get("defect_acc32") is not None:
-        line += (f"; synthetic-defect accuracy {p['defect_acc32']:.2f} / {p['defect_acc64']:.2f} "
-                 f"(32 / 64 px, training batches; chance 0.25)")
-    return line
+        run_demo(workdir or Path(tempfile.mkdtemp(prefix="sclvi-demo-")), cls, steps, line)
 
 
 def main() -> None:

@@ -111,7 +111,7 @@ def test_train_without_a_preset_picks_the_cpu_preset_here(tmp_path):
 
 
 def test_pretext_summary_says_which_scales_learned_beyond_chance():
-    from sclvi.cli import pretext_summary
+    from sclvi.console import pretext_summary
 
     training = {"steps": 300, "pretext": {"chance": 1 / 12, "heldout_pairs": 256, "heldout_acc32": 0.10, "heldout_acc64": 0.23}}
     line = pretext_summary(training)
