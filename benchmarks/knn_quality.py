@@ -27,7 +27,8 @@ import numpy as np
 import typer
 
 from sclvi.benchmarks.common import OUT, benchmark_app, invoke, listed, machine, machine_table, start
-from sclvi.benchmarks.quality import PROTOCOLS, Protocol, _trained_bundle, model_cache, models_dir, protocol_config
+from sclvi.benchmarks.protocols import PROTOCOLS, Protocol, model_cache, models_dir, protocol_config
+from sclvi.benchmarks.quality import _trained_bundle
 
 ALIGNED_RATIOS = (1.0, 0.5, 0.25, 0.1)  # per cell: every window keeps its share
 GLOBAL_RATIOS = (1.0, 0.05, 0.01)  # whole-bank greedy k-center

@@ -22,9 +22,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from sclvi.benchmarks.common import machine, machine_table  # noqa: E402
-from sclvi.benchmarks.quality import (  # noqa: E402
-    PROTOCOLS, _pct, floor_rows, model_cache, model_cells, model_facts, protocol_config, quality_row, report_stem,
-    train_and_score)
+from sclvi.benchmarks.protocols import PROTOCOLS, model_cache, protocol_config, report_stem  # noqa: E402
+from sclvi.benchmarks.quality import floor_rows, model_facts, quality_row, train_and_score  # noqa: E402
+from sclvi.benchmarks.quality_report import model_cells, pct  # noqa: E402
 
 
 def budget_variant(protocol: str, steps: int) -> tuple[str, dict[str, Any]]:
@@ -108,11 +108,11 @@ def write_curve_report(rows: list[dict[str, Any]], protocol: str, out: Path, sec
                   "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for r in (r for r in rows if r["set"] == name):
             if r["kind"] != "trained":
-                lines.append(f"| {r['kind']} | - | - | {_pct(r['image_auroc'])} | {_pct(r.get('pixel_auroc'))} | {_pct(r.get('pro'))} | - | - | - |")
+                lines.append(f"| {r['kind']} | - | - | {pct(r['image_auroc'])} | {pct(r.get('pixel_auroc'))} | {pct(r.get('pro'))} | - | - | - |")
                 continue
             pre, rank, steps, train = model_cells(r)
-            lines.append(f"| trained, budget {r['budget']} | {steps} | {r['seed']} | {_pct(r['image_auroc'])} | {_pct(r.get('pixel_auroc'))} "
-                         f"| {_pct(r.get('pro'))} | {pre} | {rank} | {train} |")
+            lines.append(f"| trained, budget {r['budget']} | {steps} | {r['seed']} | {pct(r['image_auroc'])} | {pct(r.get('pixel_auroc'))} "
+                         f"| {pct(r.get('pro'))} | {pre} | {rank} | {train} |")
         lines.append("")
     lines += ["## Machine", "", machine_table(info), ""]
     path = out / f"quality-steps-{stem}.md"

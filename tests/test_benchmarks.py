@@ -153,7 +153,8 @@ def test_learning_curve_trains_one_model_per_budget_next_to_the_floors(tmp_path)
 
 
 def test_the_bench_reuses_a_trained_encoder_when_only_the_bank_settings_change(tmp_path):
-    from sclvi.benchmarks.quality import _trained_bundle, protocol_config
+    from sclvi.benchmarks.protocols import protocol_config
+    from sclvi.benchmarks.quality import _trained_bundle
     from sclvi.bundle import WEIGHTS
 
     data = write_synthetic(tmp_path / "data", "object", size=176, n_train=6, n_test_good=1, n_test_defect=1, seed=0)
@@ -396,6 +397,7 @@ def test_each_floor_is_cached_under_the_settings_it_reads(tmp_path, monkeypatch)
     import sclvi.benchmarks.common as common
     import sclvi.benchmarks.floors as floors
     from sclvi.benchmarks import quality
+    from sclvi.benchmarks.protocols import PROTOCOLS
     from sclvi.bundle import load_bundle
     from sclvi.dataset import read_dataset
 
@@ -408,7 +410,7 @@ def test_each_floor_is_cached_under_the_settings_it_reads(tmp_path, monkeypatch)
     work = tmp_path / "work"
     flat = quality.floor_rows("object", ds, "smoke", None, work)
     assert calls == ["raw", "untrained"] and np.ptp(load_bundle(work / "object" / "untrained").mean, axis=(0, 1)).max() == 0
-    monkeypatch.setitem(quality.PROTOCOLS, "smoke", {**quality.PROTOCOLS["smoke"], "preprocess": {"mean": "image"}})
+    monkeypatch.setitem(PROTOCOLS, "smoke", {**PROTOCOLS["smoke"], "preprocess": {"mean": "image"}})
     per_pixel = quality.floor_rows("object", ds, "smoke", None, work)
     assert calls == ["raw", "untrained", "untrained"] and per_pixel[0] == flat[0]
     assert np.ptp(load_bundle(work / "object" / "untrained").mean, axis=(0, 1)).max() > 1
