@@ -13,7 +13,7 @@ encoder` = that dense bundle's encoder (a fully convolutional pass over an image
 neighbourhood aggregation, eta, lambda, formula, scale fusion and image score, exact search of every code of
 the bank images, no image retrieval and no level normalisation (both need one image size), so only the
 geometry differs between the two rows. Bank: `--bank-images` training images (seeded choice), the same
-for every row; map = mean over covering patches. Writes quality-aspect-<label>.md / .json.
+for every row; map = mean over covering patches. Writes quality-aspect-cpu.md / .json (quality-aspect-<label>-cpu.* with --label).
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 
 from sclvi.benchmarks.common import OUT, benchmark_app, invoke, listed, machine, machine_table, start
 from sclvi.benchmarks.floors import CELL, raw_pixel_codes
+from sclvi.benchmarks.protocols import label_option, report_stem
 from sclvi.images import FRAME_MEAN, read_mask, read_rgb
 
 PATCH, STRIDE = 32, 8
@@ -182,9 +183,10 @@ def write_report(rows: list[dict[str, Any]], out: Path, label: str, seconds: flo
         bundle = next((r["bundle"] for r in mine if r.get("bundle")), None)
         lines += ["", f"Trained encoder: `{bundle}`.", ""] if bundle else [""]
     lines += ["## Machine", "", machine_table(info), ""]
-    path = out / f"quality-aspect-{label}.md"
+    stem = report_stem("cpu", label)
+    path = out / f"quality-aspect-{stem}.md"
     path.write_text("\n".join(lines))
-    (out / f"quality-aspect-{label}.json").write_text(json.dumps({"machine": info, "rows": rows}, indent=2, default=str))
+    (out / f"quality-aspect-{stem}.json").write_text(json.dumps({"machine": info, "rows": rows}, indent=2, default=str))
     return path
 
 
@@ -192,7 +194,8 @@ def aspect(
     data: Path = typer.Option(Path("../shared/data"), help="folder holding the data sets"),
     sets: list[str] = typer.Option(["magnetic_tile"], metavar="SET,...", help="data sets"),
     bank_images: int = typer.Option(100, help="training images in the bank (seeded choice)"),
-    label: str = typer.Option("cpu", help="report name suffix"),
+    label: str = typer.Option("", callback=label_option, help="a name for a side run's files: quality-aspect-<label>-cpu.md "
+                              "/ .json (as `bench quality --label`), so the main report is not overwritten"),
     bundle: Optional[list[str]] = typer.Option(
         None, metavar="SET=BUNDLE,...", help="also a trained dense bundle's encoder per set (SET=PATH; a bare PATH "
         "when one set is given)"),

@@ -374,8 +374,10 @@ def test_aspect_benchmark_compares_squashed_and_native_geometry_on_mixed_sizes(t
     cfg = build_config("dense-lite", {"encoder": TINY_ENCODER, "geometry": {"image_size": 96, "small_stride": 8, "large_stride": 16}})
     make_bundle(tmp_path / "dense", cfg)
     report = main(["--data", str(tmp_path / "a"), "--sets", "texture", "--bank-images", "4", "--out", str(tmp_path / "out2"),
-                   "--bundle", f"texture={tmp_path / 'dense'}"])
-    rows = json.loads((tmp_path / "out2" / "quality-aspect-cpu.json").read_text())["rows"]
+                   "--bundle", f"texture={tmp_path / 'dense'}", "--label", "with-bundle"])
+    # a labelled run names its files by the label, as `bench quality --label` does
+    assert report.name == "quality-aspect-with-bundle-cpu.md" and not (tmp_path / "out2" / "quality-aspect-cpu.md").exists()
+    rows = json.loads((tmp_path / "out2" / "quality-aspect-with-bundle-cpu.json").read_text())["rows"]
     assert [(r["kind"], r["geometry"]) for r in rows] == [("raw pixels", "squash"), ("raw pixels", "native"),
                                                           ("trained encoder", "squash"), ("trained encoder", "native")]
     # 256 px squashed: 29 x 29 small patches (32 px, stride 8) and 13 x 13 large ones (64 px, stride 16) per image
