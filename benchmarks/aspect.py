@@ -18,7 +18,6 @@ for every row; map = mean over covering patches. Writes quality-aspect-cpu.md / 
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -29,7 +28,7 @@ from PIL import Image
 import typer
 from tqdm.auto import tqdm
 
-from sclvi.benchmarks.common import OUT, benchmark_app, invoke, listed, machine, machine_table, start
+from sclvi.benchmarks.common import OUT, benchmark_app, invoke, listed, machine, save_report, start
 from sclvi.benchmarks.floors import CELL, raw_pixel_codes
 from sclvi.benchmarks.protocols import label_option, report_stem
 from sclvi.images import FRAME_MEAN, read_mask, read_rgb
@@ -182,12 +181,7 @@ def write_report(rows: list[dict[str, Any]], out: Path, label: str, seconds: flo
                          + " | ".join(f"{100 * r['per_defect'][d]:.1f}" for d in defects) + f" | {1000 * r['seconds_per_image']:.0f} |")
         bundle = next((r["bundle"] for r in mine if r.get("bundle")), None)
         lines += ["", f"Trained encoder: `{bundle}`.", ""] if bundle else [""]
-    lines += ["## Machine", "", machine_table(info), ""]
-    stem = report_stem("cpu", label)
-    path = out / f"quality-aspect-{stem}.md"
-    path.write_text("\n".join(lines))
-    (out / f"quality-aspect-{stem}.json").write_text(json.dumps({"machine": info, "rows": rows}, indent=2, default=str))
-    return path
+    return save_report(out, f"quality-aspect-{report_stem('cpu', label)}", lines, info, {"rows": rows})
 
 
 def aspect(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import platform
@@ -90,6 +91,18 @@ def machine() -> dict[str, str]:
 
 def machine_table(info: dict[str, str]) -> str:
     return "| | |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in info.items())
+
+
+def save_report(out: Path, name: str, lines: list[str], info: dict[str, str], payload: dict[str, Any] | None = None) -> Path:
+    """Every benchmark's report: NAME.md, its lines then the machine they were measured on (figures mean nothing
+    without it), and NAME.json, the payload beside the same machine facts (none without a payload)."""
+    out.mkdir(parents=True, exist_ok=True)
+    gap = [] if lines and lines[-1] == "" else [""]
+    path = out / f"{name}.md"
+    path.write_text("\n".join([*lines, *gap, "## Machine", "", machine_table(info), ""]))
+    if payload is not None:
+        (out / f"{name}.json").write_text(json.dumps({"machine": info, **payload}, indent=2, default=str))
+    return path
 
 
 def untrained_bundle(path: Path, cfg, train_images: list[Path] | None = None, seed: int = 0):

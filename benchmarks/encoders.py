@@ -22,7 +22,7 @@ import numpy as np
 import typer
 
 from sclvi.architecture import macs, main_layers, secondary_layers
-from sclvi.benchmarks.common import OUT, benchmark_app, invoke, listed, machine, machine_table, start, untrained_bundle
+from sclvi.benchmarks.common import OUT, benchmark_app, invoke, listed, machine, save_report, start, untrained_bundle
 from sclvi.config import Config, build_config
 from sclvi.geometry import TwoScaleGeometry
 
@@ -124,9 +124,7 @@ def encoders(
         "|---|---|---:|---:|",
     ]
     lines += [f"| {r['preset']} | {r['backend']} | {r['macs_per_frame'] / 1e9:.1f} | {r['median_ms']:.1f} |" for r in rows]
-    lines += ["", "## Machine", "", machine_table(info), ""]
-    path = args.out / f"encoders-{tag}.md"
-    path.write_text("\n".join(lines))
+    path = save_report(args.out, f"encoders-{tag}", lines, info)
     print(f"report: {path}")
     return path
 

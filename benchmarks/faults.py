@@ -27,7 +27,7 @@ import msgpack
 import typer
 import zmq
 
-from sclvi.benchmarks.common import OUT, benchmark_app, invoke, listed, machine, machine_table, start
+from sclvi.benchmarks.common import OUT, benchmark_app, invoke, listed, machine, save_report, start
 from sclvi.benchmarks.line import bench_config, free_port, prepare_bundle
 
 VIKY_NOTE = "viky (the genicam wheel's simulated GenTL camera)"
@@ -196,13 +196,8 @@ def write_report(rows: list[dict[str, Any]], args: SimpleNamespace, seconds: flo
     lines += ["", "/dev/shm exhaustion is not a row: the runtime reserves every page of its frame rings at start (posix"
               "_fallocate), so a /dev/shm too small refuses to start with a message naming the MiB needed and free,"
               " instead of an acquisition process dying of SIGBUS mid-run (tests/test_faults.py, with a 2 MiB tmpfs"
-              " in a private mount namespace); killing the supervisor is covered by `tests/test_faults.py` (children exit via the parent-death signal).",
-              "", "## Machine", "", machine_table(info), ""]
-    args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"faults-{tag}.md"
-    path.write_text("\n".join(lines))
-    (args.out / f"faults-{tag}.json").write_text(json.dumps({"machine": info, "rows": rows}, indent=2))
-    return path
+              " in a private mount namespace); killing the supervisor is covered by `tests/test_faults.py` (children exit via the parent-death signal)."]
+    return save_report(args.out, f"faults-{tag}", lines, info, {"rows": rows})
 
 
 FAULTS = ("none", "worker-kill", "publisher-kill", "acquisition-kill", "bridge-garbage", "bridge-outage",

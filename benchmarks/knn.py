@@ -18,7 +18,7 @@ from typing import Optional
 
 import typer
 
-from sclvi.benchmarks.common import OUT, benchmark_app, invoke, listed, machine, machine_table, start
+from sclvi.benchmarks.common import OUT, benchmark_app, invoke, listed, machine, save_report, start
 
 DIM = 64
 
@@ -143,7 +143,6 @@ def knn(
         r["speedup_vs_full"] = full["ms"] / r["ms"] if full else None
     info = machine()
     tag = "gpu" if "gpu" in info else "cpu"
-    (args.out / f"knn-{tag}.json").write_text(json.dumps({"machine": info, "queries": args.queries, "rows": rows}, indent=2))
     lines = [
         f"# k-NN + affinity benchmark ({tag})",
         "",
@@ -164,9 +163,7 @@ def knn(
         speed = f"{r['speedup_vs_full']:.1f}" if r["speedup_vs_full"] else "-"
         recall = f"{r['recall_at_eta']:.3f}" if "recall_at_eta" in r else "-"
         lines.append(f"| {r['kernel']} | {r['bank']:,} | {r['ms']:.1f} | {ratio} | {speed} | {recall} | {r['peak_extra_mb']:.0f} |")
-    lines += ["", "## Machine", "", machine_table(info), ""]
-    (args.out / f"knn-{tag}.md").write_text("\n".join(lines))
-    print(f"report: {args.out / f'knn-{tag}.md'}")
+    print(f"report: {save_report(args.out, f'knn-{tag}', lines, info, {'queries': args.queries, 'rows': rows})}")
 
 
 app = benchmark_app(knn)

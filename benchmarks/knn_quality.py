@@ -26,7 +26,7 @@ import numpy as np
 
 import typer
 
-from sclvi.benchmarks.common import OUT, benchmark_app, invoke, listed, machine, machine_table, start
+from sclvi.benchmarks.common import OUT, benchmark_app, invoke, listed, machine, save_report, start
 from sclvi.benchmarks.protocols import PROTOCOLS, Protocol, model_cache, models_dir, protocol_config
 from sclvi.benchmarks.quality import _trained_bundle
 
@@ -195,13 +195,7 @@ def write_report(rows: list[dict[str, Any]], protocol: str, out: Path, seconds: 
                          f"{_mean_std([r['image_auroc'] for r in g])} | {deltas[0]} | "
                          f"{_mean_std([r['pixel_auroc'] for r in g])} | {deltas[1]} | "
                          f"{np.mean([r['score_ms_per_image'] for r in g]):.1f} |")
-    lines += ["", "## Machine", "", machine_table(info), ""]
-    out.mkdir(parents=True, exist_ok=True)
-    stem = _stem(protocol, stride)
-    path = out / f"{stem}.md"
-    path.write_text("\n".join(lines))
-    (out / f"{stem}.json").write_text(json.dumps({"machine": info, "rows": rows}, indent=2))
-    return path
+    return save_report(out, _stem(protocol, stride), lines, info, {"rows": rows})
 
 
 def knn_quality(

@@ -26,7 +26,6 @@ Writes latency-<cpu|gpu>.md / .json and a latency histogram PNG.
 
 from __future__ import annotations
 
-import json
 import logging
 import tempfile
 import time
@@ -37,7 +36,7 @@ from typing import Any, Optional
 import numpy as np
 import typer
 
-from sclvi.benchmarks.common import OUT, benchmark_app, invoke, listed, machine, machine_table, start
+from sclvi.benchmarks.common import OUT, benchmark_app, invoke, listed, machine, save_report, start
 from sclvi.benchmarks.line import (bench_config, percentiles, prepare_bundle, prepare_trained, run_line, stage_samples,
                                    stage_table)
 
@@ -298,13 +297,10 @@ def write_report(rows: list[dict[str, Any]], args: SimpleNamespace, out: Path, s
             c, p = r["compute_ms"], r["peer_ms"]
             lines.append(f"| ours | {c['embed']['p50']:.1f} | {c['knn']['p50']:.1f} | {c['fuse']['p50']:.1f} | {c['frame']['p50']:.1f} |")
             lines.append(f"| peer | {p['embed']['p50']:.1f} | {p['knn']['p50']:.1f} | {p['fuse']['p50']:.1f} | {p['frame']['p50']:.1f} |")
-    lines += ["", f"Histogram: `{hist.name}`", "", "## Machine", "", machine_table(info), ""]
-    path = out / f"{args.report}-{tag}.md"
-    path.write_text("\n".join(lines))
+    lines += ["", f"Histogram: `{hist.name}`"]
     slim = [{k: v for k, v in r.items() if k != "total_samples_ms"} for r in rows]
-    (out / f"{args.report}-{tag}.json").write_text(json.dumps({"machine": info, "args": {k: str(v) for k, v in vars(args).items()},
-                                                         "rows": slim}, indent=2))
-    return path
+    return save_report(out, f"{args.report}-{tag}", lines, info,
+                        {"args": {k: str(v) for k, v in vars(args).items()}, "rows": slim})
 
 
 def latency(

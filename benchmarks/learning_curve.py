@@ -11,7 +11,6 @@ is the default model itself (early stop armed: the `steps` column says whether i
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +20,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from sclvi.benchmarks.common import machine, machine_table  # noqa: E402
+from sclvi.benchmarks.common import machine, save_report  # noqa: E402
 from sclvi.benchmarks.protocols import PROTOCOLS, model_cache, protocol_config, report_stem  # noqa: E402
 from sclvi.benchmarks.quality import floor_rows, model_facts, quality_row, train_and_score  # noqa: E402
 from sclvi.benchmarks.quality_report import model_cells, pct  # noqa: E402
@@ -114,10 +113,6 @@ def write_curve_report(rows: list[dict[str, Any]], protocol: str, out: Path, sec
             lines.append(f"| trained, budget {r['budget']} | {steps} | {r['seed']} | {pct(r['image_auroc'])} | {pct(r.get('pixel_auroc'))} "
                          f"| {pct(r.get('pro'))} | {pre} | {rank} | {train} |")
         lines.append("")
-    lines += ["## Machine", "", machine_table(info), ""]
-    path = out / f"quality-steps-{stem}.md"
-    path.write_text("\n".join(lines))
-    (out / f"quality-steps-{stem}.json").write_text(json.dumps({"machine": info, "protocol": PROTOCOLS[protocol], "rows": rows},
-                                                          indent=2, default=str))
+    path = save_report(out, f"quality-steps-{stem}", lines, info, {"protocol": PROTOCOLS[protocol], "rows": rows})
     save_curve_plot(out / f"quality-steps-{stem}.png", rows, f"quality against training steps ({protocol} protocol)")
     return path

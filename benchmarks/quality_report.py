@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import typer
 
-from sclvi.benchmarks.common import machine, machine_table
+from sclvi.benchmarks.common import machine, save_report
 from sclvi.benchmarks.protocols import PROTOCOLS, protocol_config, report_stem
 
 log = logging.getLogger(__name__)
@@ -122,12 +122,7 @@ def write_quality_report(rows: list[dict[str, Any]], protocol: str, out: Path, s
         lines += per_defect_table([r for r in rows if r["set"] == name])
         lines += ["", f"Heatmaps: `heatmaps-{stem}-{name}/`; training curve of the first model: "
                   f"`training-curve-{stem}-{name}.png`", ""]
-    lines += ["## Machine", "", machine_table(info), ""]
-    path = out / f"quality-{stem}.md"
-    path.write_text("\n".join(lines))
-    (out / f"quality-{stem}.json").write_text(json.dumps(
-        {"machine": info, "protocol": budget, "rows": rows, "summary": summary}, indent=2, default=str))
-    return path
+    return save_report(out, f"quality-{stem}", lines, info, {"protocol": budget, "rows": rows, "summary": summary})
 
 
 def measured_line(rows: list[dict[str, Any]], info: dict[str, str]) -> str:
@@ -216,11 +211,7 @@ def write_families_report(rows: list[dict[str, Any]], protocol: str, out: Path, 
             lines.append(f"| {r['preset']} | {r['gmac_per_frame']:.1f} | {pct(r['image_auroc'])} | {pct(r.get('pixel_auroc'))} "
                          f"| {pct(r.get('pro'))} | {train} | {r['embed_ms']:.0f} | {r['score_ms']:.0f} |")
         lines.append("")
-    lines += ["## Machine", "", machine_table(info), ""]
-    path = out / f"quality-families-{stem}.md"
-    path.write_text("\n".join(lines))
-    store.write_text(json.dumps({"machine": info, "protocol": budget, "rows": rows}, indent=2, default=str))
-    return path
+    return save_report(out, f"quality-families-{stem}", lines, info, {"protocol": budget, "rows": rows})
 
 
 def pct(v: Any) -> str:
@@ -263,8 +254,4 @@ def write_ablation_report(results: list[dict[str, Any]], protocol: str, out: Pat
             lines += ["| defect | pixel AUROC | PRO |", "|---|---:|---:|"]
             lines += [f"| {d} | {pct(r['per_defect'][d].get('pixel_auroc'))} | {pct(r['per_defect'][d].get('pro'))} |" for d in defects]
         lines += ["", f"ROC: `roc-{stem}-{res['set']}.png`; heatmaps: `heatmaps-{stem}-{res['set']}/`", ""]
-    lines += ["## Machine", "", machine_table(info), ""]
-    path = out / f"quality-ablation-{stem}.md"
-    path.write_text("\n".join(lines))
-    (out / f"quality-ablation-{stem}.json").write_text(json.dumps({"machine": info, "protocol": budget, "results": results}, indent=2, default=str))
-    return path
+    return save_report(out, f"quality-ablation-{stem}", lines, info, {"protocol": budget, "results": results})

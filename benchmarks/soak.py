@@ -11,7 +11,6 @@ Writes soak-<cpu|gpu>.md / .json.
 
 from __future__ import annotations
 
-import json
 import logging
 import tempfile
 from pathlib import Path
@@ -20,7 +19,7 @@ from typing import Optional
 
 import typer
 
-from sclvi.benchmarks.common import OUT, benchmark_app, invoke, machine, machine_table, start
+from sclvi.benchmarks.common import OUT, benchmark_app, invoke, machine, save_report, start
 from sclvi.benchmarks.line import LineRun, bench_config, percentiles, prepare_bundle, run_line, stage_samples, stage_table
 
 log = logging.getLogger(__name__)
@@ -69,20 +68,12 @@ def write_report(run: LineRun, rate: float, args: SimpleNamespace, out: Path) ->
         "Per-stage latency of the inspected frames:",
         "",
         *stage_table(stats),
-        "",
-        "## Machine",
-        "",
-        machine_table(info),
-        "",
     ]
-    path = out / f"soak-{tag}.md"
-    path.write_text("\n".join(lines))
-    (out / f"soak-{tag}.json").write_text(json.dumps({
-        "machine": info, "args": {k: str(v) for k, v in vars(args).items()}, "rate_hz": rate,
+    return save_report(out, f"soak-{tag}", lines, info, {
+        "args": {k: str(v) for k, v in vars(args).items()}, "rate_hz": rate,
         "frames_grabbed": run.frames_grabbed, "verdicts": len(run.verdicts), "gaps": gaps, "counts": counts,
         "duplicates": run.duplicates, "totals": run.totals, "stages_ms": stats, "wall_s": run.wall_s,
-    }, indent=2))
-    return path
+    })
 
 
 def soak_command(
