@@ -1,5 +1,5 @@
 """What the commands print on the terminal about a result: the evaluation table and the pretext verdict.
-Kept apart from the CLI so the demo and the benchmarks print the same lines as `sclvi train` / `sclvi eval`."""
+Kept apart from the CLI so the demo prints the same lines as `sclvi train` and `sclvi eval`."""
 
 from __future__ import annotations
 
