@@ -11,7 +11,8 @@ mid-training goes on from its last checkpoint).
 
     sclvi bench quality --ablation        the paper's ablations on one trained model per task: the eta
                                           sweep, the authors' formula, coresets and position windows
-    sclvi bench quality --families P,...  the encoder presets side by side (scl12, eta 10)
+    sclvi bench quality --families P,...  the encoder presets side by side (scl12, eta 10, --seeds each), next to
+                                          the floors
     sclvi bench quality --improvements all|SLUG,...  also departures from the paper alone (IMPROVEMENTS; all, or
                                                    those named: paper-loss-and-input, no-code-aggregation, ...)
     sclvi bench quality --steps N,...     the learning curve: quality against the step budget (learning_curve.py)
@@ -303,25 +304,28 @@ def run_quality(name: str, root: Path, protocol: str, tasks: list[str], seeds: l
                 (out / f"training-curve-{stem}-{name}.png").write_bytes(curve.read_bytes())
     return rows
 
-def run_families(name: str, root: Path, protocol: str, presets: list[str], work: Path) -> list[dict[str, Any]]:
-    """One row per encoder preset: the paper's task at the protocol's budget, eta 10."""
+def run_families(name: str, root: Path, protocol: str, presets: list[str], seeds: list[int], work: Path,
+                 progress: Any = None) -> list[dict[str, Any]]:
+    """The floors, then one row per encoder preset and seed: the paper's task at the protocol's budget, eta 10,
+    with each model's pretext accuracy (so a preset is judged by what learning adds, as the main table does).
+    The protocol's own preset shares the main table's cached models; `progress(rows)` after each row."""
     from sclvi.benchmarks.encoders import frame_macs
     from sclvi.dataset import read_dataset
-    from sclvi.engines import load_backend
-    from sclvi.evaluate import embed_test_set, metrics_report, score_test_set, test_masks
+    from sclvi.evaluate import test_masks
 
     ds = read_dataset(root)
-    rows = []
+    masks = test_masks(ds, protocol_config(protocol, "scl12").geometry)
+    rows = floor_rows(name, ds, protocol, masks, work, progress)
     for preset in presets:
-        cfg = protocol_config(protocol, "scl12", preset)
-        cache = work / name / ("scl12" if preset == PROTOCOLS[protocol]["preset"] else f"scl12-{preset}")
-        bundle, train_s = _trained_bundle(cfg, root, cache)
-        codes, embed_s = embed_test_set(bundle, ds, load_backend(bundle))
-        scores, maps, score_s = score_test_set(bundle, codes, cfg.scoring)
-        m = metrics_report(ds, scores, maps, test_masks(ds, cfg.geometry))
-        rows.append({"set": name, "preset": preset, "gmac_per_frame": frame_macs(cfg) / 1e9, "train_s": train_s,
-                     "embed_ms": 1000 * embed_s, "score_ms": 1000 * score_s, **m})
-        log.info("%s | %s: image AUROC %.3f", name, preset, m["image_auroc"])
+        for seed in seeds:
+            cfg = protocol_config(protocol, "scl12", preset, seed=seed)
+            own = preset == PROTOCOLS[protocol]["preset"]
+            where = model_cache(work, name, "scl12", seed, "default" if own else f"preset {preset}")
+            bundle, scores, maps, embed_s, score_s, train_s = train_and_score(cfg, ds, where)
+            rows.append(quality_row(name, ds, masks, preset, "trained", "scl12", seed, scores, maps, embed_s, score_s,
+                                    train_s, {**model_facts(bundle), "gmac_per_frame": frame_macs(cfg) / 1e9}, preset))
+            if progress is not None:
+                progress(rows)
     return rows
 
 def quality(
@@ -333,7 +337,7 @@ def quality(
     tasks: list[str] = typer.Option(["scl12"], metavar="TASK,...", help="pretext tasks to train (the paper's ordering: none,jigsaw8,scl12)"),
     work: Path = typer.Option(Path("/tmp/sclvi-bench"), help="cache of trained bundles"),
     ablation: bool = typer.Option(False, help="the paper's ablations (eta sweep, formula, coresets, windows)"),
-    families: Optional[list[str]] = typer.Option(None, metavar="PRESET,...", help="compare these encoder presets (scl12, eta 10) instead"),
+    families: Optional[list[str]] = typer.Option(None, metavar="PRESET,...", help="compare these encoder presets instead (scl12, eta 10, --seeds each, next to the floors)"),
     improvements: Optional[list[str]] = typer.Option(
         None, metavar="SLUG,...", help="also each departure from the paper alone (`all`, or the slugs named): a training change "
         "on the first task and --variant-seeds seeds, a bank- or scoring-only one (no-code-aggregation, no-image-retrieval, "
@@ -377,7 +381,8 @@ def quality(
         return path
     if args.families:
         for name in args.sets:
-            path = write_families_report(run_families(name, args.data / name, args.protocol, args.families, work),
+            path = write_families_report(run_families(name, args.data / name, args.protocol, args.families, args.seeds, work,
+                                                      lambda rows: write_families_report(rows, args.protocol, args.out, args.tag)),
                                          args.protocol, args.out, args.tag)
         print(f"report: {path}")
         return path

@@ -185,33 +185,58 @@ def pm_cell(entry: dict[str, Any], metric: str, pct: bool = True) -> str:
 
 
 def write_families_report(rows: list[dict[str, Any]], protocol: str, out: Path, tag: str = "") -> Path:
-    """Merge these rows into the protocol's families JSON (keyed by set and preset) and rewrite the report."""
+    """Merge these rows into the protocol's families JSON (keyed by set, row and seed: a preset measured again
+    replaces its rows) and rewrite the report: per set the floors, then each preset's mean ± std over its seeds."""
     stem = report_stem(protocol, tag)
     store = out / f"quality-families-{stem}.json"
     kept = json.loads(store.read_text())["rows"] if store.is_file() else []
-    new = {(r["set"], r["preset"]) for r in rows}
-    rows = [r for r in kept if (r["set"], r["preset"]) not in new] + rows
+    if any("kind" not in r for r in kept):
+        log.info("%s: rows of the earlier format (no floors, no pretext) dropped", store)
+        kept = [r for r in kept if "kind" in r]
+
+    def key(r: dict[str, Any]) -> tuple:
+        return r["set"], r["kind"], r.get("variant"), r.get("seed")
+
+    new = {key(r) for r in rows}
+    rows = [r for r in kept if key(r) not in new] + rows
     info = machine()
     budget = PROTOCOLS[protocol]
+    cfg = protocol_config(protocol, "scl12")
     lines = [
-        f"# Detection quality by encoder family, {protocol} protocol",
+        f"# Detection quality by encoder family, {protocol} protocol, next to the no-learning floors",
         "",
-        f"Every row: the paper's 12-class task, eta 10, the same budget: geometry {budget['geometry']}, training "
-        f"{budget['train']}, bank {budget['bank']}; widths are each preset's own. GMAC per frame at the protocol's size and "
-        "strides (paper/lite: patch by patch; dense: one fully convolutional pass). `train s` is the "
-        "training plus bank time; `embed ms` and `score ms` are per test image on the machine below (best installed "
-        "backend, other work may have shared the 2 cores).",
+        f"Every trained row: the paper's 12-class task, eta 10, the same budget: geometry {budget['geometry']}, "
+        f"bank {budget['bank']}, training {cfg.train.model_dump(exclude={'task', 'seed', 'threads', 'checkpoint_every'})} "
+        "(the product default where the protocol sets nothing; every step trained, no time budget); widths are each "
+        "preset's own; mean ± std over the seeds in `n`. Floors as in the main quality report (raw pixels: no network; "
+        f"untrained encoder: the `{budget['preset']}` preset at random initialisation); `learning adds` = image AUROC over "
+        "the better floor; `pretext` = held-out pretext accuracy, mean of the 32- and 64-px heads (chance 1/12). GMAC per "
+        "frame at the protocol's size and strides (paper/lite: patch by patch; dense: one fully convolutional pass). "
+        "`train s` is the training plus bank time; `embed ms` and `score ms` are per test image on the machine below "
+        "(best installed backend, other work may have shared the 2 cores).",
         "",
     ]
+    summary = summarise(rows)
     for name in dict.fromkeys(r["set"] for r in rows):
-        lines += [f"## {name}", "", "| preset | GMAC / frame | image AUROC | pixel AUROC | PRO | train s | embed ms | score ms |",
-                  "|---|---:|---:|---:|---:|---:|---:|---:|"]
-        for r in (r for r in rows if r["set"] == name):
-            train = "-" if r["train_s"] is None else f"{r['train_s']:.0f}"
-            lines.append(f"| {r['preset']} | {r['gmac_per_frame']:.1f} | {pct(r['image_auroc'])} | {pct(r.get('pixel_auroc'))} "
-                         f"| {pct(r.get('pro'))} | {train} | {r['embed_ms']:.0f} | {r['score_ms']:.0f} |")
+        lines += [f"## {name}", "", "| row | n | GMAC / frame | image AUROC | pixel AUROC | PRO | learning adds (image) "
+                  "| pretext | train s | embed ms | score ms |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        for e in (e for e in summary if e["set"] == name):
+            group = [r for r in rows if key(r)[:3] == (name, e["kind"], e["variant"])]
+            label = e["kind"] if e["kind"].startswith("floor") else e["variant"]
+            gmac = group[0].get("gmac_per_frame")
+            cells = [pm_cell(e, m) for m in ("image_auroc", "pixel_auroc", "pro")]
+            adds = "" if e["over_best_floor"] is None else f"{100 * e['over_best_floor']:+.1f}"
+            timing = [_mean_cell([r.get(k) for r in group]) for k in ("train_s", "embed_ms", "score_ms")]
+            lines.append(f"| {label} | {e['n']} | {'-' if gmac is None else f'{gmac:.1f}'} | {' | '.join(cells)} | {adds} "
+                         f"| {pm_cell(e, 'pretext_acc', pct=False)} | {' | '.join(timing)} |")
         lines.append("")
     return save_report(out, f"quality-families-{stem}", lines, info, {"protocol": budget, "rows": rows})
+
+
+def _mean_cell(values: list[Any]) -> str:
+    """A timing column: the mean over the seeds that have it, whole units."""
+    ok = [v for v in values if v is not None]
+    return "-" if not ok else f"{float(np.mean(ok)):.0f}"
 
 
 def pct(v: Any) -> str:

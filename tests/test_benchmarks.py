@@ -280,19 +280,32 @@ def test_soak_benchmark_counts_one_verdict_per_frame(tmp_path):
     assert "| equal, no sequence gap | yes |" in report.read_text()
 
 
-def test_quality_benchmark_families_smoke_merges_rows(tmp_path):
+def test_quality_benchmark_families_smoke_floors_seeds_and_merge(tmp_path):
+    """Presets side by side next to the floors, per seed with pretext accuracy; a preset measured again replaces
+    its rows, and rows of the earlier format (no floors) are dropped rather than shown beside the new ones."""
     from sclvi.benchmarks.quality import main
 
     write_synthetic(tmp_path / "data", "texture", size=176, n_train=6, n_test_good=3, n_test_defect=2, seed=0)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "quality-families-smoke.json").write_text(json.dumps(
+        {"rows": [{"set": "texture", "preset": "paper", "image_auroc": 0.5, "gmac_per_frame": 1.0}]}))
     common = ["--data", str(tmp_path / "data"), "--sets", "texture", "--protocol", "smoke",
-              "--work", str(tmp_path / "work"), "--out", str(tmp_path / "out")]
-    main(common + ["--families", "lite,dense-lite"])
-    report = main(common + ["--families", "dense-lite"])  # re-run one preset: replaced, not duplicated
-    rows = json.loads((tmp_path / "out" / "quality-families-smoke.json").read_text())["rows"]
-    assert sorted(r["preset"] for r in rows) == ["dense-lite", "lite"]
-    assert all(0.0 <= r["image_auroc"] <= 1.0 and r["gmac_per_frame"] > 0 for r in rows)
+              "--work", str(tmp_path / "work"), "--out", str(out)]
+    main(common + ["--families", "lite,dense-lite", "--seeds", "0,1"])
+    report = main(common + ["--families", "dense-lite", "--seeds", "0"])  # measured again: seed 0 replaced
+    rows = json.loads((out / "quality-families-smoke.json").read_text())["rows"]
+    trained = sorted((r["variant"], r["seed"]) for r in rows if r["kind"] == "trained")
+    assert trained == [("dense-lite", 0), ("dense-lite", 1), ("lite", 0), ("lite", 1)]
+    assert sorted(r["kind"] for r in rows if r["kind"] != "trained") == ["floor: raw pixels", "floor: untrained encoder"]
+    assert all(0.0 <= r["image_auroc"] <= 1.0 for r in rows)
+    assert all(r["gmac_per_frame"] > 0 and r["pretext_acc"] is not None for r in rows if r["kind"] == "trained")
     text = report.read_text()
-    assert "| lite |" in text and "| dense-lite |" in text
+    assert "| floor: raw pixels | 1 |" in text and "| lite | 2 |" in text and "| dense-lite | 2 |" in text
+    assert "| paper |" not in text
+    floor = max(r["image_auroc"] for r in rows if r["kind"] != "trained")
+    lite = np.mean([r["image_auroc"] for r in rows if r.get("variant") == "lite"])
+    assert f"{100 * (lite - floor):+.1f} |" in text.split("| lite | 2 |")[1].split("\n")[0]
 
 
 def test_faults_benchmark_smoke(tmp_path):
