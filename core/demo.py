@@ -14,10 +14,17 @@ from sclvi.console import pretext_summary, print_report
 
 log = logging.getLogger(__name__)
 
+#: The demo trains for about a minute, so many small steps (batch 8, lr 2e-3) rather than the product's few
+#: large ones (batch 32, lr 1e-3): in the same time they learn more of the pretext task (held-out accuracy on
+#: the demo's part, training seeds 0 / 1 / 2: 64-px head 0.25 / 0.31 / 0.24 at 160 x 8 against 0.15 / 0.12 /
+#: 0.13 at 40 x 32, 32-px head 0.16 / 0.13 / 0.12 against 0.08 / 0.11 / 0.12; chance 0.083), with the demo's
+#: detection unchanged (image AUROC 1.0 either way). Stride 8 (not the paper's 4) keeps the bank and the line
+#: within the two minutes on a 2-core CPU.
 DEMO_OVERRIDES: dict[str, Any] = {
     "geometry": {"small_stride": 8},
-    "train": {"checkpoint_every": 1000, "eval_every": 20, "early_stop_patience": 0},
+    "train": {"batch_size": 8, "lr": 2e-3, "checkpoint_every": 1000, "eval_every": 20, "early_stop_patience": 0},
 }
+DEMO_STEPS = 160
 
 
 def run_demo(root: Path, cls: str, steps: int, line: bool) -> None:
@@ -33,7 +40,6 @@ def run_demo(root: Path, cls: str, steps: int, line: bool) -> None:
 
     log.info("demo folder: %s", root)
     data = write_synthetic(root / "data", cls, size=256, n_train=30, n_test_good=12, n_test_defect=6, seed=0)
-    # Stride 8 (not the paper's 4) keeps the demo within minutes on a 2-core CPU.
     cfg = build_config("dense-lite", DEMO_OVERRIDES | {"train": DEMO_OVERRIDES["train"] | {"steps": steps}})
     train_and_bank(cfg, data, root / "bundle")
     bundle = load_bundle(root / "bundle")
