@@ -210,7 +210,8 @@ def write_families_report(rows: list[dict[str, Any]], protocol: str, out: Path, 
         "(the product default where the protocol sets nothing; every step trained, no time budget); widths are each "
         "preset's own; mean ± std over the seeds in `n`. Floors as in the main quality report (raw pixels: no network; "
         f"untrained encoder: the `{budget['preset']}` preset at random initialisation); `learning adds` = image AUROC over "
-        "the better floor; `pretext` = held-out pretext accuracy, mean of the 32- and 64-px heads (chance 1/12). GMAC per "
+        "the better floor; `pretext` = held-out pretext accuracy, mean of the 32- and 64-px heads (chance 1/12); `steps` "
+        "the mean steps trained (an early stop on the pretext plateau, where the protocol has one, ends some sooner). GMAC per "
         "frame at the protocol's size and strides (paper/lite: patch by patch; dense: one fully convolutional pass). "
         "`train s` is the training plus bank time; `embed ms` and `score ms` are per test image on the machine below "
         "(best installed backend, other work may have shared the 2 cores).",
@@ -219,7 +220,7 @@ def write_families_report(rows: list[dict[str, Any]], protocol: str, out: Path, 
     summary = summarise(rows)
     for name in dict.fromkeys(r["set"] for r in rows):
         lines += [f"## {name}", "", "| row | n | GMAC / frame | image AUROC | pixel AUROC | PRO | learning adds (image) "
-                  "| pretext | train s | embed ms | score ms |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+                  "| pretext | steps | train s | embed ms | score ms |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for e in (e for e in summary if e["set"] == name):
             group = [r for r in rows if key(r)[:3] == (name, e["kind"], e["variant"])]
             label = e["kind"] if e["kind"].startswith("floor") else e["variant"]
@@ -227,14 +228,16 @@ def write_families_report(rows: list[dict[str, Any]], protocol: str, out: Path, 
             cells = [pm_cell(e, m) for m in ("image_auroc", "pixel_auroc", "pro")]
             adds = "" if e["over_best_floor"] is None else f"{100 * e['over_best_floor']:+.1f}"
             timing = [_mean_cell([r.get(k) for r in group]) for k in ("train_s", "embed_ms", "score_ms")]
+            early = sum(bool(r.get("stopped_early")) for r in group)
+            steps = _mean_cell([r.get("steps") for r in group]) + (f" ({early} stopped early)" if early else "")
             lines.append(f"| {label} | {e['n']} | {'-' if gmac is None else f'{gmac:.1f}'} | {' | '.join(cells)} | {adds} "
-                         f"| {pm_cell(e, 'pretext_acc', pct=False)} | {' | '.join(timing)} |")
+                         f"| {pm_cell(e, 'pretext_acc', pct=False)} | {steps} | {' | '.join(timing)} |")
         lines.append("")
     return save_report(out, f"quality-families-{stem}", lines, info, {"protocol": budget, "rows": rows})
 
 
 def _mean_cell(values: list[Any]) -> str:
-    """A timing column: the mean over the seeds that have it, whole units."""
+    """A steps or timing column: the mean over the seeds that have it, whole units."""
     ok = [v for v in values if v is not None]
     return "-" if not ok else f"{float(np.mean(ok)):.0f}"
 
