@@ -198,7 +198,8 @@ def write_families_report(rows: list[dict[str, Any]], protocol: str, out: Path, 
         return r["set"], r["kind"], r.get("variant"), r.get("seed")
 
     new = {key(r) for r in rows}
-    rows = [r for r in kept if key(r) not in new] + rows
+    # floors first (as in the main table), then the presets in the order they were first measured
+    rows = sorted([r for r in kept if key(r) not in new] + rows, key=lambda r: not r["kind"].startswith("floor"))
     info = machine()
     budget = PROTOCOLS[protocol]
     cfg = protocol_config(protocol, "scl12")
