@@ -23,7 +23,7 @@ import numpy as np  # noqa: E402
 from sclvi.benchmarks.common import machine, save_report  # noqa: E402
 from sclvi.benchmarks.protocols import PROTOCOLS, model_cache, protocol_config, report_stem  # noqa: E402
 from sclvi.benchmarks.quality import floor_rows, model_facts, quality_row, train_and_score  # noqa: E402
-from sclvi.benchmarks.quality_report import model_cells, pct  # noqa: E402
+from sclvi.benchmarks.quality_report import is_floor, model_cells, pct  # noqa: E402
 
 
 def budget_variant(protocol: str, steps: int) -> tuple[str, dict[str, Any]]:
@@ -67,7 +67,7 @@ def save_curve_plot(path: Path, rows: list[dict[str, Any]], title: str) -> None:
             pts = [(r["budget"], 100 * r[metric]) for r in trained if r.get(metric) is not None and np.isfinite(r[metric])]
             if pts:
                 ax.plot(*zip(*pts), style, label=metric.replace("_", " "))
-        for i, r in enumerate(r for r in mine if r["kind"].startswith("floor")):
+        for i, r in enumerate(r for r in mine if is_floor(r)):
             ax.axhline(100 * r["image_auroc"], color=f"C{i + 3}", ls=":", lw=1, label=f"{r['kind']} (image)")
         ax.set_xscale("log")
         ax.set_xlabel("training steps (log)")

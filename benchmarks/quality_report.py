@@ -17,6 +17,11 @@ from sclvi.benchmarks.protocols import PROTOCOLS, protocol_config, report_stem
 log = logging.getLogger(__name__)
 
 
+def is_floor(row: dict[str, Any]) -> bool:
+    """A no-learning floor row (`floor: raw pixels`, `floor: untrained encoder`) rather than a trained model's."""
+    return row["kind"].startswith("floor")
+
+
 def mean_of(*values: Any) -> float | None:
     """The mean of the values given (None where none is)."""
     ok = [v for v in values if v is not None]
@@ -51,7 +56,7 @@ def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     out = []
     for name in dict.fromkeys(r["set"] for r in rows):
         mine = [r for r in rows if r["set"] == name]
-        floor = max((r["image_auroc"] for r in mine if r["kind"].startswith("floor")), default=float("nan"))
+        floor = max((r["image_auroc"] for r in mine if is_floor(r)), default=float("nan"))
         for key in dict.fromkeys((r["kind"], r["task"], r.get("variant")) for r in mine):
             group = [r for r in mine if (r["kind"], r["task"], r.get("variant")) == key]
             entry: dict[str, Any] = {"set": name, "kind": key[0], "task": key[1], "variant": key[2], "n": len(group)}
@@ -199,7 +204,7 @@ def write_families_report(rows: list[dict[str, Any]], protocol: str, out: Path, 
 
     new = {key(r) for r in rows}
     # floors first (as in the main table), then the presets in the order they were first measured
-    rows = sorted([r for r in kept if key(r) not in new] + rows, key=lambda r: not r["kind"].startswith("floor"))
+    rows = sorted([r for r in kept if key(r) not in new] + rows, key=lambda r: not is_floor(r))
     info = machine()
     budget = PROTOCOLS[protocol]
     cfg = protocol_config(protocol, "scl12")
@@ -224,7 +229,7 @@ def write_families_report(rows: list[dict[str, Any]], protocol: str, out: Path, 
                   "| pretext | steps | train s | embed ms | score ms |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for e in (e for e in summary if e["set"] == name):
             group = [r for r in rows if key(r)[:3] == (name, e["kind"], e["variant"])]
-            label = e["kind"] if e["kind"].startswith("floor") else e["variant"]
+            label = e["kind"] if is_floor(e) else e["variant"]
             gmac = group[0].get("gmac_per_frame")
             cells = [pm_cell(e, m) for m in ("image_auroc", "pixel_auroc", "pro")]
             adds = "" if e["over_best_floor"] is None else f"{100 * e['over_best_floor']:+.1f}"
