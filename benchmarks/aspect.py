@@ -8,7 +8,7 @@ varying size (magnetic_tile: 103-632 px wide, 222-403 high) has no one frame siz
 whether the squash (textures stretched by up to 2.5x, differently per image) is what holds detection
 back. `squash`: every image resized to 256x256; `native`: each image at its own size (cut down to a
 multiple of 16 px). Rows: `raw pixels` = no learning at all (each 32-px patch at stride 8 averaged to 8x8
-pixels after the frame photometric step, benchmarks/floors.py, exact 1-NN with faiss); with --bundle, `trained
+pixels after the frame photometric step, core/floors.py, exact 1-NN with faiss); with --bundle, `trained
 encoder` = that dense bundle's encoder (a fully convolutional pass over an image of any size), its codes'
 neighbourhood aggregation, eta, lambda, formula, scale fusion and image score, exact search of every code of
 the bank images, no image retrieval and no level normalisation (both need one image size), so only the
@@ -29,7 +29,7 @@ import typer
 from tqdm.auto import tqdm
 
 from sclvi.benchmarks.common import OUT, benchmark_app, invoke, listed, machine, save_report, start
-from sclvi.benchmarks.floors import CELL, raw_pixel_codes
+from sclvi.floors import CELL, raw_pixel_codes
 from sclvi.benchmarks.protocols import label_option, report_stem
 from sclvi.images import FRAME_MEAN, read_mask, read_rgb
 

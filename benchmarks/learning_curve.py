@@ -6,7 +6,7 @@ Per data set, one model per step budget (the paper's 12-class task, the protocol
 training otherwise), each trained from scratch with the cosine schedule over its own budget and the early
 stop switched off, so a point says what that many steps give; the budget equal to the product default
 is the default model itself (early stop armed: the `steps` column says whether it fired). The floors
-(benchmarks/floors.py) are drawn beside the curve. Writes quality-steps-<protocol>.md / .json / .png.
+(core/floors.py) are drawn beside the curve. Writes quality-steps-<protocol>.md / .json / .png.
 """
 
 from __future__ import annotations

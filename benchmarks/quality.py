@@ -4,7 +4,7 @@
                         [--tasks scl12,jigsaw8,none]
 
 Per data set, rows of one table (quality-<protocol>.md / .json): the raw-pixel floor and the untrained
-encoder (benchmarks/floors.py), then the protocol's preset trained with each pretext task and seed, at
+encoder (core/floors.py), then the protocol's preset trained with each pretext task and seed, at
 the product's default training unless the protocol says otherwise, with each model's held-out pretext
 accuracy and code statistics. Bundles are cached in --work, so an interrupted run resumes (one stopped
 mid-training goes on from its last checkpoint).
@@ -219,7 +219,7 @@ def floor_rows(name: str, ds: Any, protocol: str, masks: np.ndarray | None, work
     the per-pixel mean image, so an encoder or `preprocess.mean` change leaves it cached); `progress(rows)` after
     each one."""
     from sclvi.benchmarks.common import untrained_bundle
-    from sclvi.benchmarks.floors import raw_pixel_floor
+    from sclvi.floors import raw_pixel_floor
     from sclvi.engines import load_backend
     from sclvi.evaluate import embed_test_set, score_test_set
     from sclvi.memory_bank import bank_images

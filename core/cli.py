@@ -317,6 +317,8 @@ def evaluate_cmd(
     image_score: Optional[ImageScore] = _IMAGE_SCORE,
     backend: str = typer.Option("auto", help="Encoder backend."),
     overlays: int = typer.Option(6, help="How many image | heatmap | ground-truth PNGs to write."),
+    floor: bool = typer.Option(False, "--floor", help="Also score the raw-pixel floor (patch 1-NN on pixels, no "
+                               "learning) on the same parts and training images: what the model adds over it."),
 ) -> None:
     """Image AUROC, pixel AUROC and PRO on a labelled test set, with overlays and a ROC plot."""
     with _user_errors():
@@ -330,7 +332,7 @@ def evaluate_cmd(
         ds = read_dataset(data)
         scoring = b.config.scoring.model_copy(update=_scoring_update(eta, lam, formula, fusion, image_score))
         out = out or bundle / f"eval-{ds.root.name}"
-        report = evaluate(b, ds, load_backend(b, backend), out, scoring=scoring, n_overlays=overlays)
+        report = evaluate(b, ds, load_backend(b, backend), out, scoring=scoring, n_overlays=overlays, floor=floor)
         print_report(report)
         typer.echo(f"report: {out / 'metrics.json'}; overlays: {out / 'overlays'}")
 

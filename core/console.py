@@ -18,11 +18,24 @@ def print_report(report: dict[str, Any]) -> None:
     table = Table(title=f"{Path(report['dataset']).name}  ({report['seconds_per_image'] * 1000:.0f} ms/image)")
     for col in ("subset", "n", "image AUROC", "pixel AUROC", "pixel AUROC vs good parts", "PRO"):
         table.add_column(col, justify="right" if col != "subset" else "left")
-    rows = [("all", report)] + list(report["per_defect"].items())
-    for name, m in rows:
+    floor = report.get("floor") or {}
+    shown = floor if "image_auroc" in floor else None
+    rows = [("all", report, shown)] + [(d, m, shown["per_defect"].get(d) if shown else None)
+                                       for d, m in report["per_defect"].items()]
+    for name, m, f in rows:
         table.add_row(name, str(m["n"]), fmt(m["image_auroc"]), fmt(m.get("pixel_auroc")),
                       fmt(m.get("pixel_auroc_vs_good")), fmt(m.get("pro")))
-    Console().print(table)
+        if f is not None:  # the raw-pixel floor under each row, dimmed: what no learning gets on the same parts
+            table.add_row("  raw-pixel floor", "", fmt(f["image_auroc"]), fmt(f.get("pixel_auroc")),
+                          fmt(f.get("pixel_auroc_vs_good")), fmt(f.get("pro")), style="dim")
+    console = Console()
+    console.print(table)
+    if shown is not None:
+        adds = 100 * report["learning_adds_image_auroc"]
+        console.print(f"learning adds {adds:+.1f} image AUROC points over the raw-pixel floor"
+                      + ("" if adds > 0 else ": the trained encoder does no better than raw pixels on these parts"))
+    elif floor:
+        console.print(f"raw-pixel floor not available for this geometry: {floor['unavailable']}")
 
 
 def pretext_summary(training: dict[str, Any]) -> str:

@@ -130,8 +130,10 @@ def evaluate(
     out_dir: str | Path,
     scoring: ScoringConfig | None = None,
     n_overlays: int = 6,
+    floor: bool = False,
 ) -> dict[str, Any]:
-    """Score every test image, compute the metrics, write metrics.json, roc.png and overlays."""
+    """Score every test image, compute the metrics, write metrics.json, roc.png and overlays; with `floor`, the
+    raw-pixel floor on the same parts beside them (`floor_report`)."""
     if not bundle.has_bank():
         raise BundleError(f"bundle {bundle.path} has no memory bank: train it with `sclvi train` first")
     scoring = scoring or bundle.config.scoring
@@ -150,15 +152,40 @@ def evaluate(
         "seconds_per_image": embed_s + score_s,
         **metrics_report(dataset, scores, maps, masks),
     }
+    labels = np.array([t.is_anomalous for t in dataset.test])
+    curves = {"image": (*roc(labels, scores), report["image_auroc"])}
+    if floor:
+        report["floor"], floor_scores = floor_report(bundle, dataset, scoring, masks)
+        if floor_scores is not None:
+            report["learning_adds_image_auroc"] = report["image_auroc"] - report["floor"]["image_auroc"]
+            curves["raw-pixel floor"] = (*roc(labels, floor_scores), report["floor"]["image_auroc"])
     report["image_scores"] = [
         {"path": str(t.path), "defect": t.defect, "score": float(s)} for t, s in zip(dataset.test, scores)
     ]
     (out / "metrics.json").write_text(json.dumps(_nan_to_none(report), indent=2))
-    labels = np.array([t.is_anomalous for t in dataset.test])
-    fpr, tpr = roc(labels, scores)
-    save_roc(out / "roc.png", {"image": (fpr, tpr, report["image_auroc"])}, f"{dataset.root.name}: image-level ROC")
+    save_roc(out / "roc.png", curves, f"{dataset.root.name}: image-level ROC")
     write_overlays(out / "overlays", dataset.test, maps, scores, geometry, n_overlays, masks)
     return report
+
+
+def floor_report(bundle: ModelBundle, dataset: MVTecDataset, scoring: ScoringConfig,
+                 masks: np.ndarray | None) -> tuple[dict[str, Any], np.ndarray | None]:
+    """The raw-pixel floor (sclvi.floors: no network, no training) on the same test parts, training images,
+    geometry and scoring as the bundle: what this set gives with no learning, so a user sees on their own parts
+    what the model adds. Returns its metrics and image scores; (reason, None) where the geometry has no
+    raw-pixel floor (a patch or stride that does not fall on 8x8 blocks)."""
+    from sclvi.floors import raw_pixel_floor
+    from sclvi.memory_bank import bank_images
+
+    cfg = bundle.config.model_copy(update={"scoring": scoring})
+    try:
+        scores, maps, seconds = raw_pixel_floor(cfg, dataset, bank_images(dataset.train, cfg.bank.max_images,
+                                                                          cfg.bank.seed))
+    except ValueError as err:
+        log.warning("no raw-pixel floor for this bundle: %s", err)
+        return {"kind": "raw-pixel patch 1-NN", "unavailable": str(err)}, None
+    return {"kind": "raw-pixel patch 1-NN", "seconds_per_image": seconds,
+            **metrics_report(dataset, scores, maps, masks)}, scores
 
 
 def _nan_to_none(value: Any) -> Any:

@@ -412,7 +412,7 @@ def test_each_floor_is_cached_under_the_settings_it_reads(tmp_path, monkeypatch)
     """The raw-pixel floor reads no encoder and no `preprocess.mean`: changing the mean recomputes the untrained
     floor only, and asking again with nothing changed recomputes neither."""
     import sclvi.benchmarks.common as common
-    import sclvi.benchmarks.floors as floors
+    import sclvi.floors as floors
     from sclvi.benchmarks import quality
     from sclvi.benchmarks.protocols import PROTOCOLS
     from sclvi.bundle import load_bundle

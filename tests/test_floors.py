@@ -1,8 +1,9 @@
 """The no-learning floor: exact patch features, and it finds what a plain pixel difference can find."""
 
 import numpy as np
+import pytest
 
-from sclvi.benchmarks.floors import CELL, raw_pixel_codes, raw_pixel_floor
+from sclvi.floors import CELL, raw_pixel_codes, raw_pixel_floor
 from sclvi.config import build_config
 from sclvi.dataset import read_dataset
 from sclvi.synthetic import write_synthetic
@@ -30,3 +31,48 @@ def test_raw_pixel_floor_scores_defects_above_good_parts(tmp_path):
     assert maps.shape == (len(ds.test), 128, 128) and np.isfinite(maps).all()
     assert scores[labels].mean() > 2 * scores[~labels].mean()
     np.testing.assert_allclose(scores, maps.reshape(len(maps), -1).max(axis=1))
+
+
+def test_sclvi_eval_floor_scores_the_raw_pixel_floor_on_the_same_parts(tmp_path, synthetic_object):
+    """`sclvi eval --floor`: the floor's figures are those of raw_pixel_floor on the same test parts and bank
+    images, 'learning adds' is the model's image AUROC minus the floor's, and both show on the terminal."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from conftest import make_bundle, tiny_config
+    from sclvi.cli import app
+    from sclvi.metrics import auroc
+
+    ds = read_dataset(synthetic_object)
+    cfg = tiny_config(96)
+    bundle = make_bundle(tmp_path / "b", cfg, ds.train)
+    result = CliRunner().invoke(app, ["eval", str(bundle.path), str(synthetic_object), "--out", str(tmp_path / "r"),
+                                      "--overlays", "0", "--backend", "torch", "--floor"])
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "r" / "metrics.json").read_text())
+    scores, _, _ = raw_pixel_floor(cfg, ds, ds.train)
+    labels = np.array([t.is_anomalous for t in ds.test])
+    assert report["floor"]["image_auroc"] == pytest.approx(auroc(labels, scores))
+    assert set(report["floor"]["per_defect"]) == set(report["per_defect"])
+    assert report["learning_adds_image_auroc"] == pytest.approx(report["image_auroc"] - report["floor"]["image_auroc"])
+    assert "raw-pixel floor" in result.output and "learning adds" in result.output
+
+    # without --floor nothing of it is computed or shown
+    result = CliRunner().invoke(app, ["eval", str(bundle.path), str(synthetic_object), "--out", str(tmp_path / "r2"),
+                                      "--overlays", "0", "--backend", "torch"])
+    assert result.exit_code == 0 and "raw-pixel floor" not in result.output
+    assert "floor" not in json.loads((tmp_path / "r2" / "metrics.json").read_text())
+
+
+def test_eval_floor_says_why_when_the_geometry_has_none(tmp_path, synthetic_object):
+    """A 2-px stride, which does not fall on the floor's 4-px blocks: the evaluation still runs and says why there is no
+    floor instead of failing or showing a wrong one."""
+    from conftest import make_bundle, tiny_config
+    from sclvi.engines import load_backend
+    from sclvi.evaluate import evaluate
+
+    ds = read_dataset(synthetic_object)
+    bundle = make_bundle(tmp_path / "b", tiny_config(96, geometry={"small_stride": 2}), ds.train)
+    report = evaluate(bundle, ds, load_backend(bundle, "torch"), tmp_path / "r", n_overlays=0, floor=True)
+    assert "do not fall on" in report["floor"]["unavailable"] and "learning_adds_image_auroc" not in report

@@ -54,7 +54,7 @@ def test_the_scorer_follows_the_setting_and_old_bundles_keep_the_max(tmp_path, s
 
 
 def test_the_raw_pixel_floor_takes_the_same_image_score(tmp_path, synthetic_object):
-    from sclvi.benchmarks.floors import raw_pixel_floor
+    from sclvi.floors import raw_pixel_floor
 
     ds = read_dataset(synthetic_object)
     for kind, top in (("top-patch", 1024), ("max", 1)):

@@ -6,9 +6,10 @@ learning at all.
   covering patches (smoothed as `scoring.map_sigma` says, like the product's map), image score = max, or the mean of the top patch's worth of pixels as `scoring.image_score` says.
   No network, no training.
 - untrained: the preset's encoder at its random initialisation, with the same bank and scoring as the
-  trained model (see `common.untrained_bundle`).
+  trained model (benchmarks only: `sclvi.benchmarks.common.untrained_bundle`).
 
-A trained encoder that does not beat both has learned nothing the line needs.
+A trained encoder that does not beat both has learned nothing the line needs. The raw-pixel floor lives here,
+not in benchmarks/, because `sclvi eval --floor` shows it beside a user's own model on their own parts.
 """
 
 from __future__ import annotations
