@@ -153,7 +153,7 @@ def evaluate(
         **metrics_report(dataset, scores, maps, masks),
     }
     labels = np.array([t.is_anomalous for t in dataset.test])
-    curves = {"image": (*roc(labels, scores), report["image_auroc"])}
+    curves = {"model": (*roc(labels, scores), report["image_auroc"])}
     if floor:
         report["floor"], floor_scores = floor_report(bundle, dataset, scoring, masks)
         if floor_scores is not None:
