@@ -173,7 +173,7 @@ def floor_report(bundle: ModelBundle, dataset: MVTecDataset, scoring: ScoringCon
     """The raw-pixel floor (sclvi.floors: no network, no training) on the same test parts, training images,
     geometry and scoring as the bundle: what this set gives with no learning, so a user sees on their own parts
     what the model adds. Returns its metrics and image scores; (reason, None) where the geometry has no
-    raw-pixel floor (a patch or stride that does not fall on 8x8 blocks)."""
+    raw-pixel floor (a patch, stride or size that does not fall on its patch/8-px blocks)."""
     from sclvi.floors import raw_pixel_floor
     from sclvi.memory_bank import bank_images
 
