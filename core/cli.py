@@ -138,6 +138,17 @@ def train(
         bundle = train_and_bank(cfg, data, out, resume, bank)
         typer.echo(f"bundle: {out}")
         typer.echo(pretext_summary(bundle.manifest["training"]) + f"; curve: {Path(out) / 'training_curve.png'}")
+        if _labelled(data):
+            typer.echo(f"labelled test parts in {data}: `sclvi eval {out} {data} --floor` scores them beside the "
+                       "raw-pixel floor (what learning adds on your parts)")
+
+
+def _labelled(data: Path) -> bool:
+    """Whether a training folder also holds good and defective test parts (so `sclvi eval` can score them)."""
+    from sclvi.dataset import read_dataset
+
+    test = read_dataset(data, need_test=False).test
+    return {t.is_anomalous for t in test} == {True, False}
 
 
 def _parse_roi(text: str | None) -> list[int] | None:

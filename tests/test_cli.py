@@ -108,6 +108,13 @@ def test_train_without_a_preset_picks_the_cpu_preset_here(tmp_path):
     assert manifest["training"]["pretext"]["chance"] == 1 / 12 and manifest["training"]["pretext"]["heldout_pairs"] == 256
     # one step learns nothing: the user is told so, not just shown a number near 1/12
     assert "NOT distinguishable from chance yet" in result.output and "training_curve.png" in result.output
+    # the folder has labelled test parts: the next step, the model beside the raw-pixel floor, is named
+    assert f"sclvi eval {tmp_path / 'b'} {data} --floor" in result.output
+    shutil.rmtree(data / "test")
+    again = runner.invoke(app, ["train", str(data), "--out", str(tmp_path / "b2"), "--steps", "1", "--image-size", "176",
+                                "--threads", "1"])
+    assert again.exit_code == 0, again.output
+    assert "--floor" not in again.output  # nothing to evaluate on: no hint
 
 
 def test_pretext_summary_says_which_scales_learned_beyond_chance():
