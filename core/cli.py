@@ -18,7 +18,7 @@ from typer.core import TyperGroup
 
 from sclvi import __version__
 from sclvi.demo import DEMO_STEPS
-from sclvi.errors import ConfigError, SclviError
+from sclvi.errors import ConfigError, DataError, SclviError
 
 app = typer.Typer(
     name="sclvi",
@@ -144,11 +144,14 @@ def train(
 
 
 def _labelled(data: Path) -> bool:
-    """Whether a training folder also holds good and defective test parts (so `sclvi eval` can score them)."""
+    """Whether `sclvi eval` would take this training folder as a labelled test set (read_dataset's own check)."""
     from sclvi.dataset import read_dataset
 
-    test = read_dataset(data, need_test=False).test
-    return {t.is_anomalous for t in test} == {True, False}
+    try:
+        read_dataset(data)
+    except DataError:
+        return False
+    return True
 
 
 def _parse_roi(text: str | None) -> list[int] | None:

@@ -174,16 +174,16 @@ def floor_report(bundle: ModelBundle, dataset: MVTecDataset, scoring: ScoringCon
     geometry and scoring as the bundle: what this set gives with no learning, so a user sees on their own parts
     what the model adds. Returns its metrics and image scores; (reason, None) where the geometry has no
     raw-pixel floor (a patch, stride or size that does not fall on its patch/8-px blocks)."""
-    from sclvi.floors import raw_pixel_floor
+    from sclvi.floors import misfit, raw_pixel_floor
     from sclvi.memory_bank import bank_images
 
     cfg = bundle.config.model_copy(update={"scoring": scoring})
-    try:
-        scores, maps, seconds = raw_pixel_floor(cfg, dataset, bank_images(dataset.train, cfg.bank.max_images,
-                                                                          cfg.bank.seed))
-    except ValueError as err:
-        log.warning("no raw-pixel floor for this bundle: %s", err)
-        return {"kind": "raw-pixel patch 1-NN", "unavailable": str(err)}, None
+    g = cfg.geometry
+    why = misfit(g.small_patch, g.small_stride, *g.input_hw)
+    if why:
+        log.warning("no raw-pixel floor for this bundle: %s", why)
+        return {"kind": "raw-pixel patch 1-NN", "unavailable": why}, None
+    scores, maps, seconds = raw_pixel_floor(cfg, dataset, bank_images(dataset.train, cfg.bank.max_images, cfg.bank.seed))
     return {"kind": "raw-pixel patch 1-NN", "seconds_per_image": seconds,
             **metrics_report(dataset, scores, maps, masks)}, scores
 

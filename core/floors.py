@@ -32,14 +32,23 @@ from sclvi.maps import image_score, pixel_map, smooth_map, top_pixels
 CELL = 8
 
 
+def misfit(patch: int, stride: int, h: int, w: int) -> str | None:
+    """Why the floor's patch/CELL-px blocks do not tile this geometry, or None where they do."""
+    block = patch // CELL
+    if patch % CELL or stride % block or h % block or w % block:
+        return f"patch {patch} / stride {stride} / size {w}x{h} do not fall on {block}-px blocks"
+    return None
+
+
 def raw_pixel_codes(frame: np.ndarray, mean: np.ndarray, patch: int, stride: int, mode: str = "none") -> np.ndarray:
     """(H, W, 3) uint8 -> (rows, cols, 3 * CELL * CELL): every strided patch, block-averaged to CELL x CELL, after
     the same photometric step (`preprocess.photometric`) as the product, so the floor differs only in learning."""
     f = (photometric(frame, mode) - mean) / 255.0
     h, w = f.shape[:2]
+    why = misfit(patch, stride, h, w)
+    if why:
+        raise ValueError(why)
     block = patch // CELL
-    if patch % CELL or stride % block or h % block or w % block:
-        raise ValueError(f"patch {patch} / stride {stride} / size {w}x{h} do not fall on {block}-px blocks")
     small = f.reshape(h // block, block, w // block, block, 3).mean(axis=(1, 3)).transpose(2, 0, 1)
     views = PatchGrid(h // block, w // block, CELL, stride // block).patches(np.ascontiguousarray(small))
     return np.ascontiguousarray(views.reshape(*views.shape[:2], -1))
