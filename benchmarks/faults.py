@@ -28,7 +28,7 @@ import typer
 import zmq
 
 from sclvi.benchmarks.common import OUT, benchmark_app, invoke, listed, machine, save_report, start
-from sclvi.benchmarks.line import bench_config, free_port, prepare_bundle
+from sclvi.benchmarks.line import bench_config, free_ports, prepare_bundle
 
 VIKY_NOTE = "viky (the genicam wheel's simulated GenTL camera)"
 
@@ -122,10 +122,11 @@ def run_fault(name: str, bundle: Path, replay: Path, args: SimpleNamespace, inje
     from sclvi.edge.config import load_runtime_config
     from sclvi.edge.supervisor import Runtime
 
+    verdict_port, control_port = free_ports(2)
     cfg = {
         "bundle": str(bundle), "cameras": [source], "workers": 1, "threads_per_worker": 1, "deadline_ms": args.deadline_ms,
-        "verdict_endpoint": f"tcp://127.0.0.1:{free_port()}", "telemetry_endpoint": None,
-        "control_endpoint": f"tcp://127.0.0.1:{free_port()}", "ack_timeout_ms": 100, "shutdown_timeout_s": 5,
+        "verdict_endpoint": f"tcp://127.0.0.1:{verdict_port}", "telemetry_endpoint": None,
+        "control_endpoint": f"tcp://127.0.0.1:{control_port}", "ack_timeout_ms": 100, "shutdown_timeout_s": 5,
         "owed_dir": owed_dir,  # as the example station config: what a run still owes when it stops, the next resends
     }
     bridge = Bridge(cfg["verdict_endpoint"], garbage)

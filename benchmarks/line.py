@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import socket
+from contextlib import ExitStack
 import threading
 import time
 from dataclasses import dataclass
@@ -23,10 +24,18 @@ log = logging.getLogger(__name__)
 STAGES = ("acquire", "queue", "preprocess", "embed", "knn", "fuse", "decide", "publish", "total")
 
 
+def free_ports(n: int) -> list[int]:
+    """n distinct free TCP ports on 127.0.0.1: every socket is held until all are bound, so the kernel cannot hand
+    the same port out twice (one free_port() after another can, which the runtime rejects as shared endpoints)."""
+    with ExitStack() as stack:
+        socks = [stack.enter_context(socket.socket()) for _ in range(n)]
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_ports(1)[0]
 
 
 def parse_geometry(spec: str) -> dict[str, Any]:

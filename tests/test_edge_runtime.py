@@ -7,7 +7,6 @@ crashed worker, a PLC bridge that joins late, a pause, a SIGTERM.
 import json
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -19,6 +18,7 @@ import yaml
 import zmq
 
 import genicam
+from sclvi.benchmarks.line import free_port, free_ports  # noqa: F401 (free_port: other test modules import it from here)
 from sclvi.edge.config import load_runtime_config
 from sclvi.edge.listener import VerdictListener
 from sclvi.edge.messages import unpack
@@ -26,12 +26,6 @@ from sclvi.edge.supervisor import Runtime
 from sclvi.errors import ConfigError
 
 VIKY = str(Path(genicam.__file__).parent / "viky.cti")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture()
@@ -47,11 +41,12 @@ def replay(tmp_path, synthetic_object):
 
 
 def runtime_config(bundle, cameras, **extra):
+    verdict, telemetry, control = free_ports(3)
     return {
         "bundle": str(bundle.path), "cameras": cameras, "workers": 1, "threads_per_worker": 1,
         "image_threshold": 1.0, "pixel_threshold": 1.0, "deadline_ms": 20000,
-        "verdict_endpoint": f"tcp://127.0.0.1:{free_port()}", "telemetry_endpoint": f"tcp://127.0.0.1:{free_port()}",
-        "control_endpoint": f"tcp://127.0.0.1:{free_port()}", "ack_timeout_ms": 100, **extra,
+        "verdict_endpoint": f"tcp://127.0.0.1:{verdict}", "telemetry_endpoint": f"tcp://127.0.0.1:{telemetry}",
+        "control_endpoint": f"tcp://127.0.0.1:{control}", "ack_timeout_ms": 100, **extra,
     }
 
 
