@@ -67,6 +67,10 @@ IMPROVEMENTS: dict[str, dict[str, Any]] = {
     "per-pixel mean": {"preprocess": {"mean": "image"}},
     # the default plus the `finish` synthetic defect (a region whose fine grain is changed: train/defects.py)
     "finish defects": {"train": {"defect_kinds": ["paste", "scar", "blob", "finish"]}},
+    # the default plus the anti-collapse term (train/trainer.py spread_loss; at the default's codes it is 17-27,
+    # so 0.1 puts it level with the pretext cross-entropy and 1.0 makes it dominate)
+    "anti-collapse 0.1": {"train": {"spread_weight": 0.1}},
+    "anti-collapse 1.0": {"train": {"spread_weight": 1.0}},
     # bank-only: no training of its own (scored on every seed's default model with its bank rebuilt)
     "no code aggregation": {"bank": {"neighbourhood": 1}},
     "no image retrieval": {"bank": {"retrieve": 0}},

@@ -21,6 +21,7 @@ def test_quality_benchmark_rows_stand_next_to_the_floors_over_seeds(tmp_path):
                      ("trained", "scl12", 0, "paper loss and input"), ("trained", "scl12", 0, "synthetic defects only"),
                      ("trained", "scl12", 0, "frame photometric only"), ("trained", "scl12", 0, "flat mean only"),
                      ("trained", "scl12", 0, "per-pixel mean"), ("trained", "scl12", 0, "finish defects"),
+                     ("trained", "scl12", 0, "anti-collapse 0.1"), ("trained", "scl12", 0, "anti-collapse 1.0"),
                      ("trained", "scl12", 0, "no code aggregation"), ("trained", "scl12", 1, "no code aggregation"),
                      ("trained", "scl12", 0, "no image retrieval"), ("trained", "scl12", 1, "no image retrieval"),
                      ("trained", "scl12", 0, "no level normalisation"), ("trained", "scl12", 1, "no level normalisation"),
@@ -51,6 +52,8 @@ def test_quality_benchmark_rows_stand_next_to_the_floors_over_seeds(tmp_path):
         assert default.config.bank.level_norm == 0.5
     assert load_bundle(work / "scl12-seed0-finish-defects").config.train.defect_kinds == ("paste", "scar", "blob", "finish")
     assert load_bundle(work / "scl12-seed0-default").config.train.defect_kinds == ("paste", "scar", "blob")
+    assert [load_bundle(work / f"scl12-seed0-{v}").config.train.spread_weight
+            for v in ("default", "anti-collapse-0.1", "anti-collapse-1.0")] == [0.0, 0.1, 1.0]
     flat = load_bundle(work / "scl12-seed0-default").mean
     assert np.ptp(flat, axis=(0, 1)).max() == 0 and np.ptp(load_bundle(work / "scl12-seed0-per-pixel-mean").mean, axis=(0, 1)).max() > 1
     scl12 = [r for r in data["rows"] if r["task"] == "scl12" and r["variant"] == "default"]
