@@ -71,6 +71,9 @@ IMPROVEMENTS: dict[str, dict[str, Any]] = {
     # so 0.1 puts it level with the pretext cross-entropy and 1.0 makes it dominate)
     "anti-collapse 0.1": {"train": {"spread_weight": 0.1}},
     "anti-collapse 1.0": {"train": {"spread_weight": 1.0}},
+    # the synthetic-defect term's weight (1.0 in the default) halved and doubled
+    "defect weight 0.5": {"train": {"defect_weight": 0.5}},
+    "defect weight 2.0": {"train": {"defect_weight": 2.0}},
     # bank-only: no training of its own (scored on every seed's default model with its bank rebuilt)
     "no code aggregation": {"bank": {"neighbourhood": 1}},
     "no image retrieval": {"bank": {"retrieve": 0}},

@@ -22,6 +22,7 @@ def test_quality_benchmark_rows_stand_next_to_the_floors_over_seeds(tmp_path):
                      ("trained", "scl12", 0, "frame photometric only"), ("trained", "scl12", 0, "flat mean only"),
                      ("trained", "scl12", 0, "per-pixel mean"), ("trained", "scl12", 0, "finish defects"),
                      ("trained", "scl12", 0, "anti-collapse 0.1"), ("trained", "scl12", 0, "anti-collapse 1.0"),
+                     ("trained", "scl12", 0, "defect weight 0.5"), ("trained", "scl12", 0, "defect weight 2.0"),
                      ("trained", "scl12", 0, "no code aggregation"), ("trained", "scl12", 1, "no code aggregation"),
                      ("trained", "scl12", 0, "no image retrieval"), ("trained", "scl12", 1, "no image retrieval"),
                      ("trained", "scl12", 0, "no level normalisation"), ("trained", "scl12", 1, "no level normalisation"),
@@ -31,6 +32,7 @@ def test_quality_benchmark_rows_stand_next_to_the_floors_over_seeds(tmp_path):
     assert variants["paper loss and input"] == ("none", 0.0) and variants["frame photometric only"] == ("frame", 0.0)
     assert variants["synthetic defects only"] == ("none", 1.0) and variants["flat mean only"] == ("none", 0.0)
     assert variants["default"] == variants["per-pixel mean"] == ("frame", 1.0)
+    assert variants["defect weight 0.5"] == ("frame", 0.5) and variants["defect weight 2.0"] == ("frame", 2.0)
     paper_mean = {"paper loss and input", "synthetic defects only", "frame photometric only", "per-pixel mean"}
     assert {r["variant"]: r["mean"] for r in data["rows"] if r["kind"] == "trained"} == {
         v: "image" if v in paper_mean else "flat" for v in variants}
