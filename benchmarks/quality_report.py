@@ -94,6 +94,7 @@ def write_quality_report(rows: list[dict[str, Any]], protocol: str, out: Path, s
         f"level normalisation `bank.level_norm` = {cfg.bank.level_norm}) off one at a time or on alone: a training change on the seeds its row says, a bank- or "
         "scoring-only one on every seed's own default model (no retraining, so the difference is that setting alone); "
         f"ideas that are not in the default (`finish defects`, `anti-collapse W`: `train.spread_weight` = W, "
+        f"`defect weight W`: `train.defect_weight` = W, "
         f"`top-patch image score`: the image score the mean of the "
         f"map's top {cfg.geometry.small_patch}x{cfg.geometry.small_patch} px worth instead of its max) on alone.",
         "Floors: `raw pixels` = each 32-px patch averaged to 8x8 minus the per-pixel mean image, plain 1-NN, no network; "
