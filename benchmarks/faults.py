@@ -28,7 +28,8 @@ import typer
 import zmq
 
 from sclvi.benchmarks.common import OUT, benchmark_app, invoke, listed, machine, save_report, start
-from sclvi.benchmarks.line import bench_config, free_ports, prepare_bundle
+from sclvi.benchmarks.line import bench_config, prepare_bundle
+from sclvi.edge.endpoints import free_ports
 
 VIKY_NOTE = "viky (the genicam wheel's simulated GenTL camera)"
 

@@ -8,8 +8,6 @@ per-stage statistics of the verdicts the PLC received.
 from __future__ import annotations
 
 import logging
-import socket
-from contextlib import ExitStack
 import threading
 import time
 from dataclasses import dataclass
@@ -22,20 +20,6 @@ log = logging.getLogger(__name__)
 
 #: Stages in pipeline order, as they appear in the verdicts' `latency_ms` (plus `publish`, measured at the PLC).
 STAGES = ("acquire", "queue", "preprocess", "embed", "knn", "fuse", "decide", "publish", "total")
-
-
-def free_ports(n: int) -> list[int]:
-    """n distinct free TCP ports on 127.0.0.1: every socket is held until all are bound, so the kernel cannot hand
-    the same port out twice (one free_port() after another can, which the runtime rejects as shared endpoints)."""
-    with ExitStack() as stack:
-        socks = [stack.enter_context(socket.socket()) for _ in range(n)]
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-
-
-def free_port() -> int:
-    return free_ports(1)[0]
 
 
 def parse_geometry(spec: str) -> dict[str, Any]:
@@ -228,6 +212,7 @@ def run_line(bundle_dir: Path, replay: Path, frames: int, rate_hz: float | None,
     from PIL import Image
 
     from sclvi.edge.config import load_runtime_config
+    from sclvi.edge.endpoints import free_port
     from sclvi.edge.supervisor import Runtime
 
     endpoint = f"tcp://127.0.0.1:{free_port()}"

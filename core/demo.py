@@ -60,12 +60,12 @@ def _demo_line(root: Path, data: Path, cls: str) -> None:
     the test images, its verdicts written by the PLC bridge into Modbus registers that a PLC reads."""
     import random
     import shutil
-    import socket
 
     from sclvi.bundle import load_bundle
     from sclvi.calib.calibrate import calibrate as run_calibration, list_images
     from sclvi.dataset import read_dataset
     from sclvi.edge.config import load_runtime_config
+    from sclvi.edge.endpoints import free_ports
     from sclvi.edge.supervisor import Runtime
     from sclvi.engines import load_backend
     from sclvi.engines.export import export_onnx
@@ -87,18 +87,15 @@ def _demo_line(root: Path, data: Path, cls: str) -> None:
     for i, t in enumerate(items):
         shutil.copy(t.path, replay / f"{i:03d}.png")
 
-    def port() -> int:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            return s.getsockname()[1]
-
-    endpoint = f"tcp://127.0.0.1:{port()}"
+    # every port at once: ports taken one after another can repeat, and the runtime refuses shared endpoints
+    verdict_port, telemetry_port, control_port, view_port, modbus_port = free_ports(5)
+    endpoint = f"tcp://127.0.0.1:{verdict_port}"
     cfg = load_runtime_config(overrides={
         "bundle": str(bundle_dir), "workers": 1, "deadline_ms": 5000, "verdict_endpoint": endpoint,
-        "telemetry_endpoint": f"tcp://127.0.0.1:{port()}", "control_endpoint": f"tcp://127.0.0.1:{port()}",
+        "telemetry_endpoint": f"tcp://127.0.0.1:{telemetry_port}", "control_endpoint": f"tcp://127.0.0.1:{control_port}",
         "cameras": [{"kind": "folder", "camera_id": "line1", "path": str(replay), "rate_hz": 4}],
     })
-    stop_view = _demo_view(cfg, port())
+    stop_view = _demo_view(cfg, view_port)
     typer.echo(f"edge runtime: {len(items)} parts replayed at 4 Hz; verdicts over ZeroMQ ({endpoint}) to the PLC bridge:")
     correct: list[bool] = []
 
@@ -109,7 +106,7 @@ def _demo_line(root: Path, data: Path, cls: str) -> None:
         return truth
 
     try:
-        _demo_plc(endpoint, port(), judged, lambda: Runtime(cfg).run())
+        _demo_plc(endpoint, modbus_port, judged, lambda: Runtime(cfg).run())
     except ImportError:  # installed without the plc extra: the ZeroMQ stand-in plays the PLC
         typer.echo("  (pymodbus missing: install '.[train,plc]' to see the Modbus bridge; printing the ZeroMQ verdicts)")
         _demo_listener(endpoint, judged, lambda: Runtime(cfg).run())

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import fcntl
 import os
+import socket
 import stat
 import tempfile
+from contextlib import ExitStack
 from pathlib import Path
 from typing import IO
 
@@ -107,3 +109,18 @@ def endpoint_free(endpoint: str) -> bool:
         return True
     except ConfigError:
         return False
+
+
+def free_ports(n: int) -> list[int]:
+    """n distinct free TCP ports on 127.0.0.1 (the demo's and the tests' endpoints): every socket is held until
+    all are bound, so the kernel cannot hand the same port out twice (one free_port() after another can, which
+    the runtime rejects as shared endpoints)."""
+    with ExitStack() as stack:
+        socks = [stack.enter_context(socket.socket()) for _ in range(n)]
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+
+
+def free_port() -> int:
+    return free_ports(1)[0]

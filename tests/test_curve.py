@@ -59,7 +59,7 @@ def test_bridge_side_hears_only_authorized_stations(keys, tmp_path):
     from sclvi.edge.messages import TOPIC_VERDICT
     import msgpack
 
-    from test_edge_runtime import free_port
+    from sclvi.edge.endpoints import free_port
 
     endpoint = f"tcp://127.0.0.1:{free_port()}"
     server = CurveConfig(secret_key=str(keys / "bridge.key_secret"), authorized=str(keys / "authorized"))
@@ -145,7 +145,7 @@ def test_operator_view_of_a_curve_station_sees_its_parts_and_commands_it_while_a
 
     from sclvi.view.app import BackgroundView
     from sclvi.view.feed import TelemetryFeed
-    from test_edge_runtime import free_port
+    from sclvi.edge.endpoints import free_port
 
     station = {"secret_key": str(keys / "station.key_secret"), "server_key": str(keys / "bridge.key"),
                "authorized": str(keys / "authorized")}

@@ -7,7 +7,7 @@ import yaml
 import zmq
 from typer.testing import CliRunner
 
-from sclvi.benchmarks.line import free_port
+from sclvi.edge.endpoints import free_port
 from sclvi.cli import app
 from sclvi.deploy.preflight import passed, preflight
 from sclvi.edge.config import load_runtime_config

@@ -18,8 +18,8 @@ import yaml
 import zmq
 
 import genicam
-from sclvi.benchmarks.line import free_port, free_ports  # noqa: F401 (free_port: other test modules import it from here)
 from sclvi.edge.config import load_runtime_config
+from sclvi.edge.endpoints import free_ports
 from sclvi.edge.listener import VerdictListener
 from sclvi.edge.messages import unpack
 from sclvi.edge.supervisor import Runtime

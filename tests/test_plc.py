@@ -16,7 +16,8 @@ from sclvi.plc.bridge import Bridge
 from sclvi.plc.config import load_bridge_config
 from sclvi.plc.modbus import ModbusServerPlc
 from sclvi.plc.registers import BLOCK, FIELDS, NEW, Block, decode, run_code
-from test_edge_runtime import free_port, replay, runtime_config  # noqa: F401 (fixture)
+from sclvi.edge.endpoints import free_port, free_ports
+from test_edge_runtime import replay, runtime_config  # noqa: F401 (fixture)
 
 
 def _verdict(seq, verdict="OK", **kw):
@@ -138,8 +139,8 @@ def test_plc_reads_every_verdict_in_order_across_runtime_and_bridge_restarts(tmp
 
 
 def test_client_mode_writes_into_the_plc_and_acks_only_after_the_write(tmp_path):
-    port = free_port()
-    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    port, zmq_port = free_ports(2)
+    endpoint = f"tcp://127.0.0.1:{zmq_port}"
     cfg = load_bridge_config(overrides={"verdict_endpoint": endpoint, "mode": "modbus-client", "port": port,
                                         "cameras": ["cam0", "cam1"], "register_base": 100, "reject_pulse_ms": 0})
     bridge = Bridge(cfg)
@@ -176,7 +177,8 @@ def test_a_verdict_the_plc_had_not_taken_is_presented_again_by_a_restarted_serve
     the PLC when the bridge stopped, must reappear after the restart instead of being lost."""
     from pymodbus.client import ModbusTcpClient
 
-    port, endpoint = free_port(), f"tcp://127.0.0.1:{free_port()}"
+    port, zmq_port = free_ports(2)
+    endpoint = f"tcp://127.0.0.1:{zmq_port}"
     cfg = load_bridge_config(overrides={"verdict_endpoint": endpoint, "mode": "modbus-server", "port": port,
                                         "cameras": ["cam0"], "handshake": True, "handshake_timeout_ms": 100,
                                         "reject_pulse_ms": 0, "state_file": str(tmp_path / "state.json")})
@@ -216,7 +218,8 @@ def test_a_verdict_the_plc_had_not_taken_is_presented_again_by_a_restarted_serve
 def test_an_overrun_names_the_verdict_the_plc_did_not_take_even_out_of_order(tmp_path, caplog):
     """The PLC never clears `New`: each write overruns the block before it. Seq 3 overtook seq 2 (written
     after the reorder wait), so the block seq 2 overwrote is seq 3's, not seq 1's."""
-    port, endpoint = free_port(), f"tcp://127.0.0.1:{free_port()}"
+    port, zmq_port = free_ports(2)
+    endpoint = f"tcp://127.0.0.1:{zmq_port}"
     cfg = load_bridge_config(overrides={"verdict_endpoint": endpoint, "mode": "modbus-server", "port": port,
                                         "cameras": ["cam0"], "handshake": True, "handshake_timeout_ms": 50,
                                         "reject_pulse_ms": 0, "reorder_wait_ms": 1})

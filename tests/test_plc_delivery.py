@@ -11,7 +11,7 @@ from sclvi.plc.bridge import Bridge
 from sclvi.plc.config import load_bridge_config
 from sclvi.plc.delivery import MAX_MISSING, Arrival, CameraDelivery
 from sclvi.plc.registers import FIELDS, decode
-from test_edge_runtime import free_port
+from sclvi.edge.endpoints import free_ports
 from test_plc import _verdict
 
 
@@ -45,8 +45,9 @@ def _exchange(bridge, runtime, seq, **kw):
 
 
 def _bridge(tmp_path, reorder_wait_ms):
+    zmq_port, modbus_port = free_ports(2)
     cfg = load_bridge_config(overrides={
-        "verdict_endpoint": f"tcp://127.0.0.1:{free_port()}", "mode": "modbus-server", "port": free_port(),
+        "verdict_endpoint": f"tcp://127.0.0.1:{zmq_port}", "mode": "modbus-server", "port": modbus_port,
         "cameras": ["cam0"], "reject_pulse_ms": 0, "reorder_wait_ms": reorder_wait_ms,
         "state_file": str(tmp_path / "state.json")})
     bridge = Bridge(cfg)

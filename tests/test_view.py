@@ -10,7 +10,8 @@ import pytest
 from sclvi.edge.config import load_runtime_config
 from sclvi.edge.supervisor import Runtime
 from sclvi.view.app import BackgroundView
-from test_edge_runtime import Collector, free_port, replay, runtime_config  # noqa: F401 (fixture)
+from sclvi.edge.endpoints import free_port
+from test_edge_runtime import Collector, replay, runtime_config  # noqa: F401 (fixture)
 
 TOKEN = "operator-token-0123456789"
 
