@@ -145,13 +145,14 @@ def test_operator_view_of_a_curve_station_sees_its_parts_and_commands_it_while_a
 
     from sclvi.view.app import BackgroundView
     from sclvi.view.feed import TelemetryFeed
-    from sclvi.edge.endpoints import free_port
+    from sclvi.edge.endpoints import free_ports
 
     station = {"secret_key": str(keys / "station.key_secret"), "server_key": str(keys / "bridge.key"),
                "authorized": str(keys / "authorized")}
     token = "operator-token-0123456789"
+    *ports, view_port = free_ports(4)
     cfg = load_runtime_config(overrides=runtime_config(
-        random_bundle, [{"kind": "folder", "path": str(replay), "rate_hz": 4, "loop": True, "max_frames": 40}],
+        random_bundle, [{"kind": "folder", "path": str(replay), "rate_hz": 4, "loop": True, "max_frames": 40}], ports,
         curve=station, heartbeat_s=0.2, preview_hz=50, control_token=token))
     bridge = CurveConfig(secret_key=str(keys / "bridge.key_secret"), authorized=str(keys / "authorized"))
     done = threading.Event()
@@ -167,7 +168,7 @@ def test_operator_view_of_a_curve_station_sees_its_parts_and_commands_it_while_a
     outsider.start()
     rt = Runtime(cfg)
     t = threading.Thread(target=rt.run, daemon=True)
-    view = BackgroundView(cfg, port=free_port())
+    view = BackgroundView(cfg, port=view_port)
     try:
         t.start()
         state, end = {}, time.time() + 60

@@ -40,8 +40,10 @@ def replay(tmp_path, synthetic_object):
     return folder
 
 
-def runtime_config(bundle, cameras, **extra):
-    verdict, telemetry, control = free_ports(3)
+def runtime_config(bundle, cameras, ports=None, **extra):
+    """A station's config; `ports` (verdict, telemetry, control): given by a caller that needs one more, an operator
+    view's, taken in the same free_ports call so none can come back twice."""
+    verdict, telemetry, control = ports or free_ports(3)
     return {
         "bundle": str(bundle.path), "cameras": cameras, "workers": 1, "threads_per_worker": 1,
         "image_threshold": 1.0, "pixel_threshold": 1.0, "deadline_ms": 20000,

@@ -10,26 +10,29 @@ import pytest
 from sclvi.edge.config import load_runtime_config
 from sclvi.edge.supervisor import Runtime
 from sclvi.view.app import BackgroundView
-from sclvi.edge.endpoints import free_port
+from sclvi.edge.endpoints import free_ports
 from test_edge_runtime import Collector, replay, runtime_config  # noqa: F401 (fixture)
 
 TOKEN = "operator-token-0123456789"
 
 
 def _station(random_bundle, replay, frames, rate):
+    """The station's config (dict and loaded) and a port for its view, all four ports taken at once."""
+    *ports, view_port = free_ports(4)
     cfg = runtime_config(random_bundle, [{"kind": "folder", "path": str(replay), "rate_hz": rate, "loop": True,
-                                          "max_frames": frames}], heartbeat_s=0.2, preview_hz=50, control_token=TOKEN)
-    return cfg, load_runtime_config(overrides=cfg)
+                                          "max_frames": frames}], ports, heartbeat_s=0.2, preview_hz=50,
+                         control_token=TOKEN)
+    return cfg, load_runtime_config(overrides=cfg), view_port
 
 
 def test_view_api_refuses_bad_commands_and_a_wrong_token(random_bundle, replay):
-    cfg_dict, cfg = _station(random_bundle, replay, 12, 4)
+    cfg_dict, cfg, view_port = _station(random_bundle, replay, 12, 4)
     plc = Collector(cfg_dict["verdict_endpoint"])
     plc.start()
     rt = Runtime(cfg)
     t = threading.Thread(target=rt.run, daemon=True)
     t.start()
-    view = BackgroundView(cfg, port=free_port())
+    view = BackgroundView(cfg, port=view_port)
     try:
         with httpx.Client(base_url=view.url, timeout=10) as http:
             assert "<title>SCL-VI station</title>" in http.get("/").text
@@ -56,13 +59,13 @@ def test_operator_page_shows_each_verdict_within_a_second_counts_like_the_bridge
     from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
 
-    cfg_dict, cfg = _station(random_bundle, replay, 24, 3)
+    cfg_dict, cfg, view_port = _station(random_bundle, replay, 24, 3)
     arrivals = {}
     plc = Collector(cfg_dict["verdict_endpoint"])
     plc.start()
     rt = Runtime(cfg)
     t = threading.Thread(target=rt.run, daemon=True)
-    view = BackgroundView(cfg, port=free_port())
+    view = BackgroundView(cfg, port=view_port)
     opts = webdriver.ChromeOptions()
     for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1280,900"):
         opts.add_argument(arg)
