@@ -17,6 +17,7 @@ import typer
 from typer.core import TyperGroup
 
 from sclvi import __version__
+from sclvi.config import DEFAULT_PRESET
 from sclvi.demo import DEMO_STEPS
 from sclvi.errors import ConfigError, DataError, SclviError
 
@@ -99,7 +100,7 @@ def train(
     data: Path = typer.Argument(..., help="Data set folder in MVTec AD layout (uses train/good)."),
     out: Path = typer.Option(..., "--out", "-o", help="Bundle directory to write."),
     preset: Optional[Preset] = typer.Option(
-        None, help="Model preset (default: the config file's, else paper on a CUDA GPU and dense-lite on a CPU)."
+        None, help=f"Model preset (default: the config file's, else {DEFAULT_PRESET}, on any machine)."
     ),
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config file (overrides the preset)."),
     steps: Optional[int] = typer.Option(None, help="Training steps (default 3000; fewer trains faster and detects less, see README)."),
@@ -133,7 +134,7 @@ def train(
                              "frame": _data_frame(data) if roi is not None or scale is not None else None},
             }
         )
-        cfg = load_config(config, preset.value if preset else None, overrides, default_preset=default_preset())
+        cfg = load_config(config, preset.value if preset else None, overrides, default_preset=DEFAULT_PRESET)
         log.info("preset %s; geometry: %s", cfg.preset, cfg.geometry.describe())
         bundle = train_and_bank(cfg, data, out, resume, bank)
         typer.echo(f"bundle: {out}")
@@ -192,7 +193,7 @@ def roi_cmd(
 
         images = read_dataset(data, need_test=False).train
         frame_size_of(images)
-        cfg = build_config(preset.value if preset else default_preset())
+        cfg = build_config(preset.value if preset else DEFAULT_PRESET)
         p = propose_roi(images, cfg.geometry, scale, margin,
                         min_side=grid_span(cfg.geometry.large_patch, cfg.train.jitter_frac))
         roi = ",".join(str(v) for v in p.roi)
@@ -204,17 +205,6 @@ def roi_cmd(
             save_roi_figure(figure, p)
             typer.echo(f"figure: {figure}")
         typer.echo(f"check it, then: sclvi train {data} --out BUNDLE --roi {roi} --scale {scale:g}")
-
-
-def default_preset() -> str:
-    """paper on a CUDA GPU; dense-lite on a CPU box, where the paper's widths train and embed ~10x slower
-    (benchmarks/reports/quality-families-cpu.md) for no better detection."""
-    try:
-        import torch
-
-        return "paper" if torch.cuda.is_available() else "dense-lite"
-    except ImportError:
-        return "dense-lite"
 
 
 def _updated_section(config: Any, section: str, update: dict[str, Any]) -> Any:

@@ -347,6 +347,11 @@ PRODUCT: dict[str, Any] = {
     "bank": {"neighbourhood": 3, "retrieve": 50, "level_norm": 0.5},
 }
 
+#: The preset a user gets without naming one, on every machine (a CUDA box included: training runs on the CPU
+#: either way, and `paper` lacks every product improvement above): the one the README's quality figures are for.
+#: `dense` (the paper's widths) is level with it at twelve times the compute (benchmarks/reports/quality-families-quick.md).
+DEFAULT_PRESET = "dense-lite"
+
 PRESETS: dict[str, dict[str, Any]] = {
     "paper": {},
     # Narrow widths for CPU boxes: ~22x fewer MACs per patch than the paper's widths.
@@ -403,7 +408,7 @@ def load_config(
     path: str | Path | None = None,
     preset: str | None = None,
     overrides: dict[str, Any] | None = None,
-    default_preset: str = "paper",
+    default_preset: str = DEFAULT_PRESET,
 ) -> Config:
     """A preset, then a YAML config file (its optional `preset:` key picks the base), then overrides;
     `default_preset` when neither names one."""
