@@ -112,3 +112,27 @@ def test_dense_frame_graph_exported_to_onnx_matches_torch(tmp_path):
     frames = np.random.default_rng(0).normal(scale=0.5, size=(3, 3, 96, 96)).astype(np.float32)
     for a, b in zip(ort_backend.encode_frames(frames), torch_backend.encode_frames(frames)):
         assert a.shape == b.shape and np.abs(a - b).max() < 1e-4
+
+
+def test_dense_bundle_per_patch_onnx_graphs_give_the_frame_codes(tmp_path):
+    """TensorRT builds its engines from the per-patch graphs (main.onnx, secondary.onnx) for every family, so a
+    dense bundle on a GPU is encoded patch by patch: those graphs must give the one-pass frame graph's codes."""
+    from sclvi.bundle import load_bundle
+    from sclvi.embedding import FrameEmbedder
+    from sclvi.engines import load_backend
+    from sclvi.engines.export import export_onnx
+    from sclvi.geometry import TwoScaleGeometry
+
+    cfg = build_config("dense-lite", {"encoder": TINY_DENSE, "geometry": {"image_size": 96}})
+    export_onnx(make_bundle(tmp_path / "b", cfg))
+    backend = load_backend(load_bundle(tmp_path / "b"), "onnxruntime")
+    geometry = TwoScaleGeometry.from_config(cfg.geometry)
+    frames = np.random.default_rng(1).normal(scale=0.5, size=(2, 3, 96, 96)).astype(np.float32)
+    one_pass = FrameEmbedder(backend, geometry).embed(frames)
+    del backend.encode_frames  # the per-patch graphs only, as the TensorRT engines run them
+    embedder = FrameEmbedder(backend, geometry)
+    assert not embedder.dense
+    per_patch = embedder.embed(frames)
+    assert per_patch.small.shape == one_pass.small.shape and per_patch.large.shape == one_pass.large.shape
+    np.testing.assert_allclose(per_patch.small, one_pass.small, atol=1e-4)
+    np.testing.assert_allclose(per_patch.large, one_pass.large, atol=1e-4)
