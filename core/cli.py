@@ -17,7 +17,6 @@ import typer
 from typer.core import TyperGroup
 
 from sclvi import __version__
-from sclvi.config import DEFAULT_PRESET
 from sclvi.demo import DEMO_STEPS
 from sclvi.errors import ConfigError, DataError, SclviError
 
@@ -100,7 +99,7 @@ def train(
     data: Path = typer.Argument(..., help="Data set folder in MVTec AD layout (uses train/good)."),
     out: Path = typer.Option(..., "--out", "-o", help="Bundle directory to write."),
     preset: Optional[Preset] = typer.Option(
-        None, help=f"Model preset (default: the config file's, else {DEFAULT_PRESET}, on any machine)."
+        None, help="Model preset (default: the config file's, else dense-lite, on any machine)."
     ),
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config file (overrides the preset)."),
     steps: Optional[int] = typer.Option(None, help="Training steps (default 3000; fewer trains faster and detects less, see README)."),
@@ -134,7 +133,7 @@ def train(
                              "frame": _data_frame(data) if roi is not None or scale is not None else None},
             }
         )
-        cfg = load_config(config, preset.value if preset else None, overrides, default_preset=DEFAULT_PRESET)
+        cfg = load_config(config, preset.value if preset else None, overrides)
         log.info("preset %s; geometry: %s", cfg.preset, cfg.geometry.describe())
         bundle = train_and_bank(cfg, data, out, resume, bank)
         typer.echo(f"bundle: {out}")
@@ -185,7 +184,7 @@ def roi_cmd(
 ) -> None:
     """Propose a region of interest around the part in the training frames, for you to confirm."""
     with _user_errors():
-        from sclvi.config import build_config
+        from sclvi.config import DEFAULT_PRESET, build_config
         from sclvi.dataset import read_dataset
         from sclvi.roi import frame_size_of
         from sclvi.roi_propose import propose_roi, save_roi_figure

@@ -96,10 +96,14 @@ def test_train_without_a_preset_picks_the_measured_default_even_where_a_gpu_is_s
     import json
 
     import torch
+    import typer
 
+    from sclvi.config import DEFAULT_PRESET
     from sclvi.synthetic import write_synthetic
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    train_cmd = typer.main.get_command(app).commands["train"]
+    assert f"else {DEFAULT_PRESET}," in next(p.help for p in train_cmd.params if p.name == "preset")  # the help says which
     data = write_synthetic(tmp_path / "d", "texture", size=176, n_train=4, n_test_good=1, n_test_defect=1, seed=0)
     small = runner.invoke(app, ["train", str(data), "--out", str(tmp_path / "b"), "--steps", "1", "--image-size", "128"])
     assert small.exit_code == 2 and "enlarge the input" in small.output  # a user error, not a traceback
