@@ -98,35 +98,39 @@ def test_dense_config_rules():
         build_config("paper", {"encoder": {"norm": "batch"}})
 
 
-def test_dense_frame_graph_exported_to_onnx_matches_torch(tmp_path):
+@pytest.fixture(scope="module")
+def dense_onnx(tmp_path_factory):
+    """A tiny dense bundle exported to ONNX (frame graph and per-patch graphs), loaded back, and its export record."""
     from sclvi.bundle import load_bundle
-    from sclvi.engines import load_backend
     from sclvi.engines.export import export_onnx
 
     cfg = build_config("dense-lite", {"encoder": TINY_DENSE, "geometry": {"image_size": 96}})
-    bundle = make_bundle(tmp_path / "b", cfg)
+    bundle = make_bundle(tmp_path_factory.mktemp("dense") / "b", cfg)
     record = export_onnx(bundle)
+    return load_bundle(bundle.path), record
+
+
+def test_dense_frame_graph_exported_to_onnx_matches_torch(dense_onnx):
+    from sclvi.engines import load_backend
+
+    bundle, record = dense_onnx
     assert record["checks"]["frame_fp32_max_abs_diff"] < 1e-4
-    bundle = load_bundle(bundle.path)
     ort_backend, torch_backend = load_backend(bundle, "onnxruntime"), load_backend(bundle, "torch")
     frames = np.random.default_rng(0).normal(scale=0.5, size=(3, 3, 96, 96)).astype(np.float32)
     for a, b in zip(ort_backend.encode_frames(frames), torch_backend.encode_frames(frames)):
         assert a.shape == b.shape and np.abs(a - b).max() < 1e-4
 
 
-def test_dense_bundle_per_patch_onnx_graphs_give_the_frame_codes(tmp_path):
+def test_dense_bundle_per_patch_onnx_graphs_give_the_frame_codes(dense_onnx):
     """TensorRT builds its engines from the per-patch graphs (main.onnx, secondary.onnx) for every family, so a
     dense bundle on a GPU is encoded patch by patch: those graphs must give the one-pass frame graph's codes."""
-    from sclvi.bundle import load_bundle
     from sclvi.embedding import FrameEmbedder
     from sclvi.engines import load_backend
-    from sclvi.engines.export import export_onnx
     from sclvi.geometry import TwoScaleGeometry
 
-    cfg = build_config("dense-lite", {"encoder": TINY_DENSE, "geometry": {"image_size": 96}})
-    export_onnx(make_bundle(tmp_path / "b", cfg))
-    backend = load_backend(load_bundle(tmp_path / "b"), "onnxruntime")
-    geometry = TwoScaleGeometry.from_config(cfg.geometry)
+    bundle, _ = dense_onnx
+    backend = load_backend(bundle, "onnxruntime")
+    geometry = TwoScaleGeometry.from_config(bundle.config.geometry)
     frames = np.random.default_rng(1).normal(scale=0.5, size=(2, 3, 96, 96)).astype(np.float32)
     one_pass = FrameEmbedder(backend, geometry).embed(frames)
     del backend.encode_frames  # the per-patch graphs only, as the TensorRT engines run them
